@@ -1,0 +1,50 @@
+# mlstack — `make help` lists the targets. Recipes stay short: the logic lives in Python.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+# Never let uv fetch an interpreter: use the machine's Python 3.11 or 3.12.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON_PREFERENCE := only-system
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+TOOLS := .mlstack/tools
+UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+RUN := $(UV) run --frozen --python $(PYTHON)
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test lint format bench down clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(TOOLS)/bin/uv:
+	@echo "uv not found: installing it into $(TOOLS) (a private venv)"
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv
+
+install: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(TOOLS)/bin/uv) ## Install the locked dependencies into .venv (bootstraps uv)
+	$(UV) sync --frozen --python $(PYTHON)
+
+demo: install ## Run the whole loop on embedded defaults (no Docker, no system services)
+	$(RUN) mlstack demo
+
+test: install ## Run the test suite (starts its own Redis unless MLSTACK_TEST_REDIS_URL is set)
+	$(RUN) pytest $(PYTEST_ARGS)
+
+lint: install ## Lint and check formatting with ruff
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: install ## Format and auto-fix with ruff
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+bench: install ## Run the benchmarks (writes docs/benchmarks.md numbers to stdout)
+	$(RUN) python -m benchmarks.materialize
+
+down: install ## Stop what the local stack runs in the background
+	$(RUN) mlstack down
+
+clean: down ## Stop the stack and delete all local state (.mlstack/, keeps the uv bootstrap)
+	find .mlstack -mindepth 1 -maxdepth 1 ! -name tools -exec rm -rf {} +

