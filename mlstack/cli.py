@@ -74,8 +74,8 @@ def _generate(settings: Settings) -> None:
     table = Table(title=f"Synthetic data in {settings.data_dir} ({time.perf_counter() - started:.1f}s)")
     table.add_column("table")
     table.add_column("rows", justify="right")
-    for name, rows in summary.rows.items():
-        table.add_row(name, f"{rows:,}")
+    for name in ("customer_profile", "credit_history", "zipcode_stats", "loan_applications"):
+        table.add_row(name, f"{getattr(summary, name + '_rows'):,}")
     console.print(table)
     console.print(f"default rate of applications: {summary.label_rate:.1%} (synthetic data, see docs/data.md)")
 

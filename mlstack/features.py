@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class ApplyResult:
 def apply_features(store: FeatureStore, repo_path: Path) -> ApplyResult:
     """Register every object of the Feast repo (what ``feast apply`` does), without chdir or exit."""
     started = time.perf_counter()
-    with _quiet_stdout():
+    with _quiet_stdout(), _importable_repo(repo_path):
         repo = parse_repo(repo_path)
         apply_total_with_repo_instance(
             store, store.project, store.registry, repo, skip_source_validation=False
@@ -192,6 +193,24 @@ class _RowCounter:
             yield
         finally:
             del online_store.online_write_batch
+
+
+@contextlib.contextmanager
+def _importable_repo(repo_path: Path) -> Iterator[None]:
+    """Import the repo's files as `feast apply` does (cwd = repo, repo on sys.path), freshly.
+
+    Modules left from an earlier apply are dropped first: the data sources read their paths from
+    the environment at import time, and another state dir may be in use now.
+    """
+    repo_path = repo_path.resolve()
+    for file in repo_path.glob("*.py"):
+        sys.modules.pop(file.stem, None)
+    sys.path.insert(0, str(repo_path))
+    try:
+        with contextlib.chdir(repo_path):
+            yield
+    finally:
+        sys.path.remove(str(repo_path))
 
 
 @contextlib.contextmanager
