@@ -35,11 +35,13 @@ class FeatureRepoError(StackError):
 def feast_environment(settings: Settings, target: RedisTarget) -> dict[str, str]:
     """The ``MLSTACK_FEAST_*`` variables that ``feature_store.yaml`` and the data sources expand."""
     return {
-        "MLSTACK_FEAST_REGISTRY_PATH": str(settings.state_dir / "feast" / "registry.db"),
+        "MLSTACK_FEAST_REGISTRY_URL": settings.feast_registry_url
+        or f"sqlite:///{settings.state_dir / 'feast' / 'registry.db'}",
         "MLSTACK_FEAST_DATA_DIR": str(settings.data_dir),
         "MLSTACK_FEAST_REDIS_CONNECTION": feast_connection_string(target, settings),
         "MLSTACK_FEAST_SKIP_DEDUP": "true" if settings.materialize_skip_dedup else "false",
         "MLSTACK_MATERIALIZE_BATCH_SIZE": str(settings.materialize_batch_size),
+        "MLSTACK_MATERIALIZE_PULL_LATEST": "true" if settings.materialize_pull_latest else "false",
     }
 
 
@@ -114,7 +116,7 @@ def materialize_view(store: FeatureStore, feature_view: str, end: datetime) -> M
     start = view.most_recent_end_time
     counter = _RowCounter()
     started = time.perf_counter()
-    with counter.counting(store), _quiet_stdout():
+    with counter.counting(store):
         store.materialize_incremental(end_date=end, feature_views=[feature_view])
     return MaterializeResult(
         feature_view=feature_view,

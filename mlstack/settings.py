@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     feature_repo: Path = Field(
         default=PROJECT_ROOT / "feature_store", description="Path of the Feast feature repository."
     )
-    feast_project: str = Field(default="mlstack", description="Feast project name.")
+    feast_registry_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Feast SQL registry. Unset: SQLite under the state dir.",
+    )
 
     # Redis online store
     redis_url: str | None = Field(
@@ -49,6 +52,10 @@ class Settings(BaseSettings):
     # Materialisation
     materialize_batch_size: int = Field(
         default=10_000, gt=0, description="Rows per Feast online-write batch during materialisation."
+    )
+    materialize_pull_latest: bool = Field(
+        default=True,
+        description="Let the offline store return only the latest row per entity in the window.",
     )
     materialize_skip_dedup: bool = Field(
         default=False,
