@@ -1,6 +1,6 @@
 """Offline data sources: parquet files written by `mlstack data generate`.
 
-The data directory comes from MLSTACK_FEAST_DATA_DIR, which mlstack sets from its settings before
+The data directory comes from FEAST_MLSTACK_DATA_DIR, which mlstack sets from its settings before
 it calls Feast; `feast apply` run by hand needs the variable exported.
 """
 
@@ -9,7 +9,7 @@ import os
 from feast import Field, FileSource, RequestSource
 from feast.types import Float64, Int64, String
 
-_DATA_DIR = os.environ.get("MLSTACK_FEAST_DATA_DIR", "../.mlstack/data")
+_DATA_DIR = os.environ.get("FEAST_MLSTACK_DATA_DIR", "../.mlstack/data")
 
 
 def _parquet(name: str) -> FileSource:

@@ -33,15 +33,18 @@ class FeatureRepoError(StackError):
 
 
 def feast_environment(settings: Settings, target: RedisTarget) -> dict[str, str]:
-    """The ``MLSTACK_FEAST_*`` variables that ``feature_store.yaml`` and the data sources expand."""
+    """The ``FEAST_MLSTACK_*`` variables that ``feature_store.yaml`` and the data sources expand.
+
+    Not ``MLSTACK_*``: settings would read them back as their own fields in the next Settings().
+    """
     return {
-        "MLSTACK_FEAST_REGISTRY_URL": settings.feast_registry_url
+        "FEAST_MLSTACK_REGISTRY_URL": settings.feast_registry_url
         or f"sqlite:///{settings.state_dir / 'feast' / 'registry.db'}",
-        "MLSTACK_FEAST_DATA_DIR": str(settings.data_dir),
-        "MLSTACK_FEAST_REDIS_CONNECTION": feast_connection_string(target, settings),
-        "MLSTACK_FEAST_SKIP_DEDUP": "true" if settings.materialize_skip_dedup else "false",
-        "MLSTACK_MATERIALIZE_BATCH_SIZE": str(settings.materialize_batch_size),
-        "MLSTACK_MATERIALIZE_PULL_LATEST": "true" if settings.materialize_pull_latest else "false",
+        "FEAST_MLSTACK_DATA_DIR": str(settings.data_dir),
+        "FEAST_MLSTACK_REDIS_CONNECTION": feast_connection_string(target, settings),
+        "FEAST_MLSTACK_SKIP_DEDUP": "true" if settings.materialize_skip_dedup else "false",
+        "FEAST_MLSTACK_BATCH_SIZE": str(settings.materialize_batch_size or "null"),
+        "FEAST_MLSTACK_PULL_LATEST": "true" if settings.materialize_pull_latest else "false",
     }
 
 

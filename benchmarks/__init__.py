@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of the stack against plain baselines on the same machine."""
