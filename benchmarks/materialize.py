@@ -27,7 +27,7 @@ import duckdb
 import pandas as pd
 
 from mlstack.data import generate_data
-from mlstack.features import get_online_features, get_store, materialize_view, apply_features
+from mlstack.features import apply_features, get_online_features, get_store, materialize_view
 from mlstack.online_store import RedisTarget, make_client, resolve_redis
 from mlstack.settings import PROJECT_ROOT, Settings
 
@@ -119,8 +119,13 @@ def verify_online(settings: Settings, target: RedisTarget, end: datetime, sample
     latest = read_latest(settings, "credit_history", VIEWS["credit_history"], end).set_index("customer_id")
     ids = latest.index.to_series().sample(min(sample, len(latest)), random_state=0).tolist()
     rows = [
-        {"customer_id": int(c), "zipcode": "00000", "loan_amount": 1.0, "loan_term_months": 36,
-         "loan_purpose": "other"}
+        {
+            "customer_id": int(c),
+            "zipcode": "00000",
+            "loan_amount": 1.0,
+            "loan_term_months": 36,
+            "loan_purpose": "other",
+        }
         for c in ids
     ]
     online = get_online_features(get_store(settings, target), rows).set_index("customer_id")
@@ -149,7 +154,11 @@ def main() -> None:
         tuned = run_stack(settings, stack_target, end, "stack (tuned, the flow's settings)")
         mismatches = verify_online(settings, stack_target, end)
         stock_settings = settings.model_copy(
-            update={"materialize_pull_latest": False, "materialize_skip_dedup": False, "materialize_batch_size": None}
+            update={
+                "materialize_pull_latest": False,
+                "materialize_skip_dedup": False,
+                "materialize_batch_size": None,
+            }
         )
         stock = run_stack(stock_settings, stack_target, end, "stack (Feast defaults)")
         for timing in (hset_only, read_hset, tuned, stock):
@@ -158,8 +167,11 @@ def main() -> None:
                 f"| {timing.rate / hset_only.rate:.2f} | {timing.rate / read_hset.rate:.2f} |",
                 flush=True,
             )
-        print(f"\nonline check ({customers:,}): {mismatches} mismatching values in a 2,000-customer sample "
-              "read through the Feast SDK\n", flush=True)
+        print(
+            f"\nonline check ({customers:,}): {mismatches} mismatching values in a 2,000-customer sample "
+            "read through the Feast SDK\n",
+            flush=True,
+        )
         for target in (stack_target, plain_target):
             make_client(target, settings).flushdb()
 

@@ -1,7 +1,6 @@
 """Versioned feature services: the contract between features, training and serving."""
 
 from feast import FeatureService
-
 from feature_views import credit_history, customer_profile, zipcode_stats
 from on_demand_features import loan_ratios
 

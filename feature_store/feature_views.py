@@ -2,11 +2,10 @@
 
 from datetime import timedelta
 
-from feast import FeatureView, Field
-from feast.types import Float64, Int64, String
-
 from data_sources import credit_history_source, customer_profile_source, zipcode_stats_source
 from entities import customer, zipcode
+from feast import FeatureView, Field
+from feast.types import Float64, Int64, String
 
 customer_profile = FeatureView(
     name="customer_profile",

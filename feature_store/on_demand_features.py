@@ -1,11 +1,10 @@
 """On-demand features: ratios of the request to the customer's finances, computed at request time."""
 
 import pandas as pd
+from data_sources import loan_request
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64
-
-from data_sources import loan_request
 from feature_views import credit_history, customer_profile
 
 

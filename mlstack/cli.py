@@ -48,9 +48,7 @@ def data_generate(
     end: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Last day of history (UTC).")] = None,
 ) -> None:
     """Generate the synthetic credit-risk data (parquet) under the state directory."""
-    settings = _settings(
-        customers=customers, months=months, seed=seed, data_end=end.date() if end else None
-    )
+    settings = _settings(customers=customers, months=months, seed=seed, data_end=end.date() if end else None)
     _generate(settings)
 
 
@@ -59,8 +57,13 @@ def _generate(settings: Settings) -> None:
 
     started = time.perf_counter()
     with Progress(
-        TextColumn("[bold]generating[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("customers"),
-        TimeElapsedColumn(), console=console, transient=True,
+        TextColumn("[bold]generating[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("customers"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         bar = progress.add_task("generate", total=settings.customers)
         summary = generate_data(
@@ -95,7 +98,9 @@ def features_apply() -> None:
 @features_app.command("materialize")
 def features_materialize(
     end: Annotated[datetime | None, typer.Option(help="Window end (UTC ISO time); default now.")] = None,
-    view: Annotated[list[str] | None, typer.Option(help="Feature view to materialise (repeatable); default all.")] = None,
+    view: Annotated[
+        list[str] | None, typer.Option(help="Feature view to materialise (repeatable); default all.")
+    ] = None,
 ) -> None:
     """Run the Prefect flow `materialize-features`: apply the repo, load new rows into Redis."""
     results = _run_materialize_flow(end.replace(tzinfo=UTC) if end and end.tzinfo is None else end, view)
@@ -114,7 +119,12 @@ def _print_materialized(results) -> None:  # type: ignore[no-untyped-def]
     for column in ("feature view", "rows", "seconds", "rows/s"):
         table.add_column(column, justify="right" if column != "feature view" else "left")
     for r in results:
-        table.add_row(r.feature_view, f"{r.rows:,}", f"{r.seconds:.2f}", f"{r.rows / r.seconds:,.0f}" if r.seconds else "-")
+        table.add_row(
+            r.feature_view,
+            f"{r.rows:,}",
+            f"{r.seconds:.2f}",
+            f"{r.rows / r.seconds:,.0f}" if r.seconds else "-",
+        )
     console.print(table)
 
 

@@ -371,21 +371,16 @@ def _generate_zipcodes(rng: np.random.Generator, count: int, month_us: npt.NDArr
     months = len(month_us)
     codes = np.sort(rng.choice(np.arange(10_000, 100_000), size=count, replace=False))
     population = np.round(
-        rng.lognormal(np.log(20_000), 0.6, count)[:, None]
-        * np.exp(_walk(rng, (count, months), 0.0008, 0.002))
+        rng.lognormal(np.log(20_000), 0.6, count)[:, None] * np.exp(_walk(rng, (count, months), 0.0008, 0.002))
     ).astype(np.int64)
     log_income = rng.normal(np.log(62_000), 0.3, count)
     median_income = np.round(np.exp(log_income[:, None] + _walk(rng, (count, months), 0.002, 0.004)), 0)
     # Why: poorer zipcodes have more unemployment; a shared macro walk moves all regions together.
     base = np.clip(0.055 - 0.04 * (log_income - np.log(62_000)) + rng.normal(0, 0.015, count), 0.015, 0.2)
     macro = _walk(rng, (1, months), 0.0, 0.002)
-    unemployment = np.round(
-        np.clip(base[:, None] + macro + _walk(rng, (count, months), 0.0, 0.0015), 0.01, 0.3), 4
-    )
+    unemployment = np.round(np.clip(base[:, None] + macro + _walk(rng, (count, months), 0.0, 0.0015), 0.01, 0.3), 4)
     lagged = np.concatenate([unemployment[:, :1], unemployment[:, :-1]], axis=1)
-    regional = (
-        0.03 + 0.8 * lagged + rng.normal(0, 0.005, count)[:, None] + rng.normal(0, 0.002, (count, months))
-    )
+    regional = 0.03 + 0.8 * lagged + rng.normal(0, 0.005, count)[:, None] + rng.normal(0, 0.002, (count, months))
     return _Zipcodes(
         names=pa.array(codes.astype(str)),
         population=population,
@@ -464,29 +459,19 @@ def _generate_chunk(
         + rng.normal(0.0, 0.4, n)
     )
     growth = rng.normal(0.0025, 0.0015, n)[:, None]
-    income = np.maximum(
-        np.round(np.exp(log_income[:, None] + _walk(rng, (n, months), growth, 0.01)), -1), 8_000.0
-    )
+    income = np.maximum(np.round(np.exp(log_income[:, None] + _walk(rng, (n, months), growth, 0.01)), -1), 8_000.0)
     employment_first = np.minimum(rng.gamma(2.0, 2.5, n), age_first - 18)
     job_change = rng.random((n, months)) < 0.008
     job_change[:, 0] = False
     last_change = np.maximum.accumulate(np.where(job_change, month[None, :], -1), axis=1)
     employment = np.round(
-        np.where(
-            last_change < 0, employment_first[:, None] + month[None, :] / 12, (month - last_change) / 12
-        ),
+        np.where(last_change < 0, employment_first[:, None] + month[None, :] / 12, (month - last_change) / 12),
         3,
     )
 
     # Credit history: random walks driven by quality.
     utilisation = np.round(
-        1.2
-        / (
-            1
-            + np.exp(
-                -(-0.9 - 0.7 * quality + rng.normal(0, 0.6, n))[:, None] - _walk(rng, (n, months), 0, 0.12)
-            )
-        ),
+        1.2 / (1 + np.exp(-(-0.9 - 0.7 * quality + rng.normal(0, 0.6, n))[:, None] - _walk(rng, (n, months), 0, 0.12))),
         4,
     )
     delinquency_rate = np.minimum(0.012 * np.exp(-0.9 * quality + rng.normal(0, 0.5, n)), 0.5)
@@ -526,9 +511,7 @@ def _generate_chunk(
     # Why the sentinel: sorting must only reorder a customer's real applications, not pick early ones.
     app_us = np.sort(np.where(valid, app_us, np.iinfo(np.int64).max), axis=1)
     app_us = np.where(valid, app_us, low[:, None])
-    amount = np.clip(
-        np.round(income[:, :1] * np.exp(rng.normal(np.log(0.25), 0.5, (n, slots))), -1), 1_000, 100_000
-    )
+    amount = np.clip(np.round(income[:, :1] * np.exp(rng.normal(np.log(0.25), 0.5, (n, slots))), -1), 1_000, 100_000)
     term = np.where(rng.random((n, slots)) < 0.25 + 0.2 * (amount > 25_000), 60, 36)
     purpose = rng.choice(len(LOAN_PURPOSES), size=(n, slots), p=[0.35, 0.22, 0.12, 0.1, 0.06, 0.05, 0.1])
     noise = rng.normal(0.0, LOGIT_NOISE_SD, (n, slots))

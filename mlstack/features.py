@@ -18,8 +18,8 @@ import pandas as pd
 from feast import FeatureStore
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
-from mlstack.online_store import RedisTarget, feast_connection_string, resolve_redis
 from mlstack.errors import StackError
+from mlstack.online_store import RedisTarget, feast_connection_string, resolve_redis
 from mlstack.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,7 @@ def apply_features(store: FeatureStore, repo_path: Path) -> ApplyResult:
     started = time.perf_counter()
     with _quiet_stdout(), _importable_repo(repo_path):
         repo = parse_repo(repo_path)
-        apply_total_with_repo_instance(
-            store, store.project, store.registry, repo, skip_source_validation=False
-        )
+        apply_total_with_repo_instance(store, store.project, store.registry, repo, skip_source_validation=False)
     return ApplyResult(
         feature_views=sorted(fv.name for fv in repo.feature_views),
         on_demand_feature_views=sorted(fv.name for fv in repo.on_demand_feature_views),
@@ -164,10 +162,8 @@ def sample_entity_rows(
     return [{"customer_id": int(cid), "zipcode": str(zipcode)} for cid, zipcode, _ in rows]
 
 
-def get_online_features(
-    store: FeatureStore, entity_rows: Sequence[dict[str, Any]]
-) -> pd.DataFrame:
-    """Online vectors of the versioned feature service: one row per entity row, request fields included."""
+def get_online_features(store: FeatureStore, entity_rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Online vectors of the versioned feature service: one row per entity row (join keys + features)."""
     service = store.get_feature_service(FEATURE_SERVICE)
     return store.get_online_features(features=service, entity_rows=list(entity_rows)).to_df()
 

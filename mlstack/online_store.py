@@ -213,9 +213,7 @@ class EmbeddedRedis:
             )
         )
         os.chmod(config, 0o600)
-        result = subprocess.run(
-            [str(self.binary()), str(config)], capture_output=True, text=True, timeout=timeout
-        )
+        result = subprocess.run([str(self.binary()), str(config)], capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise OnlineStoreError(f"embedded redis-server failed to start: {result.stderr or result.stdout}")
         target = RedisTarget(host="127.0.0.1", port=port, password=password)

@@ -16,9 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class Settings(BaseSettings):
     """Every knob of the stack; read from the environment (and ``.env``) with prefix ``MLSTACK_``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MLSTACK_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="MLSTACK_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     state_dir: Path = Field(
         default=PROJECT_ROOT / ".mlstack",
@@ -35,7 +33,7 @@ class Settings(BaseSettings):
     # Redis online store
     redis_url: str | None = Field(
         default=None,
-        description="External Redis URL (redis:// or rediss://). Unset: an embedded Redis is started under the state dir.",
+        description="External Redis URL (redis:// or rediss://). Unset: an embedded Redis under the state dir.",
     )
     redis_socket_timeout: float = Field(default=0.5, gt=0, description="Redis socket timeout, seconds.")
     redis_connect_timeout: float = Field(default=0.5, gt=0, description="Redis connect timeout, seconds.")
@@ -45,9 +43,7 @@ class Settings(BaseSettings):
     seed: int = Field(default=42, description="Seed of the synthetic data generator.")
     customers: int = Field(default=20_000, gt=0, description="Number of synthetic customers.")
     months: int = Field(default=18, ge=12, le=120, description="Months of history to generate.")
-    data_end: date | None = Field(
-        default=None, description="Last day of generated history (UTC). Unset: today."
-    )
+    data_end: date | None = Field(default=None, description="Last day of generated history (UTC). Unset: today.")
 
     # Materialisation
     materialize_batch_size: int | None = Field(
@@ -87,7 +83,6 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Build the settings once per process (never at import time)."""
     return Settings()
-
 
 
 def prefect_environment(settings: Settings) -> dict[str, str]:

@@ -51,12 +51,16 @@ def _url(target: RedisTarget) -> str:
     return f"{'rediss' if target.ssl else 'redis'}://{auth}{target.host}:{target.port}/{target.db}"
 
 
+def fresh_db(redis_server: RedisTarget) -> RedisTarget:
+    """The next logical DB of the cycle, flushed: for tests that need more than one."""
+    target = redis_server.with_db(next(_DBS))
+    make_client(target, Settings()).flushdb()
+    return target
+
+
 @pytest.fixture
 def redis_db(redis_server: RedisTarget) -> Iterator[RedisTarget]:
     """The session Redis, on a logical DB of this test's own, empty before and flushed after."""
-    target = redis_server.with_db(next(_DBS))
-    client = make_client(target, Settings())
-    client.flushdb()
+    target = fresh_db(redis_server)
     yield target
-    client.flushdb()
-    client.close()
+    make_client(target, Settings()).flushdb()

@@ -131,9 +131,7 @@ def restate_snapshots(path: Path, customer_ids: Sequence[int]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- reference checks
 
 
-def point_in_time_reference(
-    entity_df: pd.DataFrame, view: ViewSpec, *, row_key: str = "row_key"
-) -> pd.DataFrame:
+def point_in_time_reference(entity_df: pd.DataFrame, view: ViewSpec, *, row_key: str = "row_key") -> pd.DataFrame:
     """Expected features of one view per entity row, indexed by ``row_key``.
 
     Latest snapshot with ``event_timestamp <= t`` and ``t - event_timestamp <= ttl`` (ties on
@@ -167,19 +165,13 @@ def future_peeking_join(entity_df: pd.DataFrame, view: ViewSpec, *, row_key: str
         .groupby(view.key)
         .tail(1)[[view.key, *view.features]]
     )
-    return (
-        entity_df[[row_key, view.key]].merge(last, on=view.key, how="left").set_index(row_key)[view.features]
-    )
+    return entity_df[[row_key, view.key]].merge(last, on=view.key, how="left").set_index(row_key)[view.features]
 
 
 def latest_in_window(view: ViewSpec, start: datetime, end: datetime) -> pd.DataFrame:
     """Expected online values of one view: the latest snapshot per key with start <= event_ts <= end."""
-    window = view.snapshots[
-        (view.snapshots["event_timestamp"] >= start) & (view.snapshots["event_timestamp"] <= end)
-    ]
-    latest = (
-        window.sort_values(["event_timestamp", "created_timestamp"], kind="stable").groupby(view.key).tail(1)
-    )
+    window = view.snapshots[(view.snapshots["event_timestamp"] >= start) & (view.snapshots["event_timestamp"] <= end)]
+    latest = window.sort_values(["event_timestamp", "created_timestamp"], kind="stable").groupby(view.key).tail(1)
     return latest.set_index(view.key)[[*view.features, "event_timestamp"]]
 
 
@@ -219,10 +211,7 @@ def find_mismatches(
         present = want.notna().to_numpy() & got.notna().to_numpy()
         numeric_want = pd.to_numeric(want, errors="coerce")
         numeric_got = pd.to_numeric(got, errors="coerce")
-        if (
-            numeric_want.notna().sum() == want.notna().sum()
-            and numeric_got.notna().sum() == got.notna().sum()
-        ):
+        if numeric_want.notna().sum() == want.notna().sum() and numeric_got.notna().sum() == got.notna().sum():
             same = np.isclose(
                 numeric_want.to_numpy(dtype="float64"),
                 numeric_got.to_numpy(dtype="float64"),

@@ -10,7 +10,14 @@ import time
 import pytest
 import redis
 
-from mlstack.online_store import EmbeddedRedis, OnlineStoreError, RedisTarget, check_reachable, make_client, process_alive
+from mlstack.online_store import (
+    EmbeddedRedis,
+    OnlineStoreError,
+    RedisTarget,
+    check_reachable,
+    make_client,
+    process_alive,
+)
 from mlstack.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,7 @@ from mlstack.data import generate_data
 from mlstack.features import BATCH_VIEWS, apply_features, get_store, materialize_view
 from mlstack.online_store import RedisTarget, make_client
 from mlstack.settings import PROJECT_ROOT, Settings
-from tests.conftest import _url, make_settings
+from tests.conftest import _url, fresh_db, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -64,15 +65,19 @@ def test_materialize_rerun_of_same_window_leaves_redis_identical(tmp_path, redis
 
 
 def test_materialize_interrupted_run_completes_on_rerun(tmp_path, redis_server, data_dir):
-    interrupted, reference = redis_server.with_db(14), redis_server.with_db(15)
-    for target in (interrupted, reference):
-        make_client(target, Settings()).flushdb()
+    interrupted, reference = fresh_db(redis_server), fresh_db(redis_server)
     settings = _settings(tmp_path, interrupted, data_dir, materialize_batch_size=25)
-    get_store_and_apply = (
-        "from mlstack.settings import get_settings; from mlstack.features import *; "
-        "s = get_settings(); st = get_store(s); apply_features(st, s.feature_repo); "
-        "import sys; print('applied', flush=True); "
-        "materialize_view(st, 'customer_profile', __import__('datetime').datetime.now(__import__('datetime').UTC))"
+    script = textwrap.dedent(
+        """
+        from datetime import UTC, datetime
+        from mlstack.features import apply_features, get_store, materialize_view
+        from mlstack.settings import get_settings
+
+        settings = get_settings()
+        store = get_store(settings)
+        apply_features(store, settings.feature_repo)
+        materialize_view(store, "customer_profile", datetime.now(UTC))
+        """
     )
     env = {
         **os.environ,
@@ -81,7 +86,7 @@ def test_materialize_interrupted_run_completes_on_rerun(tmp_path, redis_server, 
         "MLSTACK_MATERIALIZE_BATCH_SIZE": "25",  # a settings field: small batches to interrupt,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", get_store_and_apply], env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
     )
     client = make_client(interrupted, Settings())
     try:
@@ -109,3 +114,5 @@ def test_materialize_interrupted_run_completes_on_rerun(tmp_path, redis_server, 
     clean = get_store(clean_settings, reference)
     clean.materialize(start_date=start, end_date=stop, feature_views=["customer_profile"])
     assert _dump(interrupted) == _dump(reference)
+    for target in (interrupted, reference):
+        make_client(target, Settings()).flushdb()

@@ -49,9 +49,7 @@ def materialized(repo: FeastRepo) -> dict[str, tuple[MaterializeResult, datetime
 @pytest.fixture(scope="module")
 def expected(repo: FeastRepo, materialized: dict) -> dict[str, pd.DataFrame]:
     """Per view, the latest snapshot per key inside the materialised window (what Redis should hold)."""
-    return {
-        name: latest_in_window(repo.views[name], start, end) for name, (_, start, end) in materialized.items()
-    }
+    return {name: latest_in_window(repo.views[name], start, end) for name, (_, start, end) in materialized.items()}
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,7 @@ def entity_rows(repo: FeastRepo) -> EntityRows:
     profile = repo.views["customer_profile"].snapshots
     originals = credit.snapshots.drop_duplicates(["customer_id", "event_timestamp"], keep="first")
     ordered = originals.sort_values(["customer_id", "event_timestamp"])
-    gap_after = ordered.groupby("customer_id")["event_timestamp"].diff(-1).abs() > credit.ttl + pd.Timedelta(
-        days=2
-    )
+    gap_after = ordered.groupby("customer_id")["event_timestamp"].diff(-1).abs() > credit.ttl + pd.Timedelta(days=2)
     gap = ordered[gap_after].iloc[0]
     late_joiner = ordered.groupby("customer_id").head(1).sort_values("event_timestamp").iloc[-1]
     exact = ordered.iloc[len(ordered) // 2]
@@ -210,11 +208,7 @@ def test_reference_check_flags_future_peeking_join_and_its_label_leak(
     assert (leaky - correct)[defaulted].mean() > (leaky - correct)[~defaulted].mean()
     last_snapshot = credit.snapshots.groupby("customer_id")["event_timestamp"].max()
     customers = entity_rows.frame.set_index("row_key").loc[outcomes.index, "customer_id"]
-    visible = (
-        defaulted
-        & (outcomes["default_timestamp"] < customers.map(last_snapshot).to_numpy())
-        & correct.notna()
-    )
+    visible = defaulted & (outcomes["default_timestamp"] < customers.map(last_snapshot).to_numpy()) & correct.notna()
     assert visible.sum() >= 10
     assert ((leaky - correct)[visible] >= 1).all()
 
@@ -233,7 +227,5 @@ def test_on_demand_features_match_request_and_point_in_time_inputs(
     mismatches = find_mismatches(expected, out, ["loan_to_income", "payment_to_income"])
     assert mismatches.empty, mismatches.head(20).to_string()
     no_income = entity_rows.special["before_first_snapshot"]
-    assert np.isnan(out.loc[no_income, "loan_to_income"]) and np.isnan(
-        out.loc[no_income, "payment_to_income"]
-    )
+    assert np.isnan(out.loc[no_income, "loan_to_income"]) and np.isnan(out.loc[no_income, "payment_to_income"])
     assert expected["payment_to_income"].isna().sum() > expected["loan_to_income"].isna().sum()

@@ -194,9 +194,7 @@ def test_label_rate_and_default_timestamps_are_consistent(small):
 def test_collections_rise_after_default_only_for_defaulters(small):
     _, frames = small
     apps, credit = frames[LOAN_APPLICATIONS_FILE], frames[CREDIT_HISTORY_FILE]
-    first_default = (
-        apps.dropna(subset=["default_timestamp"]).groupby("customer_id")["default_timestamp"].min()
-    )
+    first_default = apps.dropna(subset=["default_timestamp"]).groupby("customer_id")["default_timestamp"].min()
     never = apps.groupby("customer_id")["defaulted"].max().loc[lambda s: s == 0].index
     split_never = apps[apps["customer_id"].isin(never)].groupby("customer_id")["event_timestamp"].min()
 
@@ -241,9 +239,7 @@ def test_failed_generation_leaves_neither_final_nor_temp_files(tmp_path):
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        generate_data(
-            tmp_path, customers=300, months=12, end=END, seed=1, chunk_customers=100, progress=explode
-        )
+        generate_data(tmp_path, customers=300, months=12, end=END, seed=1, chunk_customers=100, progress=explode)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -29,7 +29,14 @@ def test_feast_connection_string_carries_timeouts_and_no_retry_storm():
     conn = feast_connection_string(RedisTarget("127.0.0.1", 7000, "pw", None, 2, True), settings)
     parts = conn.split(",")
     assert parts[0] == "127.0.0.1:7000"
-    assert {"db=2", "socket_timeout=0.25", "socket_connect_timeout=0.5", "retry=null", "password=pw", "ssl=true"} <= set(parts)
+    assert {
+        "db=2",
+        "socket_timeout=0.25",
+        "socket_connect_timeout=0.5",
+        "retry=null",
+        "password=pw",
+        "ssl=true",
+    } <= set(parts)
 
 
 def test_feast_connection_string_refuses_comma_in_password():

@@ -1,0 +1,73 @@
+"""The `mlstack` command as a user runs it: real subprocesses, real Redis, Prefect in ephemeral mode."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlstack.online_store import make_client
+from mlstack.settings import PROJECT_ROOT, Settings
+from tests.conftest import _url
+
+pytestmark = pytest.mark.integration
+
+
+def _mlstack(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlstack", *args],
+        env={**os.environ, **env, "COLUMNS": "200"},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_generates_and_materializes_through_the_prefect_flow(tmp_path, redis_db):
+    env = {"MLSTACK_STATE_DIR": str(tmp_path / "state"), "MLSTACK_REDIS_URL": _url(redis_db)}
+    generated = _mlstack("data", "generate", "--customers", "400", "--months", "12", env=env)
+    assert generated.returncode == 0, generated.stderr
+    assert "loan_applications" in generated.stdout
+
+    materialized = _mlstack("features", "materialize", env=env, timeout=600)
+    assert materialized.returncode == 0, materialized.stderr[-3000:]
+    assert "materialize-features" in materialized.stdout + materialized.stderr  # the Prefect flow ran
+    assert "Finished in state Completed" in materialized.stdout + materialized.stderr
+    keys = make_client(redis_db, Settings()).dbsize()
+    assert keys >= 300  # customers with a snapshot inside TTL, plus zipcodes
+    assert (tmp_path / "state" / "prefect").is_dir()  # Prefect's state stays under the state dir
+
+    shown = _mlstack("features", "show", "--customer-id", "1", "--customer-id", "2", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "loan_to_income" in shown.stdout
+
+
+def test_cli_reports_dead_redis_clearly_and_fast(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "data").mkdir()
+    started = time.monotonic()
+    result = _mlstack(
+        "features",
+        "apply",
+        env={"MLSTACK_STATE_DIR": str(tmp_path), "MLSTACK_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+    )
+    assert result.returncode == 1
+    assert "not reachable" in result.stderr or "offline data missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 120  # import time dominates; no 15 s Redis hang on top
+
+
+def test_cli_names_the_missing_step_without_data(tmp_path, redis_db):
+    result = _mlstack(
+        "features", "apply", env={"MLSTACK_STATE_DIR": str(tmp_path), "MLSTACK_REDIS_URL": _url(redis_db)}
+    )
+    assert result.returncode == 1
+    assert "mlstack data generate" in result.stderr
+    assert "Traceback" not in result.stderr

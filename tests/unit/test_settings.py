@@ -1,0 +1,34 @@
+"""Settings: environment prefix, validation, and the Prefect environment."""
+
+import pytest
+from pydantic import ValidationError
+
+from mlstack.settings import Settings, prefect_environment
+
+
+def test_settings_read_mlstack_prefixed_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLSTACK_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MLSTACK_CUSTOMERS", "123")
+    settings = Settings()
+    assert settings.state_dir == tmp_path
+    assert settings.customers == 123
+    assert settings.data_dir == tmp_path / "data"
+
+
+def test_settings_reject_bad_values_naming_the_field(monkeypatch):
+    monkeypatch.setenv("MLSTACK_MONTHS", "3")
+    with pytest.raises(ValidationError, match="months"):
+        Settings()
+
+
+def test_prefect_environment_disables_telemetry_and_keeps_state_local(monkeypatch, tmp_path):
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    env = prefect_environment(Settings(state_dir=tmp_path))
+    assert env["PREFECT_HOME"] == str(tmp_path / "prefect")
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert env["DO_NOT_TRACK"] == "1"
+
+
+def test_prefect_environment_keeps_an_explicit_server(monkeypatch, tmp_path):
+    monkeypatch.setenv("PREFECT_HOME", "/elsewhere")
+    assert prefect_environment(Settings(state_dir=tmp_path))["PREFECT_HOME"] == "/elsewhere"
