@@ -9,7 +9,9 @@ export UV_PYTHON_PREFERENCE := only-system
 export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
-PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+# The interpreter itself, not a shim: uv recreates .venv when the path it is given changes.
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	command -v $$p >/dev/null && $$p -c 'import sys; print(sys.executable)' && break; done)
 TOOLS := .mlstack/tools
 UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 RUN := $(UV) run --frozen --python $(PYTHON)

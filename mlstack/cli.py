@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -223,6 +224,9 @@ def main() -> None:
     """Console entry point: known failures print one clear line, not a traceback."""
     from mlstack.errors import StackError
 
+    # Library chatter that says nothing to a user of this CLI.
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         app(standalone_mode=True)
     except StackError as exc:
