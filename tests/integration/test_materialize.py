@@ -11,10 +11,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 
 from mlstack.data import generate_data
-from mlstack.features import BATCH_VIEWS, apply_features, get_store, materialize_view
-from mlstack.online_store import RedisTarget, make_client
+from mlstack.features import BATCH_VIEWS, apply_features, get_online_features, get_store, materialize_view
+from mlstack.online_store import EmbeddedRedis, RedisTarget, make_client
 from mlstack.settings import PROJECT_ROOT, Settings
 from tests.conftest import _url, fresh_db, make_settings
 
@@ -116,3 +117,33 @@ def test_materialize_interrupted_run_completes_on_rerun(tmp_path, redis_server, 
     assert _dump(interrupted) == _dump(reference)
     for target in (interrupted, reference):
         make_client(target, Settings()).flushdb()
+
+
+def test_feast_online_read_fails_fast_when_redis_is_dead_or_hung(tmp_path, data_dir):
+    server = EmbeddedRedis(tmp_path / "redis", Settings())
+    target = server.ensure_running()
+    try:
+        settings = _settings(tmp_path, target, data_dir)
+        store = get_store(settings, target)
+        apply_features(store, settings.feature_repo)
+        row = [
+            {"customer_id": 1, "zipcode": "00000", "loan_amount": 1.0, "loan_term_months": 36, "loan_purpose": "car"}
+        ]
+        get_online_features(store, row)  # healthy: answers
+
+        os.kill(server.pid(), signal.SIGSTOP)  # hung: accepts nothing, answers nothing
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            get_online_features(store, row)
+        assert time.monotonic() - started < 5  # redis-py defaults would block far longer
+    finally:
+        pid = server.pid()
+        if pid:
+            os.kill(pid, signal.SIGCONT)
+        server.stop()
+
+    dead_store = get_store(settings, target)  # the server is gone now: connection refused
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        get_online_features(dead_store, row)
+    assert time.monotonic() - started < 5
