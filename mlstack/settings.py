@@ -63,6 +63,43 @@ class Settings(BaseSettings):
         ),
     )
 
+    # MLflow
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking/registry URI. Unset: SQLite under the state dir (mlflow/mlflow.db)."
+    )
+    mlflow_experiment: str = Field(default="credit-risk", description="MLflow experiment of training runs.")
+    model_name: str = Field(default="credit-risk", description="Registered model name in MLflow.")
+
+    # Training
+    train_window_days: int | None = Field(
+        default=None, gt=0, description="Train on applications of the last N days before the data end. Unset: all."
+    )
+    validation_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5, description="Share of rows (by time) for validation."
+    )
+    holdout_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Most recent share of rows held out.")
+    learning_rate: float = Field(default=0.05, gt=0, le=1, description="LightGBM learning rate.")
+    num_leaves: int = Field(default=31, ge=2, description="LightGBM num_leaves.")
+    min_data_in_leaf: int = Field(default=50, ge=1, description="LightGBM min_data_in_leaf.")
+    feature_fraction: float = Field(default=0.9, gt=0, le=1, description="LightGBM feature_fraction.")
+    num_boost_round: int = Field(default=1000, ge=1, description="Maximum boosting rounds.")
+    early_stopping_rounds: int = Field(default=50, ge=1, description="Stop when validation log loss stalls this long.")
+    decision_threshold: float = Field(
+        default=0.2, gt=0, lt=1, description="Default probability at or above which an application is declined."
+    )
+
+    # Champion / challenger gate
+    promotion_margin: float = Field(
+        default=0.002, ge=0, description="ROC AUC by which a challenger must beat the champion on the same holdout."
+    )
+    floor_min_auc: float = Field(default=0.65, ge=0.5, le=1, description="Sanity floor: holdout ROC AUC.")
+    floor_max_calibration_error: float = Field(
+        default=0.05, gt=0, le=1, description="Sanity floor: expected calibration error on the holdout."
+    )
+    leakage_auc_ceiling: float = Field(
+        default=0.85, gt=0.5, le=1, description="A holdout ROC AUC above this is flagged as probable leakage."
+    )
+
     def data_end_datetime(self) -> datetime:
         """The end of generated history as a tz-aware UTC midnight."""
         day = self.data_end or datetime.now(UTC).date()
@@ -72,6 +109,15 @@ class Settings(BaseSettings):
     def data_dir(self) -> Path:
         """Directory of the offline parquet data."""
         return self.state_dir / "data"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """Directory of the local MLflow store (SQLite database and artifacts)."""
+        return self.state_dir / "mlflow"
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force: the setting, or SQLite under the state dir."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
     def redis_dir(self) -> Path:
