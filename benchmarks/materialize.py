@@ -26,10 +26,10 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from mlstack.data import generate_data
+from benchmarks.common import BENCH_ROOT, prepare
 from mlstack.features import apply_features, get_online_features, get_store, materialize_view
 from mlstack.online_store import RedisTarget, make_client, resolve_redis
-from mlstack.settings import PROJECT_ROOT, Settings
+from mlstack.settings import Settings
 
 VIEWS = {"customer_profile": 90, "credit_history": 45}  # view -> TTL days (as in feature_store/)
 BATCH = 10_000
@@ -46,21 +46,6 @@ class Timing:
     @property
     def rate(self) -> float:
         return self.rows / self.seconds
-
-
-def prepare(customers: int, root: Path) -> Settings:
-    """Settings for a benchmark state dir holding `customers` customers of data (generated once)."""
-    settings = Settings(state_dir=root / f"materialize-{customers}", customers=customers)
-    if not (settings.data_dir / "loan_applications.parquet").is_file():
-        print(f"generating {customers:,} customers ...", flush=True)
-        generate_data(
-            settings.data_dir,
-            customers=customers,
-            months=settings.months,
-            end=settings.data_end_datetime(),
-            seed=settings.seed,
-        )
-    return settings
 
 
 def run_stack(settings: Settings, target: RedisTarget, end: datetime, label: str) -> Timing:
@@ -141,7 +126,7 @@ def main() -> None:
     """Run every variant for each size and print a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, action="append", help="sizes (repeatable); default 100000")
-    parser.add_argument("--root", type=Path, default=PROJECT_ROOT / ".mlstack" / "bench")
+    parser.add_argument("--root", type=Path, default=BENCH_ROOT)
     args = parser.parse_args()
     print("| customers | variant | rows | seconds | rows/s | ÷ HSET only | ÷ read + HSET |")
     print("|---:|---|---:|---:|---:|---:|---:|")

@@ -55,6 +55,10 @@ def data_generate(
 
 def _generate(settings: Settings) -> None:
     from mlstack.data import generate_data
+    from mlstack.features import reset_feature_state
+
+    if (settings.data_dir / "loan_applications.parquet").is_file() and reset_feature_state(settings):
+        console.print("existing data replaced: cleared the Feast registry and this project's online rows")
 
     started = time.perf_counter()
     with Progress(

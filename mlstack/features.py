@@ -96,6 +96,22 @@ def apply_features(store: FeatureStore, repo_path: Path) -> ApplyResult:
     )
 
 
+def reset_feature_state(settings: Settings) -> bool:
+    """Forget what was materialised: remove the project's online rows and the registry (True if any).
+
+    Needed when the offline data is regenerated: incremental windows recorded for the old data would
+    otherwise skip the new data's history, and Redis would keep the old data's vectors.
+    """
+    registry_file = settings.state_dir / "feast" / "registry.db"
+    if settings.feast_registry_url is None and not registry_file.exists():
+        return False
+    store = get_store(settings)
+    with _quiet_stdout():
+        store.teardown()  # deletes this project's keys from Redis and the registry's objects
+    registry_file.unlink(missing_ok=True)
+    return True
+
+
 @dataclass(frozen=True)
 class MaterializeResult:
     """One feature view's materialisation: the window, rows written and duration."""

@@ -1,0 +1,25 @@
+"""Shared setup of the benchmarks: a state dir per size with generated data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlstack.data import generate_data
+from mlstack.settings import PROJECT_ROOT, Settings
+
+BENCH_ROOT = PROJECT_ROOT / ".mlstack" / "bench"
+
+
+def prepare(customers: int, root: Path = BENCH_ROOT) -> Settings:
+    """Settings for a benchmark state dir holding `customers` customers of data (generated once, reused)."""
+    settings = Settings(state_dir=root / f"materialize-{customers}", customers=customers)
+    if not (settings.data_dir / "loan_applications.parquet").is_file():
+        print(f"generating {customers:,} customers ...", flush=True)
+        generate_data(
+            settings.data_dir,
+            customers=customers,
+            months=settings.months,
+            end=settings.data_end_datetime(),
+            seed=settings.seed,
+        )
+    return settings
