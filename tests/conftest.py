@@ -64,3 +64,59 @@ def redis_db(redis_server: RedisTarget) -> Iterator[RedisTarget]:
     target = fresh_db(redis_server)
     yield target
     make_client(target, Settings()).flushdb()
+
+
+# --- PostgreSQL and MLflow server (see tests/integration/services.py) ---
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow reads it at import and ignores DO_NOT_TRACK=1
+os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """libpq URL of a PostgreSQL maintenance DB: MLSTACK_TEST_POSTGRES_URL, or a throwaway cluster of our own."""
+    from tests.integration import services
+
+    url = os.environ.get("MLSTACK_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    bin_dir = services.find_postgres_bin()
+    if bin_dir is None:
+        pytest.fail(services.INSTALL_HINT, pytrace=False)
+    try:
+        cluster = services.start_postgres(bin_dir)
+    except services.ServiceError as exc:
+        pytest.fail(f"could not start a throwaway PostgreSQL: {exc}", pytrace=False)
+    yield cluster.url
+    services.stop_postgres(cluster)
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database of this test's own (libpq URL), dropped after."""
+    from tests.integration import services
+
+    url = services.create_database(postgres_url)
+    yield url
+    services.drop_database(postgres_url, url)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` for one test module, on its own Postgres database; yields its URL.
+
+    Module scope: start-up (imports + schema migrations) takes ~15 s. Tests keep apart by using
+    their own registered-model and experiment names.
+    """
+    from tests.integration import services
+
+    database = services.create_database(postgres_url)
+    try:
+        server = services.start_mlflow_server(services.sqlalchemy_url(database), tmp_path_factory.mktemp("mlflow"))
+    except services.ServiceError as exc:
+        services.drop_database(postgres_url, database)
+        pytest.fail(f"could not start mlflow server: {exc}", pytrace=False)
+    yield server.url
+    services.stop_mlflow_server(server)
+    services.drop_database(postgres_url, database)

@@ -46,6 +46,11 @@ def test_cli_generates_and_materializes_through_the_prefect_flow(tmp_path, redis
     assert shown.returncode == 0, shown.stderr
     assert "loan_to_income" in shown.stdout
 
+    regenerated = _mlstack("data", "generate", "--customers", "300", "--months", "12", "--seed", "5", env=env)
+    assert regenerated.returncode == 0, regenerated.stderr
+    assert "cleared the Feast registry" in regenerated.stdout
+    assert make_client(redis_db, Settings()).dbsize() == 0  # no vectors of the old data survive
+
 
 def test_cli_reports_dead_redis_clearly_and_fast(tmp_path):
     with socket.socket() as sock:

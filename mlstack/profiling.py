@@ -1,0 +1,69 @@
+"""whylogs profiles of frames (the training reference, later live traffic), stored as whylogs binaries."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from mlstack.errors import StackError
+
+if TYPE_CHECKING:
+    from whylogs.core.view.dataset_profile_view import DatasetProfileView
+
+PROFILE_SUFFIX = ".bin"
+
+
+class ProfileError(StackError):
+    """A profile could not be read or written."""
+
+
+def _whylogs():  # type: ignore[no-untyped-def]
+    """Import whylogs lazily (slow import) with its usage telemetry off: offline, it would hang at exit."""
+    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+    import whylogs
+
+    return whylogs
+
+
+def profile_frame(frame: pd.DataFrame) -> DatasetProfileView:
+    """A whylogs profile view of every column of `frame` (counts, types, distribution sketches)."""
+    if frame.columns.empty:
+        raise ProfileError("cannot profile a frame without columns")
+    return _whylogs().log(pandas=frame).view()
+
+
+def write_profile(view: DatasetProfileView, path: Path) -> Path:
+    """Write `view` as a whylogs binary at `path` atomically (temp file + rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(view.serialize())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_profile(path: Path) -> DatasetProfileView:
+    """Read a profile written by `write_profile`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ProfileError(f"no profile at {path}") from exc
+    _whylogs()
+    from whylogs.core.view.dataset_profile_view import DatasetProfileView
+
+    try:
+        return DatasetProfileView.deserialize(data)
+    except Exception as exc:  # whylogs raises assorted errors on foreign or truncated bytes
+        raise ProfileError(f"{path} is not a whylogs profile ({type(exc).__name__}: {exc})") from exc

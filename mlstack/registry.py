@@ -1,0 +1,473 @@
+"""MLflow tracking and model registry: log a trained model with its lineage, load it back, promote, roll back.
+
+Everything goes through `mlflow.MlflowClient` and `mlflow.lightgbm`. Aliases carry the lifecycle:
+`@challenger` is the newest registered version, `@champion` the one serving. Every champion move
+is recorded: decision tags on the version, and a `champion_history` tag (JSON list of earlier
+champions, oldest first) on the registered model, which is what `rollback` walks back.
+
+Promotions and rollbacks are serialised: an exclusive `flock` under the state dir for processes on
+one machine, and a compare-and-set against the tracking server for everyone else (MLflow has no
+atomic alias CAS, so the champion is re-read right before the move and verified right after).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import lightgbm
+import mlflow
+import mlflow.lightgbm
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from mlstack.errors import StackError
+from mlstack.evaluation import Metrics
+from mlstack.promotion import Decision, history_after_promotion, history_after_rollback, plan_rollback
+from mlstack.settings import Settings
+from mlstack.training import Split, TrainingSet
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"
+LAST_ROLLBACK_TAG = "last_rollback"
+MODEL_ARTIFACT = "model"
+PLOTS_DIR = "plots"
+REFERENCE_PROFILE_DIR = "reference_profile"
+BOOSTER_CLASS = "lightgbm.basic.Booster"
+LOCK_TIMEOUT_SECONDS = 120.0
+_SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
+
+
+class RegistryError(StackError):
+    """The tracking server or registry refused or failed an operation; nothing further was changed."""
+
+
+class NoPreviousChampionError(RegistryError):
+    """A rollback was asked for, but there is no earlier champion to return to."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version created by `log_and_register`."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+
+
+def tracking(settings: Settings) -> MlflowClient:
+    """Point MLflow (tracking + registry) at the settings' URI, get or create the experiment; return a client."""
+    uri = settings.tracking_uri()
+    if _is_local_store(uri):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _mlflow_errors(settings, "open the experiment"):
+        _experiment_id(client, settings)
+    return client
+
+
+def _is_local_store(uri: str) -> bool:
+    """True unless `uri` is a tracking server (then the server decides where artifacts go)."""
+    return urlparse(uri).scheme not in _SERVER_SCHEMES
+
+
+def _experiment_id(client: MlflowClient, settings: Settings) -> str:
+    name = settings.mlflow_experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if _is_local_store(settings.tracking_uri()):
+            # Without a server MLflow would write artifacts to ./mlruns of whatever the cwd is.
+            location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:  # created concurrently by another process
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise RegistryError(
+            f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore`) "
+            "or set MLSTACK_MLFLOW_EXPERIMENT to another name."
+        )
+    return experiment.experiment_id
+
+
+@contextlib.contextmanager
+def _mlflow_errors(settings: Settings, action: str) -> Iterator[None]:
+    """Turn MLflow failures into a RegistryError that names the action and the tracking URI."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except MlflowException as exc:
+        raise RegistryError(f"could not {action} (MLflow at {settings.tracking_uri()}): {exc.message}") from exc
+
+
+def lineage_tags(
+    training_set: TrainingSet, metrics: Metrics, git_commit: str | None, extra_tags: dict[str, str] | None
+) -> dict[str, str]:
+    """Tags tying a model version to its features, data and code (extra_tags may add or override)."""
+    extra = dict(extra_tags or {})
+    tags = {
+        "feature_service": training_set.feature_service,
+        "feature_service_version": extra.pop("feature_service_version", "unknown"),
+        "feast_project": extra.pop("feast_project", "unknown"),
+        "feature_refs": ",".join(training_set.feature_refs),
+        "training_window_start": training_set.window_start.isoformat(),
+        "training_window_end": training_set.window_end.isoformat(),
+        "training_set_fingerprint": training_set.fingerprint,
+        "training_rows": str(len(training_set.frame)),
+        "git_commit": git_commit or "unknown",
+    }
+    tags.update({f"holdout_{key}": repr(value) for key, value in metrics.as_dict().items()})
+    tags.update({key: str(value) for key, value in extra.items()})
+    return tags
+
+
+def log_and_register(
+    settings: Settings,
+    *,
+    booster: lightgbm.Booster,
+    training_set: TrainingSet,
+    split: Split,
+    params: dict,
+    metrics: Metrics,
+    plots: list[Path],
+    reference_profile: Path,
+    signature_frame: pd.DataFrame,
+    git_commit: str | None,
+    extra_tags: dict[str, str] | None = None,
+) -> RegisteredVersion:
+    """Log one training run (params, holdout metrics, plots, reference profile, native Booster) and register it.
+
+    The new version gets lineage tags and the `@challenger` alias. Inputs are checked before anything
+    is written; a failure during logging leaves a FAILED run and no model version.
+    """
+    plots = [Path(plot) for plot in plots]
+    reference_profile = Path(reference_profile)
+    missing = [str(path) for path in [*plots, reference_profile] if not path.is_file()]
+    if missing:
+        raise RegistryError(f"cannot log the model: missing artifact file(s): {', '.join(missing)}")
+    if signature_frame.empty:
+        raise RegistryError("cannot log the model: signature_frame has no rows (need encoded model input rows)")
+
+    client = tracking(settings)
+    name = settings.model_name
+    with _mlflow_errors(settings, f"log and register model {name!r}"):
+        experiment_id = _experiment_id(client, settings)
+        tags = lineage_tags(training_set, metrics, git_commit, extra_tags)
+        run_tags = {key: value for key, value in tags.items() if not key.startswith("holdout_")}
+        if git_commit:
+            run_tags["mlflow.source.git.commit"] = git_commit
+        run_name = f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
+            mlflow.log_params(
+                {
+                    **params,
+                    "train_rows": len(split.train),
+                    "validation_rows": len(split.validation),
+                    "holdout_rows": len(split.holdout),
+                }
+            )
+            mlflow.log_metrics({f"holdout_{key}": value for key, value in metrics.as_dict().items()})
+            for plot in plots:
+                mlflow.log_artifact(str(plot), artifact_path=PLOTS_DIR)
+            mlflow.log_artifact(str(reference_profile), artifact_path=REFERENCE_PROFILE_DIR)
+            tags["reference_profile_uri"] = f"{run.info.artifact_uri}/{REFERENCE_PROFILE_DIR}/{reference_profile.name}"
+            example = signature_frame.head(5)
+            signature = infer_signature(signature_frame, booster.predict(example))
+            model_info = mlflow.lightgbm.log_model(
+                booster,
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=example,
+                # Pinned explicitly: inferring them would re-import the model in a subprocess (slow).
+                pip_requirements=[
+                    f"lightgbm=={lightgbm.__version__}",
+                    f"numpy=={np.__version__}",
+                    f"pandas=={pd.__version__}",
+                ],
+            )
+        _ensure_registered_model(client, name)
+        version = client.create_model_version(
+            name=name,
+            source=model_info.model_uri,
+            run_id=run.info.run_id,
+            tags=tags,
+            model_id=model_info.model_id,
+        )
+        client.set_registered_model_alias(name, CHALLENGER, str(version.version))
+    logger.info("registered %s version %s (run %s)", name, version.version, run.info.run_id)
+    return RegisteredVersion(name, str(version.version), run.info.run_id, f"models:/{name}/{version.version}")
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name, description="Credit-risk default classifier (LightGBM Booster).")
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
+def _resolve(client: MlflowClient, name: str, ref: str) -> ModelVersion:
+    """The version `ref` names: a version number ("3") or an alias ("@champion")."""
+    ref = str(ref).strip()
+    try:
+        if ref.startswith("@") and len(ref) > 1:
+            return client.get_model_version_by_alias(name, ref[1:])
+        if ref.isdigit():
+            return client.get_model_version(name, ref)
+    except MlflowException as exc:
+        if _missing(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
+            raise RegistryError(f"model {name!r} has no version {ref!r}") from exc
+        raise
+    raise RegistryError(f"model reference must be a version number or @alias (e.g. 3, @champion), got {ref!r}")
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def load_booster(settings: Settings, ref: str) -> tuple[lightgbm.Booster, ModelVersion]:
+    """The native Booster of version `ref` ("3" or "@champion") and its ModelVersion.
+
+    Only a model logged as a Booster (LightGBM text format) is loaded: anything else would be
+    unpickled, which can run arbitrary code, so it is refused.
+    """
+    client = tracking(settings)
+    name = settings.model_name
+    with _mlflow_errors(settings, f"load model {name!r} {ref}"):
+        version = _resolve(client, name, ref)
+        with tempfile.TemporaryDirectory(prefix="mlstack-model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp)
+            flavor = Model.load(local).flavors.get("lightgbm") or {}
+            if flavor.get("model_class", BOOSTER_CLASS) != BOOSTER_CLASS or "data" not in flavor:
+                raise RegistryError(
+                    f"model {name!r} version {version.version} is not a native LightGBM Booster "
+                    f"(flavor {flavor or 'missing'}); refusing to load it"
+                )
+            booster = lightgbm.Booster(model_file=os.path.join(local, flavor["data"]))
+    return booster, version
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version an alias points to, read fresh from the registry (None: no such alias or model)."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+    version = model.aliases.get(alias)
+    return None if version is None else str(version)
+
+
+def champion_version(settings: Settings) -> ModelVersion | None:
+    """The current `@champion` version (None: no champion yet)."""
+    client = tracking(settings)
+    with _mlflow_errors(settings, "read the champion"):
+        version = _alias_version(client, settings.model_name, CHAMPION)
+        return None if version is None else client.get_model_version(settings.model_name, version)
+
+
+def champion_history(settings: Settings) -> list[str]:
+    """Earlier champions, oldest first (the current one is not included)."""
+    client = tracking(settings)
+    with _mlflow_errors(settings, "read the champion history"):
+        return _read_history(client, settings.model_name)
+
+
+def _read_history(client: MlflowClient, name: str) -> list[str]:
+    try:
+        raw = client.get_registered_model(name).tags.get(HISTORY_TAG)
+    except MlflowException as exc:
+        if _missing(exc):
+            return []
+        raise
+    if not raw:
+        return []
+    try:
+        history = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"tag {HISTORY_TAG} of model {name!r} is not a JSON list: {raw!r}") from exc
+    return [str(version) for version in history]
+
+
+@contextlib.contextmanager
+def _promotion_lock(settings: Settings, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Exclusive lock serialising champion moves of this state dir (processes and threads alike)."""
+    path = settings.mlflow_dir / "promotion.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with path.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RegistryError(
+                        f"another promotion or rollback has held {path} for over {timeout:.0f}s; try again later"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def promote(settings: Settings, version: str, decision: Decision) -> bool:
+    """Record `decision` on `version` ("3" or "@alias"); if it says promote, move `@champion` to it. True if moved.
+
+    Refused (False, reason recorded in `promotion_outcome` / `promotion_refusal`) when the champion is
+    no longer the one the decision compared with, or `version` already is the champion.
+    """
+    name = settings.model_name
+    client = tracking(settings)
+    with _promotion_lock(settings), _mlflow_errors(settings, f"promote {name!r} version {version}"):
+        version = str(_resolve(client, name, str(version)).version)  # fails clearly on an unknown version
+        tags = decision.to_tags() | {"promotion_decided_at": _now()}
+        current = _alias_version(client, name, CHAMPION)
+
+        def refuse(outcome: str, reason: str) -> bool:
+            logger.warning("not promoting %s version %s: %s", name, version, reason)
+            _set_version_tags(client, name, version, tags | {"promotion_outcome": outcome, "promotion_refusal": reason})
+            return False
+
+        if not decision.promote:
+            _set_version_tags(client, name, version, tags | {"promotion_outcome": "rejected"})
+            return False
+        stale = _stale_reason(decision, current, version)
+        if stale:
+            return refuse("refused", stale)
+        history = _read_history(client, name)
+        new_history = history_after_promotion(history, current)
+        if new_history != history:  # written before the move: a crash in between leaves a harmless duplicate
+            client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(new_history))
+        # Compare-and-set: the champion must still be the one decided against right before the move.
+        now = _alias_version(client, name, CHAMPION)
+        if now != current:
+            return refuse("refused", _changed(decision.champion_version, now))
+        client.set_registered_model_alias(name, CHAMPION, version)
+        after = _alias_version(client, name, CHAMPION)
+        if after != version:
+            return refuse("lost_race", f"another promotion moved @{CHAMPION} to version {after} at the same time")
+        _set_version_tags(client, name, version, tags | {"promotion_outcome": "promoted", "promoted_at": _now()})
+    logger.info("promoted %s version %s to @%s (previous: %s)", name, version, CHAMPION, current)
+    return True
+
+
+def _stale_reason(decision: Decision, current: str | None, version: str) -> str | None:
+    if decision.champion is not None and decision.champion_version is None:
+        return "the decision does not name the champion version it was compared with"
+    if current != decision.champion_version:
+        return _changed(decision.champion_version, current)
+    if current == version:
+        return f"version {version} already is @{CHAMPION}"
+    return None
+
+
+def _changed(decided: str | None, current: str | None) -> str:
+    def label(version: str | None) -> str:
+        return f"version {version}" if version else "no champion"
+
+    return (
+        f"@{CHAMPION} changed since the decision: it was made against {label(decided)}, the champion now is "
+        f"{label(current)}; re-evaluate the challenger against the current champion"
+    )
+
+
+def rollback(settings: Settings, reason: str) -> tuple[str | None, str | None]:
+    """Move `@champion` back to the previous champion; returns (from, to) versions and records why."""
+    if not reason or not reason.strip():
+        raise RegistryError("a rollback needs a reason (it is recorded on both versions)")
+    name = settings.model_name
+    client = tracking(settings)
+    with _promotion_lock(settings), _mlflow_errors(settings, f"roll back {name!r}"):
+        current = _alias_version(client, name, CHAMPION)
+        history = _read_history(client, name)
+        target = plan_rollback(history, current)
+        if target is None:
+            raise NoPreviousChampionError(
+                f"model {name!r} has no previous champion to roll back to "
+                f"(current champion: {('version ' + current) if current else 'none'}); nothing was changed"
+            )
+        _resolve(client, name, target)
+        if _alias_version(client, name, CHAMPION) != current:
+            raise RegistryError(f"@{CHAMPION} of {name!r} moved during the rollback; nothing was changed, try again")
+        at = _now()
+        # Alias first, history second: a crash in between leaves `target` last in the history, and
+        # plan_rollback skips the current champion, so the next rollback still goes further back.
+        client.set_registered_model_alias(name, CHAMPION, target)
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history_after_rollback(history, target)))
+        record = {"from": current, "to": target, "reason": reason, "at": at}
+        client.set_registered_model_tag(name, LAST_ROLLBACK_TAG, json.dumps(record))
+        if current is not None:
+            _set_version_tags(
+                client, name, current, {"rolled_back_at": at, "rollback_reason": reason, "rolled_back_to": target}
+            )
+        _set_version_tags(
+            client, name, target, {"restored_at": at, "restore_reason": reason, "restored_from": current or "none"}
+        )
+    logger.warning("rolled back %s @%s from %s to %s: %s", name, CHAMPION, current, target, reason)
+    return current, target
+
+
+def describe(settings: Settings, ref: str) -> dict[str, str]:
+    """Version, aliases, run, status, every version tag (lineage, decisions) and the run's metrics, as strings."""
+    client = tracking(settings)
+    name = settings.model_name
+    with _mlflow_errors(settings, f"describe {name!r} {ref}"):
+        version = _resolve(client, name, ref)
+        info = {
+            "name": name,
+            "version": str(version.version),
+            "aliases": ",".join(sorted(f"@{alias}" for alias in version.aliases)) or "-",
+            "run_id": version.run_id or "-",
+            "status": str(version.status),
+            "source": version.source or "-",
+            "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+        }
+        info.update({key: str(value) for key, value in sorted(version.tags.items())})
+        if version.run_id:
+            metrics = client.get_run(version.run_id).data.metrics
+            info.update({key: _format_metric(value) for key, value in sorted(metrics.items())})
+    return info
+
+
+def _format_metric(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(float(value))
