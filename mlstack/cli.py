@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mlstack.settings import Settings, get_settings, prefect_environment
+from mlstack.settings import Settings, get_settings, stack_environment
 
 app = typer.Typer(
     name="mlstack",
@@ -29,6 +29,8 @@ data_app = typer.Typer(help="Synthetic offline data.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature repository and the Redis online store.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+model_app = typer.Typer(help="Registered models in MLflow: lineage, champion rollback.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -113,7 +115,6 @@ def features_materialize(
 
 
 def _run_materialize_flow(end: datetime | None, views: list[str] | None):  # type: ignore[no-untyped-def]
-    os.environ.update(prefect_environment(get_settings()))
     from flows.materialize import materialize_features_flow
 
     return materialize_features_flow(end=end, feature_views=views)
@@ -165,11 +166,77 @@ def _print_vectors(frame) -> None:  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def train(
+    start: Annotated[datetime | None, typer.Option(help="First application time of the window (UTC).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Last application time of the window (UTC).")] = None,
+) -> None:
+    """Run the Prefect flow `train-model`: train, log to MLflow, register, and gate against @champion."""
+    _print_training(_run_train_flow(_utc(start), _utc(end)), get_settings())
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+
+
+def _run_train_flow(start: datetime | None, end: datetime | None):  # type: ignore[no-untyped-def]
+    from flows.train import train_model_flow
+
+    return train_model_flow(start=start, end=end)
+
+
+def _print_training(outcome, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from mlstack.registry import champion_version
+
+    metrics = outcome.metrics
+    champion = champion_version(settings)
+    verdict = "[green]promoted to @champion[/]" if outcome.promoted else "[yellow]not promoted[/]"
+    console.print(f"model {settings.model_name} version {outcome.version}: {verdict}")
+    console.print(f"  decision: {outcome.decision.summary()}")
+    console.print(
+        f"  holdout: ROC AUC {metrics.roc_auc:.4f}, PR AUC {metrics.pr_auc:.4f}, log loss {metrics.log_loss:.4f}, "
+        f"Brier {metrics.brier:.4f}, calibration error {metrics.calibration_error:.4f}, "
+        f"recall {metrics.recall_at_threshold:.3f} / precision {metrics.precision_at_threshold:.3f} "
+        f"at threshold {metrics.threshold:.2f} ({metrics.rows:,} applications)"
+    )
+    for warning in outcome.leakage:
+        console.print(f"  [red]probable leakage:[/] {warning}")
+    console.print(f"  @champion is now version {champion.version if champion else '(none)'}")
+    if not settings.mlflow_tracking_uri:
+        console.print(
+            f"  MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri()} "
+            "--port 5000, then open http://127.0.0.1:5000"
+        )
+
+
+@model_app.command("show")
+def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias.")] = "@champion") -> None:
+    """Print a model version's lineage: feature service, training window, fingerprint, commit, metrics."""
+    from mlstack.registry import describe
+
+    info = describe(get_settings(), ref)
+    table = Table(title=f"{get_settings().model_name} {ref}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in info.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@model_app.command("rollback")
+def model_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on both versions.")]) -> None:
+    """Move @champion back to the previous champion and record why."""
+    from mlstack.registry import rollback
+
+    previous, now = rollback(get_settings(), reason)
+    console.print(f"@champion moved from version {previous} back to version {now}")
+
+
+@app.command()
 def demo(
     customers: Annotated[int | None, typer.Option(min=1, help="Customers to simulate.")] = None,
     regenerate: Annotated[bool, typer.Option(help="Regenerate data even if present.")] = False,
 ) -> None:
-    """Run the loop built so far: data -> feast apply -> materialise (Prefect) -> read online vectors."""
+    """Run the loop built so far: data -> feast apply -> materialise -> online vectors -> train + gate (Prefect)."""
     from mlstack.features import get_online_features, get_store, sample_entity_rows
     from mlstack.online_store import resolve_redis
 
@@ -189,7 +256,9 @@ def demo(
     for row in rows:
         row.update(loan_amount=12_000.0, loan_term_months=36, loan_purpose="debt_consolidation")
     _print_vectors(get_online_features(get_store(settings, target), rows))
-    console.print("\n[green]done.[/] `mlstack down` stops the embedded Redis.")
+    console.rule("[bold]5. train, register in MLflow, champion/challenger gate (Prefect flow train-model)")
+    _print_training(_run_train_flow(None, None), settings)
+    console.print("\n[green]done.[/] `mlstack model show` prints the champion's lineage; `mlstack down` stops Redis.")
 
 
 @app.command()
@@ -231,6 +300,7 @@ def main() -> None:
     # Library chatter that says nothing to a user of this CLI.
     warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.update(stack_environment(get_settings()))
     try:
         app(standalone_mode=True)
     except StackError as exc:

@@ -131,6 +131,25 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def stack_environment(settings: Settings) -> dict[str, str]:
+    """Environment for the libraries the stack drives: Prefect (below) and MLflow, telemetry off.
+
+    MLflow: no usage telemetry, no progress bars, and a bounded number of HTTP retries so an
+    unreachable tracking server fails in seconds rather than minutes.
+    """
+    mlflow_defaults = {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+        "WHYLOGS_NO_ANALYTICS": "True",
+    }
+    return {
+        **{key: os.environ.get(key, value) for key, value in mlflow_defaults.items()},
+        **prefect_environment(settings),
+    }
+
+
 def prefect_environment(settings: Settings) -> dict[str, str]:
     """Environment for Prefect: local ephemeral mode, state under the state dir, no telemetry.
 

@@ -1,0 +1,96 @@
+"""Flow `train-model`: Feast training set -> time split -> LightGBM -> MLflow -> champion/challenger gate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mlstack import registry, trainer
+from mlstack.settings import get_settings
+
+# Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
+step = task(cache_policy=NO_CACHE)
+
+
+@step
+def build_training_set(start: datetime | None, end: datetime | None):  # type: ignore[no-untyped-def]
+    return trainer.load_training_set(get_settings(), start, end)
+
+
+@step
+def split_by_time(training_set):  # type: ignore[no-untyped-def]
+    return trainer.split(get_settings(), training_set)
+
+
+@step
+def train_lightgbm(parts):  # type: ignore[no-untyped-def]
+    return trainer.train(get_settings(), parts)
+
+
+@step
+def evaluate_holdout(booster, parts):  # type: ignore[no-untyped-def]
+    return trainer.evaluate_challenger(get_settings(), booster, parts)
+
+
+@step
+def check_leakage(metrics, parts):  # type: ignore[no-untyped-def]
+    return trainer.check_leakage(get_settings(), metrics, parts)
+
+
+@step
+def score_champion(parts):  # type: ignore[no-untyped-def]
+    return trainer.score_champion(get_settings(), parts)
+
+
+@step
+def write_artifacts(booster, parts):  # type: ignore[no-untyped-def]
+    return trainer.write_artifacts(booster, parts, trainer.run_directory(get_settings()))
+
+
+@step
+def log_and_register(booster, training_set, parts, metrics, artifacts, leakage):  # type: ignore[no-untyped-def]
+    return trainer.register(get_settings(), booster, training_set, parts, metrics, artifacts, leakage)
+
+
+@step
+def decide_promotion(metrics, champion, leakage):  # type: ignore[no-untyped-def]
+    return trainer.gate(get_settings(), metrics, champion, leakage)
+
+
+@step
+def move_champion_alias(version: str, decision) -> bool:  # type: ignore[no-untyped-def]
+    return registry.promote(get_settings(), version, decision)
+
+
+@step
+def publish_report(outcome) -> None:  # type: ignore[no-untyped-def]
+    create_markdown_artifact(key="train-model-report", markdown=trainer.training_markdown(outcome))
+
+
+@flow(name="train-model")
+def train_model_flow(start: datetime | None = None, end: datetime | None = None) -> trainer.TrainingOutcome:
+    """Train a challenger on labelled applications in [start, end] and gate it against @champion.
+
+    Parameters:
+        start: first application time of the window (default: MLSTACK_TRAIN_WINDOW_DAYS before end, or all).
+        end: last application time (default: the end of the offline data).
+    """
+    logger = get_run_logger()
+    training_set = build_training_set(start, end)
+    logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
+    parts = split_by_time(training_set)
+    booster = train_lightgbm(parts)
+    metrics = evaluate_holdout(booster, parts)
+    leakage = check_leakage(metrics, parts)
+    champion = score_champion(parts)
+    artifacts = write_artifacts(booster, parts)
+    registered = log_and_register(booster, training_set, parts, metrics, artifacts, leakage)
+    decision = decide_promotion(metrics, champion, leakage)
+    promoted = move_champion_alias(registered.version, decision)
+    outcome = trainer.outcome_of(registered, training_set, parts, metrics, champion, decision, promoted, leakage)
+    publish_report(outcome)
+    logger.info(outcome.summary())
+    return outcome

@@ -1,0 +1,122 @@
+"""The `train-model` flow end to end: real Feast + DuckDB, a real MLflow server on real PostgreSQL, Prefect."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from mlstack import evaluation, registry, trainer
+from mlstack.data import generate_data
+from mlstack.features import apply_features, get_store
+from mlstack.settings import get_settings
+from mlstack.training import TrainingSet
+from tests.conftest import fresh_db, make_settings
+
+pytestmark = pytest.mark.integration
+
+DATA_END = datetime(2025, 6, 1, tzinfo=UTC)  # fixed: the training set does not depend on today's date
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_server, mlflow_server):
+    """Settings for a state dir with data and an applied repo, registering into the MLflow server."""
+    state = tmp_path_factory.mktemp("train-flow")
+    settings = make_settings(
+        state / "state",
+        fresh_db(redis_server),
+        mlflow_tracking_uri=mlflow_server,
+        model_name="credit-risk-flow-test",
+        mlflow_experiment="flow-test",
+        data_end=DATA_END.date(),
+    )
+    generate_data(settings.data_dir, customers=2500, months=18, end=DATA_END, seed=3)
+    apply_features(get_store(settings), settings.feature_repo)
+    return settings
+
+
+@pytest.fixture
+def stack_env(stack, monkeypatch):
+    """The same settings for code that reads them from the environment (the flow's tasks)."""
+    for name in ("state_dir", "redis_url", "mlflow_tracking_uri", "model_name", "mlflow_experiment", "data_end"):
+        monkeypatch.setenv(f"MLSTACK_{name.upper()}", str(getattr(stack, name)))
+    get_settings.cache_clear()
+    yield stack
+    get_settings.cache_clear()
+
+
+def test_train_model_flow_promotes_first_model_and_refuses_identical_retrain(stack_env, tmp_path, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.train import train_model_flow
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    with prefect_test_harness(server_startup_timeout=120):
+        first = train_model_flow()
+        second = train_model_flow()
+
+    assert first.promoted and first.decision.champion is None
+    assert not second.promoted
+    assert second.champion.version == first.version
+    assert second.metrics.roc_auc == pytest.approx(first.metrics.roc_auc, abs=1e-12)  # deterministic training
+    assert any("margin" in reason or "not better" in reason for reason in second.decision.reasons), second.decision
+    assert registry.champion_version(stack_env).version == first.version
+
+    tags = registry.describe(stack_env, second.version)
+    assert tags["promotion_outcome"] == "rejected"
+    for key in (
+        "feature_service",
+        "feast_project",
+        "feature_refs",
+        "training_window_start",
+        "training_window_end",
+        "training_set_fingerprint",
+        "git_commit",
+        "reference_profile_uri",
+    ):
+        assert tags.get(key) not in (None, "", "unknown"), key
+    assert tags["feature_service"] == "credit_risk_v1"
+    assert tags["training_set_fingerprint"] == first.fingerprint == second.fingerprint
+    assert "credit_history:accounts_in_collections" in tags["feature_refs"]
+
+
+def _ensure_champion(settings) -> None:
+    """Tests below need a champion; the flow test makes one, but they must not depend on its order."""
+    if registry.champion_version(settings) is None:
+        assert trainer.run_training(settings).promoted
+
+
+def test_registered_champion_reproduces_logged_holdout_metric_exactly(stack_env):
+    _ensure_champion(stack_env)
+    training_set = trainer.load_training_set(stack_env, None, None)
+    parts = trainer.split(stack_env, training_set)
+    booster, version = registry.load_booster(stack_env, "@champion")
+    assert type(booster).__name__ == "Booster"
+    metrics = evaluation.evaluate(booster, parts.holdout, stack_env.decision_threshold)
+    logged = registry.describe(stack_env, str(version.version))
+    assert metrics.roc_auc == float(logged["holdout_roc_auc"])
+    assert metrics.log_loss == float(logged["holdout_log_loss"])
+
+
+def test_model_trained_on_shuffled_labels_is_never_promoted(stack_env):
+    _ensure_champion(stack_env)
+    champion_before = registry.champion_version(stack_env).version
+    real = trainer.load_training_set(stack_env, None, None)
+    frame = real.frame.copy()
+    frame["defaulted"] = np.random.default_rng(0).permutation(frame["defaulted"].to_numpy())
+    shuffled = TrainingSet(
+        frame, real.feature_service, real.feature_refs, real.window_start, real.window_end, "shuffled"
+    )
+    parts = trainer.split(stack_env, shuffled)
+    booster = trainer.train(stack_env, parts)
+    metrics = trainer.evaluate_challenger(stack_env, booster, parts)
+    leakage = trainer.check_leakage(stack_env, metrics, parts)
+    champion = trainer.score_champion(stack_env, parts)
+    artifacts = trainer.write_artifacts(booster, parts, trainer.run_directory(stack_env))
+    registered = trainer.register(stack_env, booster, shuffled, parts, metrics, artifacts, leakage)
+    decision = trainer.gate(stack_env, metrics, champion, leakage)
+
+    assert not decision.promote
+    assert registry.promote(stack_env, registered.version, decision) is False
+    assert registry.champion_version(stack_env).version == champion_before
