@@ -44,8 +44,9 @@ format: install ## Format and auto-fix with ruff
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-bench: install ## Run the benchmarks (writes docs/benchmarks.md numbers to stdout)
+bench: install ## Run the benchmarks at 100k customers (markdown tables on stdout; see docs/benchmarks.md)
 	$(RUN) python -m benchmarks.materialize
+	$(RUN) python -m benchmarks.training_set
 
 down: install ## Stop what the local stack runs in the background
 	$(RUN) mlstack down

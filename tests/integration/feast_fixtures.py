@@ -66,33 +66,13 @@ def utc_midnight_today() -> datetime:
 
 
 @contextlib.contextmanager
-def applied_repo(state_dir: Path, redis_server: RedisTarget) -> Iterator[FeastRepo]:
-    """Generate data, apply the real repo, and hold an emptied Redis DB until the block exits."""
-    # A logical DB from the same cycle as conftest's `redis_db`, held for a whole module.
-    target = redis_server.with_db(next(_DBS))
-    settings = make_settings(state_dir, target)
+def held_db_and_environment(settings: Settings, target: RedisTarget) -> Iterator[None]:
+    """Empty `target` before and after the block, and restore the Feast variables `get_store` sets."""
     client = make_client(target, settings)
     client.flushdb()
     saved_env = {name: os.environ.get(name) for name in feast_environment(settings, target)}
     try:
-        data_end = utc_midnight_today()
-        generate_data(settings.data_dir, customers=CUSTOMERS, months=MONTHS, end=data_end, seed=SEED)
-        restated = restate_snapshots(settings.data_dir / "credit_history.parquet", RESTATED_CUSTOMERS)
-        store = get_store(settings, target)
-        apply_features(store, settings.feature_repo)
-        views = {}
-        for name in BATCH_VIEWS:
-            view = store.get_feature_view(name)
-            (key,) = [column.name for column in view.entity_columns]
-            views[name] = ViewSpec(
-                name=name,
-                key=key,
-                ttl=view.ttl,
-                features=[feature.name for feature in view.features],
-                snapshots=pd.read_parquet(settings.data_dir / f"{name}.parquet"),
-            )
-        applications = pd.read_parquet(settings.data_dir / LOAN_APPLICATIONS_FILE)
-        yield FeastRepo(settings, store, target, data_end, views, applications, restated)
+        yield
     finally:
         client.flushdb()
         client.close()
@@ -101,6 +81,34 @@ def applied_repo(state_dir: Path, redis_server: RedisTarget) -> Iterator[FeastRe
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def view_specs(store: FeatureStore, data_dir: Path) -> dict[str, ViewSpec]:
+    """Each batch view's key, TTL and features from the registry, with its raw snapshots."""
+    views = {}
+    for name in BATCH_VIEWS:
+        view = store.get_feature_view(name)
+        (key,) = [column.name for column in view.entity_columns]
+        snapshots = pd.read_parquet(data_dir / f"{name}.parquet")
+        views[name] = ViewSpec(name, key, view.ttl, [feature.name for feature in view.features], snapshots)
+    return views
+
+
+@contextlib.contextmanager
+def applied_repo(state_dir: Path, redis_server: RedisTarget) -> Iterator[FeastRepo]:
+    """Generate data, apply the real repo, and hold an emptied Redis DB until the block exits."""
+    # A logical DB from the same cycle as conftest's `redis_db`, held for a whole module.
+    target = redis_server.with_db(next(_DBS))
+    settings = make_settings(state_dir, target)
+    with held_db_and_environment(settings, target):
+        data_end = utc_midnight_today()
+        generate_data(settings.data_dir, customers=CUSTOMERS, months=MONTHS, end=data_end, seed=SEED)
+        restated = restate_snapshots(settings.data_dir / "credit_history.parquet", RESTATED_CUSTOMERS)
+        store = get_store(settings, target)
+        apply_features(store, settings.feature_repo)
+        views = view_specs(store, settings.data_dir)
+        applications = pd.read_parquet(settings.data_dir / LOAN_APPLICATIONS_FILE)
+        yield FeastRepo(settings, store, target, data_end, views, applications, restated)
 
 
 def restate_snapshots(path: Path, customer_ids: Sequence[int]) -> pd.DataFrame:

@@ -9,7 +9,6 @@ Nothing is materialised here, so the end need not be near today.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,9 +23,9 @@ from feast import FeatureStore
 from mlstack import evaluation
 from mlstack.data import LOAN_APPLICATIONS_FILE, generate_data
 from mlstack.evaluation import evaluate, leakage_warnings, univariate_auc, write_plots
-from mlstack.features import BATCH_VIEWS, apply_features, feast_environment, get_store
+from mlstack.features import apply_features, get_store
 from mlstack.model_input import FEATURES
-from mlstack.online_store import RedisTarget, make_client
+from mlstack.online_store import RedisTarget
 from mlstack.settings import Settings
 from mlstack.training import (
     Split,
@@ -37,7 +36,13 @@ from mlstack.training import (
     training_params,
 )
 from tests.conftest import _DBS, make_settings
-from tests.integration.feast_fixtures import ViewSpec, expected_loan_ratios, future_peeking_join
+from tests.integration.feast_fixtures import (
+    ViewSpec,
+    expected_loan_ratios,
+    future_peeking_join,
+    held_db_and_environment,
+    view_specs,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -84,29 +89,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisTarget) ->
     """Generated data and the real repo applied against it, on a Redis logical DB held for the module."""
     target = redis_server.with_db(next(_DBS))
     settings = make_settings(tmp_path_factory.mktemp("training-state"), target, data_end=DATA_END.date(), seed=SEED)
-    client = make_client(target, settings)
-    client.flushdb()
-    saved_env = {name: os.environ.get(name) for name in feast_environment(settings, target)}
-    try:
+    with held_db_and_environment(settings, target):
         generate_data(settings.data_dir, customers=CUSTOMERS, months=MONTHS, end=DATA_END, seed=SEED)
         store = get_store(settings, target)
         apply_features(store, settings.feature_repo)
-        views = {}
-        for name in BATCH_VIEWS:
-            view = store.get_feature_view(name)
-            (key,) = [column.name for column in view.entity_columns]
-            snapshots = pd.read_parquet(settings.data_dir / f"{name}.parquet")
-            views[name] = ViewSpec(name, key, view.ttl, [feature.name for feature in view.features], snapshots)
         applications = pd.read_parquet(settings.data_dir / LOAN_APPLICATIONS_FILE)
-        yield TrainingRepo(settings, store, views, applications)
-    finally:
-        client.flushdb()
-        client.close()
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        yield TrainingRepo(settings, store, view_specs(store, settings.data_dir), applications)
 
 
 @pytest.fixture(scope="module")
