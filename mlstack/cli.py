@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -203,7 +204,7 @@ def _print_training(outcome, settings: Settings) -> None:  # type: ignore[no-unt
     console.print(f"  @champion is now version {champion.version if champion else '(none)'}")
     if not settings.mlflow_tracking_uri:
         console.print(
-            f"  MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri()} "
+            f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri()} "
             "--port 5000, then open http://127.0.0.1:5000"
         )
 
