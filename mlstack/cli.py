@@ -274,7 +274,7 @@ def down() -> None:
 
 @app.command()
 def status() -> None:
-    """Show what the local stack has: data, Feast registry, Redis."""
+    """Show what the local stack has: data, Redis, the Feast registry, the MLflow champion."""
     from mlstack.online_store import EmbeddedRedis, OnlineStoreError, check_reachable, parse_redis_url
 
     settings = get_settings()
@@ -292,6 +292,21 @@ def status() -> None:
         target = embedded.target()
         running = embedded.is_running()
         console.print(f"redis (embedded): {'running at ' + target.describe() if running and target else 'stopped'}")
+    registry_file = settings.state_dir / "feast" / "registry.db"
+    if settings.feast_registry_url or registry_file.is_file():
+        console.print(f"feast registry: {settings.feast_registry_url or registry_file}")
+    else:
+        console.print("feast registry: none yet (mlstack features apply)")
+    if settings.mlflow_tracking_uri or (settings.mlflow_dir / "mlflow.db").is_file():
+        from mlstack.registry import RegistryError, champion_version
+
+        try:
+            champion = champion_version(settings)
+            console.print(f"mlflow: {settings.tracking_uri()}; @champion = {champion.version if champion else 'none'}")
+        except RegistryError as exc:
+            console.print(f"mlflow: [red]{exc}[/]")
+    else:
+        console.print("mlflow: no local store yet (mlstack train)")
 
 
 def main() -> None:
