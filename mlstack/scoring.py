@@ -1,0 +1,472 @@
+"""Online scoring core: request/response models, the Feast online read, feature freshness, the scorer, error mapping.
+
+The BentoML service is glue over this module: it validates a ``LoanApplication``, calls
+``fetch_online_features`` and ``Scorer.score`` (or the batch variants), and maps any exception
+with ``classify_error``. Nothing here needs BentoML to be tested.
+
+Missing and stale features (the chosen policy):
+
+- An unknown customer or zipcode is not an error. Feast returns every feature of that entity as
+  not found; they are passed to the booster as NaN (LightGBM's "missing", the same encoding
+  training uses for a missing snapshot) and a score is still returned, never a 4xx/5xx. The
+  response says so: ``features_found=False`` and ``missing_features`` names them.
+- A stored value older than its feature view's TTL is dropped (NaN) before scoring, because the
+  training join (point in time, same TTLs) would not have seen it either; it is listed in
+  ``stale_features``, not in ``missing_features``. Feast's Redis store does not apply the TTL on
+  read, so this module does.
+- The on-demand ratios (``loan_to_income``, ``payment_to_income``) come from Feast's response (the
+  ODFV is the single definition). Feast computes them from whatever it read, so a ratio whose input
+  is stale is dropped with it (``DERIVED_FEATURE_INPUTS``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import pydantic
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlstack import model_input
+from mlstack.errors import StackError
+from mlstack.online_store import OnlineStoreError
+
+if TYPE_CHECKING:
+    import lightgbm
+
+MAX_BATCH = 256
+# The generator draws loan amounts in 1,000-100,000 (data.py, rounded to 10). The service accepts down
+# to 500: small loans are real and the trees treat amounts below the trained range as the lowest leaf.
+MIN_LOAN_AMOUNT = 500.0
+MAX_LOAN_AMOUNT = 100_000.0
+TIMESTAMP_SUFFIX = "__ts"  # feast.online_response.TIMESTAMP_POSTFIX
+REQUEST_FIELDS = ("loan_amount", "loan_term_months", "loan_purpose")
+ENTITY_KEYS = ("customer_id", "zipcode")
+# On-demand features and the stored features they are computed from (feature_store/on_demand_features.py).
+DERIVED_FEATURE_INPUTS: dict[str, tuple[str, ...]] = {
+    "loan_to_income": ("annual_income",),
+    "payment_to_income": ("annual_income", "monthly_debt_payments"),
+}
+
+# Spelled out so the OpenAPI schema lists them; a unit test keeps them equal to data.LOAN_PURPOSES / LOAN_TERMS_MONTHS.
+LoanPurpose = Literal[
+    "debt_consolidation", "credit_card", "home_improvement", "car", "medical", "small_business", "other"
+]
+LoanTerm = Literal[36, 60]
+Decision = Literal["approve", "decline"]
+
+
+class LoanApplication(BaseModel):
+    """One loan application as the client sends it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": 1042,
+                    "zipcode": "94107",
+                    "loan_amount": 12_500.0,
+                    "loan_term_months": 36,
+                    "loan_purpose": "debt_consolidation",
+                }
+            ]
+        },
+    )
+
+    customer_id: int = Field(gt=0, description="Customer id (Feast entity `customer`).")
+    zipcode: str = Field(
+        pattern=r"^[0-9]{5}$", description="Five-digit zipcode of the customer's address (Feast entity `zipcode`)."
+    )
+    loan_amount: float = Field(
+        ge=MIN_LOAN_AMOUNT,
+        le=MAX_LOAN_AMOUNT,
+        allow_inf_nan=False,
+        description=f"Requested principal, {MIN_LOAN_AMOUNT:,.0f}-{MAX_LOAN_AMOUNT:,.0f} (trained on 1,000-100,000).",
+    )
+    loan_term_months: LoanTerm = Field(description="Repayment term in months.")
+    loan_purpose: LoanPurpose = Field(description="What the loan is for.")
+
+
+class Prediction(BaseModel):
+    """The model's answer for one application, with what the feature store could and could not supply."""
+
+    default_probability: float = Field(ge=0, le=1, description="Predicted probability of default.")
+    decision: Decision = Field(description="`decline` when default_probability >= threshold, else `approve`.")
+    threshold: float = Field(description="Decision threshold in force.")
+    model_name: str
+    model_version: str
+    features_found: bool = Field(description="Both the customer and the zipcode had rows in the online store.")
+    missing_features: list[str] = Field(description="Model features with no value (scored as missing).")
+    stale_features: list[str] = Field(description="Model features older than their view's TTL (scored as missing).")
+    freshest_feature_age_seconds: float | None = Field(description="Age of the newest stored feature; None if none.")
+    stalest_feature_age_seconds: float | None = Field(description="Age of the oldest stored feature; None if none.")
+
+
+class BatchRequest(BaseModel):
+    """Up to MAX_BATCH applications scored together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    applications: list[LoanApplication] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchResponse(BaseModel):
+    """One prediction per application, in request order."""
+
+    predictions: list[Prediction]
+
+
+# --- Feast online read -------------------------------------------------------------------------
+
+
+class FeatureStoreUnavailable(StackError):
+    """The online store could not be read; ``cause`` is the machine-readable reason."""
+
+    def __init__(self, message: str, cause: str = "online_store_unavailable") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class OnlineResponseLike(Protocol):
+    """What ``feast.OnlineResponse`` offers that this module uses."""
+
+    def to_dict(self, include_event_timestamps: bool = False) -> dict[str, list[Any]]: ...
+
+
+class OnlineFeatureSource(Protocol):
+    """The part of ``feast.FeatureStore`` the online read needs (a small fake implements it in unit tests)."""
+
+    def get_feature_service(self, name: str) -> Any: ...
+
+    def get_online_features(self, features: Any, entity_rows: list[dict[str, Any]]) -> OnlineResponseLike: ...
+
+
+@dataclass(frozen=True)
+class OnlineFeatures:
+    """Per-application feature values and event timestamps, in request order."""
+
+    values: list[dict[str, Any]]
+    event_timestamps: list[dict[str, datetime | None]]
+
+
+def entity_row(application: Mapping[str, Any]) -> dict[str, Any]:
+    """The Feast entity row of an application: join keys plus the request fields the ODFV needs."""
+    return {name: application[name] for name in (*ENTITY_KEYS, *REQUEST_FIELDS)}
+
+
+def parse_online_response(
+    response: Mapping[str, Sequence[Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, datetime | None]]]:
+    """Split ``OnlineResponse.to_dict(include_event_timestamps=True)`` into per-row values and timestamps.
+
+    Input: columns ``{name: [v0, v1, ...], name + "__ts": [epoch seconds, ...]}``. Output: one
+    ``{name: value}`` dict per row (no ``__ts`` keys) and one ``{name: datetime | None}`` per row for
+    names that had a timestamp column; Feast writes 0 for "not found" and for values it computed
+    (on-demand features, join keys), which become None.
+    """
+    names = [name for name in response if not name.endswith(TIMESTAMP_SUFFIX)]
+    rows = len(response[names[0]]) if names else 0
+    values: list[dict[str, Any]] = [{} for _ in range(rows)]
+    stamps: list[dict[str, datetime | None]] = [{} for _ in range(rows)]
+    for name in names:
+        column = response[name]
+        for i in range(rows):
+            values[i][name] = column[i]
+        ts_column = response.get(name + TIMESTAMP_SUFFIX)
+        if ts_column is None:
+            continue
+        for i in range(rows):
+            seconds = ts_column[i]
+            stamps[i][name] = datetime.fromtimestamp(seconds, UTC) if seconds else None
+    return values, stamps
+
+
+def fetch_online_features(
+    store: OnlineFeatureSource, applications: Sequence[Mapping[str, Any]], feature_service: str | None = None
+) -> OnlineFeatures:
+    """Read the feature service (default ``features.FEATURE_SERVICE``) for ``applications`` in one call.
+
+    Redis outages become FeatureStoreUnavailable; other errors propagate unchanged.
+    """
+    feature_service = feature_service or _default_feature_service()
+    rows = [entity_row(application) for application in applications]
+    try:
+        service = store.get_feature_service(feature_service)
+        response = store.get_online_features(features=service, entity_rows=rows)
+        columns = response.to_dict(include_event_timestamps=True)
+    except Exception as exc:
+        cause = _online_store_cause(exc)
+        if cause is None:
+            raise
+        raise FeatureStoreUnavailable(f"online feature store: {_describe(exc)}", cause) from exc
+    values, stamps = parse_online_response(columns)
+    return OnlineFeatures(values, stamps)
+
+
+# --- Freshness ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Ages of the stored features and which are stale (age > TTL) or missing (no row in the store)."""
+
+    ages_seconds: dict[str, float]
+    stale: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def freshest_age_seconds(self) -> float | None:
+        """Age of the newest stored feature, None when nothing was found."""
+        return min(self.ages_seconds.values(), default=None)
+
+    @property
+    def stalest_age_seconds(self) -> float | None:
+        """Age of the oldest stored feature, None when nothing was found."""
+        return max(self.ages_seconds.values(), default=None)
+
+
+def feature_freshness(
+    event_timestamps: Mapping[str, datetime | None], ttls: Mapping[str, timedelta], now: datetime
+) -> Freshness:
+    """Freshness of every feature in ``ttls`` (feature -> its view's TTL; zero or negative means no expiry).
+
+    A feature absent from ``event_timestamps`` or with a None timestamp is missing; otherwise its age
+    is ``now - timestamp`` and it is stale when the age exceeds the TTL. Order follows ``ttls``.
+    """
+    ages: dict[str, float] = {}
+    stale: list[str] = []
+    missing: list[str] = []
+    for name, ttl in ttls.items():
+        stamp = event_timestamps.get(name)
+        if stamp is None:
+            missing.append(name)
+            continue
+        age = now - stamp
+        ages[name] = age.total_seconds()
+        if ttl > timedelta(0) and age > ttl:
+            stale.append(name)
+    return Freshness(ages, tuple(stale), tuple(missing))
+
+
+def ttls_from_feature_views(views: Sequence[Any]) -> dict[str, timedelta]:
+    """Feature -> TTL from Feast ``FeatureView`` objects (``ttl`` and ``features`` with ``.name``); None TTL is 0."""
+    return {feature.name: view.ttl or timedelta(0) for view in views for feature in view.features}
+
+
+def load_feature_ttls(store: Any, feature_service: str | None = None) -> dict[str, timedelta]:
+    """Feature -> TTL of the batch views in the registered feature service (the registry is the source of truth)."""
+    service = store.get_feature_service(feature_service or _default_feature_service())
+    names = {projection.name for projection in service.feature_view_projections}
+    return ttls_from_feature_views([view for view in store.list_feature_views() if view.name in names])
+
+
+# --- Scoring -----------------------------------------------------------------------------------
+
+
+class ModelContractError(StackError):
+    """The booster was not trained on ``model_input.FEATURES`` (names and order)."""
+
+
+@dataclass(frozen=True)
+class ScoredApplication:
+    """A prediction and the model inputs it was computed from (stale values already dropped)."""
+
+    prediction: Prediction
+    inputs: dict[str, Any]
+
+    def profile_row(self) -> dict[str, Any]:
+        """A flat row for live-traffic profiling: model inputs, probability, decision and model version."""
+        return {
+            **self.inputs,
+            "default_probability": self.prediction.default_probability,
+            "decision": self.prediction.decision,
+            "model_version": self.prediction.model_version,
+        }
+
+
+class Scorer:
+    """A loaded booster plus its decision rule and the feature TTLs; turns feature rows into predictions."""
+
+    def __init__(
+        self,
+        booster: lightgbm.Booster,
+        *,
+        model_name: str,
+        model_version: str,
+        threshold: float,
+        feature_ttls: Mapping[str, timedelta],
+    ) -> None:
+        names = booster.feature_name()
+        if list(names) != list(model_input.FEATURES):
+            raise ModelContractError(
+                f"model {model_name} v{model_version} expects features {names}, not {list(model_input.FEATURES)}"
+            )
+        stored = [
+            name for name in model_input.FEATURES if name not in REQUEST_FIELDS and name not in DERIVED_FEATURE_INPUTS
+        ]
+        without_ttl = [name for name in stored if name not in feature_ttls]
+        if without_ttl:  # freshness and features_found would silently ignore them
+            raise ModelContractError(f"no feature view TTL for stored feature(s) {without_ttl}; load them from Feast")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.booster = booster
+        self.model_name = model_name
+        self.model_version = str(model_version)
+        self.threshold = float(threshold)
+        self.feature_ttls = dict(feature_ttls)
+
+    def score(
+        self,
+        application: Mapping[str, Any],
+        feature_values: Mapping[str, Any],
+        event_timestamps: Mapping[str, datetime | None],
+        now: datetime,
+    ) -> Prediction:
+        """Predict one application from its Feast values and timestamps (see the module docstring for the policy)."""
+        return self.score_batch([application], [feature_values], [event_timestamps], now)[0]
+
+    def score_batch(
+        self,
+        applications: Sequence[Mapping[str, Any]],
+        feature_values: Sequence[Mapping[str, Any]],
+        event_timestamps: Sequence[Mapping[str, datetime | None]],
+        now: datetime,
+    ) -> list[Prediction]:
+        """Predict several applications with one booster call; one Prediction per application, in order."""
+        return [s.prediction for s in self.evaluate_batch(applications, feature_values, event_timestamps, now)]
+
+    def evaluate_batch(
+        self,
+        applications: Sequence[Mapping[str, Any]],
+        feature_values: Sequence[Mapping[str, Any]],
+        event_timestamps: Sequence[Mapping[str, datetime | None]],
+        now: datetime,
+    ) -> list[ScoredApplication]:
+        """Like ``score_batch``, also returning each row's model inputs (for profiling)."""
+        if not len(applications) == len(feature_values) == len(event_timestamps):
+            raise ValueError(
+                f"{len(applications)} applications but {len(feature_values)} feature rows "
+                f"and {len(event_timestamps)} timestamp rows"
+            )
+        if not applications:
+            return []
+        rows = []
+        matrix = np.empty((len(applications), len(model_input.FEATURES)), dtype=np.float64)
+        for i, (application, values, stamps) in enumerate(
+            zip(applications, feature_values, event_timestamps, strict=True)
+        ):
+            inputs, freshness = self._model_inputs(application, values, stamps, now)
+            matrix[i] = model_input.encode_row(inputs)[0]
+            rows.append((inputs, freshness))
+        probabilities = self.booster.predict(matrix, num_threads=1)
+        return [
+            self._scored(float(probability), inputs, freshness)
+            for probability, (inputs, freshness) in zip(probabilities, rows, strict=True)
+        ]
+
+    def _model_inputs(
+        self,
+        application: Mapping[str, Any],
+        values: Mapping[str, Any],
+        stamps: Mapping[str, datetime | None],
+        now: datetime,
+    ) -> tuple[dict[str, Any], Freshness]:
+        freshness = feature_freshness(stamps, self.feature_ttls, now)
+        dropped = set(freshness.stale)
+        inputs = {name: values.get(name) for name in model_input.FEATURES}
+        for name in REQUEST_FIELDS:
+            inputs[name] = application[name]
+        for name in freshness.stale:
+            inputs[name] = None
+        for name, sources in DERIVED_FEATURE_INPUTS.items():
+            if dropped.intersection(sources):
+                inputs[name] = None
+        return inputs, freshness
+
+    def _scored(self, probability: float, inputs: dict[str, Any], freshness: Freshness) -> ScoredApplication:
+        stale = set(freshness.stale)
+        derived_stale = {name for name, sources in DERIVED_FEATURE_INPUTS.items() if stale.intersection(sources)}
+        stale_features = [name for name in model_input.FEATURES if name in stale or name in derived_stale]
+        missing_features = [
+            name for name in model_input.FEATURES if name not in stale_features and _is_missing(inputs[name])
+        ]
+        prediction = Prediction(
+            default_probability=probability,
+            decision="decline" if probability >= self.threshold else "approve",
+            threshold=self.threshold,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            features_found=not freshness.missing,
+            missing_features=missing_features,
+            stale_features=stale_features,
+            freshest_feature_age_seconds=freshness.freshest_age_seconds,
+            stalest_feature_age_seconds=freshness.stalest_age_seconds,
+        )
+        return ScoredApplication(prediction, inputs)
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# --- Error mapping -----------------------------------------------------------------------------
+
+
+def classify_error(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, cause code, message) for an exception raised while serving a request.
+
+    Online store down -> 503 ``online_store_unavailable``; timed out -> 503 ``online_store_timeout``;
+    invalid request -> 422 ``invalid_request`` naming the fields; anything else -> 500 ``internal``
+    (details stay in the log, not in the response).
+    """
+    if isinstance(exc, FeatureStoreUnavailable):
+        return 503, exc.cause, str(exc)
+    if isinstance(exc, pydantic.ValidationError):
+        return 422, "invalid_request", validation_message(exc)
+    cause = _online_store_cause(exc)
+    if cause is not None:
+        return 503, cause, f"online feature store: {_describe(exc)}"
+    return 500, "internal", f"internal error ({type(exc).__name__}); see the service log"
+
+
+def validation_message(exc: pydantic.ValidationError) -> str:
+    """One line per problem, each naming the field: ``loan_amount: Input should be less than or equal to 100000``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "request"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _online_store_cause(exc: BaseException) -> str | None:
+    """The 503 cause code if ``exc`` (or an exception it wraps) is an online-store outage, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, FeatureStoreUnavailable):
+            return current.cause
+        # redis.TimeoutError is not a subclass of the builtin; socket timeouts are the builtin one.
+        if isinstance(current, redis.TimeoutError | TimeoutError):
+            return "online_store_timeout"
+        if isinstance(current, redis.ConnectionError | ConnectionError | OnlineStoreError):
+            return "online_store_unavailable"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _default_feature_service() -> str:
+    from mlstack.features import FEATURE_SERVICE  # imported late: importing Feast takes seconds
+
+    return FEATURE_SERVICE
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
