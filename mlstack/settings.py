@@ -100,6 +100,16 @@ class Settings(BaseSettings):
         default=0.85, gt=0.5, le=1, description="A holdout ROC AUC above this is flagged as probable leakage."
     )
 
+    # Serving
+    profile_store: str | None = Field(
+        default=None, description="fsspec URL of the live-traffic profile store. Unset: <state_dir>/profiles."
+    )
+    profile_window_seconds: float = Field(default=300.0, gt=0, description="Live-traffic profile window length.")
+
+    def profile_store_url(self) -> str:
+        """Where the service writes its whylogs profiles."""
+        return self.profile_store or str(self.state_dir / "profiles")
+
     def data_end_datetime(self) -> datetime:
         """The end of generated history as a tz-aware UTC midnight."""
         day = self.data_end or datetime.now(UTC).date()

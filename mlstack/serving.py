@@ -1,0 +1,58 @@
+"""What the online service holds: the champion Booster, the Feast store, the scorer and the profile buffer.
+
+`ServingRuntime` is built once per worker; the BentoML service only adapts HTTP to its methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mlstack import registry, scoring
+from mlstack.features import get_store
+from mlstack.scoring import Prediction, Scorer
+from mlstack.settings import Settings
+from mlstack.traffic_profiles import ProfileBuffer
+
+
+@dataclass
+class ServingRuntime:
+    """A loaded model and its feature source; `predict` is the request path."""
+
+    scorer: Scorer
+    store: Any
+    profiles: ProfileBuffer | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, profile: bool = True) -> ServingRuntime:
+        """Load @champion from the MLflow registry, connect Feast, start the profile buffer."""
+        booster, version = registry.load_booster(settings, "@champion")
+        store = get_store(settings)
+        scorer = Scorer(
+            booster,
+            model_name=settings.model_name,
+            model_version=str(version.version),
+            threshold=settings.decision_threshold,
+            feature_ttls=scoring.load_feature_ttls(store),
+        )
+        profiles = None
+        if profile:
+            profiles = ProfileBuffer(settings.profile_store_url(), window_seconds=settings.profile_window_seconds)
+            profiles.start()
+        return cls(scorer, store, profiles)
+
+    def predict(self, applications: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        """Features from Redis through Feast, one Booster call, rows handed to the profiler (no whylogs here)."""
+        online = scoring.fetch_online_features(self.store, applications)
+        scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, datetime.now(UTC))
+        if self.profiles is not None:
+            for row in scored:
+                self.profiles.add(row.profile_row())
+        return [row.prediction for row in scored]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush the partial profile window (graceful shutdown)."""
+        if self.profiles is not None:
+            self.profiles.stop(timeout)

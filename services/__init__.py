@@ -1,0 +1,1 @@
+"""BentoML services of mlstack: HTTP glue over mlstack.serving."""

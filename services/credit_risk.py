@@ -1,0 +1,56 @@
+"""BentoML service `credit-risk`: scores loan applications with the @champion Booster on online features.
+
+Run: `bentoml serve services.credit_risk:CreditRisk`. Request/response models, scoring and error
+mapping live in mlstack.scoring; this module adapts HTTP to them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from mlstack.scoring import BatchRequest, BatchResponse, LoanApplication, Prediction, classify_error
+from mlstack.serving import ServingRuntime
+from mlstack.settings import get_settings, stack_environment
+
+
+def _error_response(exc: BaseException) -> JSONResponse:
+    status, cause, message = classify_error(exc)
+    return JSONResponse({"error": message, "cause": cause}, status_code=status)
+
+
+@bentoml.service(name="credit-risk", traffic={"timeout": 10, "max_concurrency": 64})
+class CreditRisk:
+    """Online credit-risk scoring."""
+
+    def __init__(self) -> None:
+        os.environ.update(stack_environment(get_settings()))
+        self.runtime = ServingRuntime.from_settings(get_settings())
+
+    def __is_ready__(self) -> bool:
+        return self.runtime is not None
+
+    @bentoml.api(route="/predict", input_spec=LoanApplication, output_spec=Prediction)
+    def predict(self, **application: Any) -> Prediction | JSONResponse:
+        """Default probability and decision for one application."""
+        try:
+            return self.runtime.predict([application])[0]
+        except Exception as exc:  # every failure becomes a JSON error with a cause, never a bare 500 page
+            return _error_response(exc)
+
+    @bentoml.api(route="/predict_batch", input_spec=BatchRequest, output_spec=BatchResponse)
+    def predict_batch(self, applications: list[LoanApplication]) -> BatchResponse | JSONResponse:
+        """Up to 256 applications in one call, scored with one Booster call."""
+        try:
+            rows = [application.model_dump() for application in applications]
+            return BatchResponse(predictions=self.runtime.predict(rows))
+        except Exception as exc:
+            return _error_response(exc)
+
+    @bentoml.on_shutdown
+    def flush_profiles(self) -> None:
+        """Graceful shutdown: write the partial whylogs window."""
+        self.runtime.close()
