@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         default=None, description="fsspec URL of the live-traffic profile store. Unset: <state_dir>/profiles."
     )
     profile_window_seconds: float = Field(default=300.0, gt=0, description="Live-traffic profile window length.")
+    service_api_token: SecretStr | None = Field(
+        default=None, description="Bearer token required on the scoring endpoints. Unset: no auth."
+    )
+    service_max_body_bytes: int = Field(
+        default=262_144, gt=0, description="Largest request body the service accepts (413 above)."
+    )
 
     def profile_store_url(self) -> str:
         """Where the service writes its whylogs profiles."""

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from mlstack.scoring import BatchRequest, BatchResponse, LoanApplication, Prediction, classify_error
 from mlstack.serving import ServingRuntime
 from mlstack.settings import get_settings, stack_environment
+from services.guards import RequestGuard
 
 
 def _error_response(exc: BaseException) -> JSONResponse:
@@ -54,3 +55,6 @@ class CreditRisk:
     def flush_profiles(self) -> None:
         """Graceful shutdown: write the partial whylogs window."""
         self.runtime.close()
+
+
+CreditRisk.add_asgi_middleware(RequestGuard)

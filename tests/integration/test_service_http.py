@@ -159,3 +159,10 @@ def test_runtime_close_flushes_profiles_with_every_scored_request(served):
     assert count_profiled_rows(settings.profile_store_url()) == before  # 1 h window: nothing written yet
     runtime.close()
     assert count_profiled_rows(settings.profile_store_url()) == before + 9  # every scored application
+
+
+def test_service_refuses_oversized_body_with_413(served):
+    client, settings, *_ = served
+    response = client.post("/predict_batch", content=b"{" + b" " * settings.service_max_body_bytes + b"}")
+    assert response.status_code == 413
+    assert response.json()["cause"] == "payload_too_large"
