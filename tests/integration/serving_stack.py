@@ -1,0 +1,54 @@
+"""A servable stack for service tests: data ending today, materialised features, a registered champion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from mlstack import trainer
+from mlstack.data import generate_data
+from mlstack.features import BATCH_VIEWS, apply_features, get_store, materialize_view
+from mlstack.online_store import EmbeddedRedis, RedisTarget
+from mlstack.settings import Settings
+from tests.conftest import _url, make_settings
+
+GOOD = {"customer_id": 1, "zipcode": "00000", "loan_amount": 12000.0, "loan_term_months": 36, "loan_purpose": "car"}
+
+
+@dataclass
+class ServingStack:
+    """Settings, the Redis server of this stack (tests may stop or freeze it) and a known application."""
+
+    settings: Settings
+    server: EmbeddedRedis
+    target: RedisTarget
+    known: dict
+
+    def environment(self) -> dict[str, str]:
+        """The MLSTACK_* variables that make `get_settings()` in a service process see this stack."""
+        return {
+            "MLSTACK_STATE_DIR": str(self.settings.state_dir),
+            "MLSTACK_REDIS_URL": _url(self.target),
+            "MLSTACK_DATA_END": self.settings.data_end.isoformat(),
+            "MLSTACK_PROFILE_WINDOW_SECONDS": str(self.settings.profile_window_seconds),
+        }
+
+
+def build_serving_stack(state: Path, customers: int = 1500) -> ServingStack:
+    """Own embedded Redis, generated data, features materialised up to now, and champion v1."""
+    server = EmbeddedRedis(state / "redis", Settings())
+    target = server.ensure_running()
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    settings = make_settings(state / "state", target, data_end=today.date(), profile_window_seconds=3600)
+    generate_data(settings.data_dir, customers=customers, months=18, end=today, seed=21)
+    store = get_store(settings, target)
+    apply_features(store, settings.feature_repo)
+    for view in BATCH_VIEWS:
+        materialize_view(store, view, datetime.now(UTC))
+    assert trainer.run_training(settings, progress=lambda _: None).promoted
+    profile = pd.read_parquet(settings.data_dir / "customer_profile.parquet", filters=[("customer_id", "==", 1)])
+    zipcode = str(profile.sort_values("event_timestamp")["zipcode"].iloc[-1])
+    return ServingStack(settings, server, target, {**GOOD, "customer_id": 1, "zipcode": zipcode})
