@@ -5,16 +5,25 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from mlstack import registry, scoring
 from mlstack.features import get_store
 from mlstack.scoring import Prediction, Scorer
 from mlstack.settings import Settings
 from mlstack.traffic_profiles import ProfileBuffer
+
+
+class ServingObserver(Protocol):
+    """Receives what the request path measured (the service turns it into Prometheus metrics)."""
+
+    def feature_fetch(self, seconds: float) -> None: ...
+
+    def prediction(self, prediction: Prediction) -> None: ...
 
 
 @dataclass
@@ -24,9 +33,12 @@ class ServingRuntime:
     scorer: Scorer
     store: Any
     profiles: ProfileBuffer | None
+    observer: ServingObserver | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, profile: bool = True) -> ServingRuntime:
+    def from_settings(
+        cls, settings: Settings, *, profile: bool = True, observer: ServingObserver | None = None
+    ) -> ServingRuntime:
         """Load @champion from the MLflow registry, connect Feast, start the profile buffer."""
         booster, version = registry.load_booster(settings, "@champion")
         store = get_store(settings)
@@ -41,15 +53,20 @@ class ServingRuntime:
         if profile:
             profiles = ProfileBuffer(settings.profile_store_url(), window_seconds=settings.profile_window_seconds)
             profiles.start()
-        return cls(scorer, store, profiles)
+        return cls(scorer, store, profiles, observer)
 
     def predict(self, applications: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Features from Redis through Feast, one Booster call, rows handed to the profiler (no whylogs here)."""
+        started = time.perf_counter()
         online = scoring.fetch_online_features(self.store, applications)
+        if self.observer is not None:
+            self.observer.feature_fetch(time.perf_counter() - started)
         scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, datetime.now(UTC))
-        if self.profiles is not None:
-            for row in scored:
+        for row in scored:
+            if self.profiles is not None:
                 self.profiles.add(row.profile_row())
+            if self.observer is not None:
+                self.observer.prediction(row.prediction)
         return [row.prediction for row in scored]
 
     def close(self, timeout: float = 10.0) -> None:

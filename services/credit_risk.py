@@ -16,10 +16,12 @@ from mlstack.scoring import BatchRequest, BatchResponse, LoanApplication, Predic
 from mlstack.serving import ServingRuntime
 from mlstack.settings import get_settings, stack_environment
 from services.guards import RequestGuard
+from services.metrics import service_metrics
 
 
 def _error_response(exc: BaseException) -> JSONResponse:
     status, cause, message = classify_error(exc)
+    service_metrics().error(cause)
     return JSONResponse({"error": message, "cause": cause}, status_code=status)
 
 
@@ -29,7 +31,9 @@ class CreditRisk:
 
     def __init__(self) -> None:
         os.environ.update(stack_environment(get_settings()))
-        self.runtime = ServingRuntime.from_settings(get_settings())
+        metrics = service_metrics()
+        self.runtime = ServingRuntime.from_settings(get_settings(), observer=metrics)
+        metrics.loaded(self.runtime.scorer.model_name, self.runtime.scorer.model_version)
 
     def __is_ready__(self) -> bool:
         return self.runtime is not None

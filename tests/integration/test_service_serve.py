@@ -94,7 +94,15 @@ def test_serve_requires_token_and_scores_with_it(service):
     assert response.json()["model_version"] == "1"
     scored_before.append(1)
     assert httpx.get(f"{url}/livez", timeout=5).status_code == 200
-    assert httpx.get(f"{url}/metrics", timeout=5).status_code == 200
+    metrics = httpx.get(f"{url}/metrics", timeout=5)
+    assert metrics.status_code == 200
+    for name in (
+        "mlstack_feature_fetch_seconds_count",
+        "mlstack_feature_staleness_seconds_count",
+        "mlstack_predictions_total{decision=",
+        'mlstack_model_info{model_name="credit-risk",model_version="1"}',
+    ):
+        assert name in metrics.text, name
 
 
 def test_serve_sigterm_answers_in_flight_requests_and_flushes_every_scored_one(service):
