@@ -209,6 +209,63 @@ def _print_training(outcome, settings: Settings) -> None:  # type: ignore[no-unt
         )
 
 
+@app.command()
+def serve(port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None) -> None:
+    """Start `bentoml serve` for the credit-risk service in the background (stop it with `mlstack down`)."""
+    from mlstack.local_service import start_service
+
+    service = start_service(get_settings(), {}, port)
+    console.print(f"credit-risk service ready at {service.url} (pid {service.pid}, log {service.log})")
+    console.print(f"  try: curl -s -X POST {service.url}/predict -H 'content-type: application/json' -d '{_EXAMPLE}'")
+
+
+_EXAMPLE = (
+    '{"customer_id": 1, "zipcode": "10001", "loan_amount": 12000, "loan_term_months": 36, '
+    '"loan_purpose": "debt_consolidation"}'
+)
+
+
+def _score_examples(settings: Settings, url: str) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from mlstack.features import sample_entity_rows
+
+    applications = [
+        {**row, "loan_amount": amount, "loan_term_months": 36, "loan_purpose": "debt_consolidation"}
+        for row, amount in zip(sample_entity_rows(settings, n=3), (5_000.0, 25_000.0, 60_000.0), strict=False)
+    ]
+    applications.append({**applications[0], "customer_id": 999_999_999})  # unknown customer: answered, not an error
+    token = settings.service_api_token.get_secret_value() if settings.service_api_token else None
+    table = Table(title=f"POST {url}/predict")
+    for column in ("customer", "amount", "p(default)", "decision", "model", "features found", "stalest feature age"):
+        table.add_column(column)
+    for application in applications:
+        request = urllib.request.Request(
+            f"{url}/predict",
+            data=json.dumps(application).encode(),
+            headers={"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            table.add_row(str(application["customer_id"]), "", f"HTTP {exc.code}", exc.read().decode()[:60], "", "", "")
+            continue
+        age = body["stalest_feature_age_seconds"]
+        table.add_row(
+            str(application["customer_id"]),
+            f"{application['loan_amount']:,.0f}",
+            f"{body['default_probability']:.3f}",
+            body["decision"],
+            f"{body['model_name']} v{body['model_version']}",
+            str(body["features_found"]),
+            f"{age / 86400:.1f} days" if age is not None else "-",
+        )
+    console.print(table)
+
+
 @model_app.command("show")
 def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias.")] = "@champion") -> None:
     """Print a model version's lineage: feature service, training window, fingerprint, commit, metrics."""
@@ -237,7 +294,7 @@ def demo(
     customers: Annotated[int | None, typer.Option(min=1, help="Customers to simulate.")] = None,
     regenerate: Annotated[bool, typer.Option(help="Regenerate data even if present.")] = False,
 ) -> None:
-    """Run the loop built so far: data -> feast apply -> materialise -> online vectors -> train + gate (Prefect)."""
+    """Run the loop built so far: data -> features -> online vectors -> train + gate -> serve + score."""
     from mlstack.features import get_online_features, get_store, sample_entity_rows
     from mlstack.online_store import resolve_redis
 
@@ -259,15 +316,26 @@ def demo(
     _print_vectors(get_online_features(get_store(settings, target), rows))
     console.rule("[bold]5. train, register in MLflow, champion/challenger gate (Prefect flow train-model)")
     _print_training(_run_train_flow(None, None), settings)
-    console.print("\n[green]done.[/] `mlstack model show` prints the champion's lineage; `mlstack down` stops Redis.")
+    console.rule("[bold]6. online scoring: bentoml serve in the background, a few requests")
+    from mlstack.local_service import start_service
+
+    service = start_service(settings, {})
+    console.print(f"credit-risk service at {service.url} (log {service.log})")
+    _score_examples(settings, service.url)
+    console.print(
+        "\n[green]done.[/] The service keeps running: `mlstack model show` prints the champion's lineage; "
+        "`mlstack down` stops the service and Redis."
+    )
 
 
 @app.command()
 def down() -> None:
-    """Stop what the local stack runs in the background (the embedded Redis)."""
+    """Stop what the local stack runs in the background: the service (flushing its profiles), then Redis."""
+    from mlstack.local_service import stop_service
     from mlstack.online_store import EmbeddedRedis
 
     settings = get_settings()
+    console.print("service stopped" if stop_service(settings) else "service was not running")
     stopped = EmbeddedRedis(settings.redis_dir, settings).stop()
     console.print("embedded Redis stopped" if stopped else "embedded Redis was not running")
 
@@ -292,6 +360,10 @@ def status() -> None:
         target = embedded.target()
         running = embedded.is_running()
         console.print(f"redis (embedded): {'running at ' + target.describe() if running and target else 'stopped'}")
+    from mlstack.local_service import running_service
+
+    service = running_service(settings)
+    console.print(f"service: {'running at ' + service.url if service else 'stopped (mlstack serve)'}")
     registry_file = settings.state_dir / "feast" / "registry.db"
     if settings.feast_registry_url or registry_file.is_file():
         console.print(f"feast registry: {settings.feast_registry_url or registry_file}")
