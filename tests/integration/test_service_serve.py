@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from mlstack.settings import PROJECT_ROOT
+from mlstack.local_service import running_service, start_service, stop_service
+from mlstack.online_store import process_alive
 from mlstack.traffic_profiles import count_profiled_rows
 from tests.integration.serving_stack import GOOD, build_serving_stack
 
@@ -22,72 +19,29 @@ pytestmark = pytest.mark.integration
 TOKEN = "serve-test-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "services.credit_risk:CreditRisk",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"bentoml serve exited:\n{log.read_text()[-4000:]}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"service not ready in {timeout}s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    state = tmp_path_factory.mktemp("serve")
-    stack = build_serving_stack(state)
-    env = {
-        **os.environ,
-        **stack.environment(),
-        "MLSTACK_SERVICE_API_TOKEN": TOKEN,
-        "BENTOML_DO_NOT_TRACK": "true",
-        "DO_NOT_TRACK": "1",
-    }
-    port, log = _free_port(), state / "serve.log"
+    """`mlstack serve`'s code path: bentoml serve in the background, waited for until ready."""
+    stack = build_serving_stack(tmp_path_factory.mktemp("serve"))
+    env = {**stack.environment(), "MLSTACK_SERVICE_API_TOKEN": TOKEN, "BENTOML_DO_NOT_TRACK": "true"}
     scored_before: list[int] = []  # 200s of earlier tests: their rows are in the same profile buffer
-    proc = _start(env, port, log)
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc, log)
-        yield url, proc, stack, log, scored_before
+        started = start_service(stack.settings, env)
+        yield started, stack, scored_before, env
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_service(stack.settings, timeout=10)
         stack.server.stop()
 
 
+def test_serve_is_reused_while_running(service):
+    started, stack, _, env = service
+    assert running_service(stack.settings) == started
+    assert start_service(stack.settings, env) == started  # no second server
+
+
 def test_serve_requires_token_and_scores_with_it(service):
-    url, _, stack, _, scored_before = service
+    started, stack, scored_before, _ = service
+    url = started.url
     assert httpx.post(f"{url}/predict", json=stack.known, timeout=10).status_code == 401
     response = httpx.post(f"{url}/predict", json=stack.known, headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert response.status_code == 200, response.text
@@ -106,7 +60,8 @@ def test_serve_requires_token_and_scores_with_it(service):
 
 
 def test_serve_sigterm_answers_in_flight_requests_and_flushes_every_scored_one(service):
-    url, proc, stack, log, scored_before = service
+    started, stack, scored_before, _ = service
+    url = started.url
     before = count_profiled_rows(stack.settings.profile_store_url())
     statuses: list[int] = []
     lock = threading.Lock()
@@ -127,12 +82,15 @@ def test_serve_sigterm_answers_in_flight_requests_and_flushes_every_scored_one(s
     for thread in threads:
         thread.start()
     time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) is not None
+    os.kill(started.pid, signal.SIGTERM)  # what `mlstack down` sends (to the group)
+    deadline = time.monotonic() + 60
+    while process_alive(started.pid):
+        assert time.monotonic() < deadline, "bentoml serve did not stop within 60 s of SIGTERM"
+        time.sleep(0.2)
     stop.set()
     for thread in threads:
         thread.join(timeout=30)
     assert statuses, "no request was answered before shutdown"
     assert all(status == 200 for status in statuses), sorted(set(statuses))
     scored = len(statuses) + len(scored_before)
-    assert count_profiled_rows(stack.settings.profile_store_url()) - before == scored, log.read_text()[-3000:]
+    assert count_profiled_rows(stack.settings.profile_store_url()) - before == scored, started.log.read_text()[-3000:]
