@@ -189,11 +189,14 @@ class EmbeddedRedis:
             target = self.target()
             assert target is not None
             return target
+        previous = self.target()  # after a crash, come back where clients still point, if the port is free
         self.stop()  # clear a stale pid or a server that lost its state file
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        password = secrets.token_hex(24)
-        port = _free_port()
+        if previous is not None and _port_free(previous.port):
+            password, port = previous.password or secrets.token_hex(24), previous.port
+        else:
+            password, port = secrets.token_hex(24), _free_port()
         config = self.directory / "redis.conf"
         config.write_text(
             "\n".join(
@@ -237,7 +240,6 @@ class EmbeddedRedis:
         """Shut the server down (saving its data); True if one was running."""
         pid = self.pid()
         if pid is None:
-            self.state_file.unlink(missing_ok=True)
             return False
         target = self.target()
         try:
@@ -262,6 +264,16 @@ def process_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis does: TIME_WAIT is no obstacle
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _free_port() -> int:

@@ -65,11 +65,12 @@ def test_embedded_redis_stops(embedded):
 
 
 def test_embedded_redis_restarts_after_crash(embedded):
-    embedded.ensure_running()
+    before = embedded.ensure_running()
     os.kill(embedded.pid(), signal.SIGKILL)
     time.sleep(0.2)
     target = embedded.ensure_running()
     check_reachable(target, Settings())
+    assert target == before  # same port and password: clients configured before the crash keep working
 
 
 def _closed_port() -> int:

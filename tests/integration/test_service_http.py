@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
+from mlstack.online_store import process_alive
 from mlstack.settings import get_settings
 from mlstack.traffic_profiles import count_profiled_rows
 from tests.integration.serving_stack import GOOD, build_serving_stack
@@ -130,3 +132,21 @@ def test_service_refuses_oversized_body_with_413(served):
     response = client.post("/predict_batch", content=b"{" + b" " * stack.settings.service_max_body_bytes + b"}")
     assert response.status_code == 413
     assert response.json()["cause"] == "payload_too_large"
+
+
+def test_service_answers_503_when_redis_is_killed_and_recovers_when_it_returns(served):
+    """Last in this module: the restarted Redis may have lost unsaved features (answers still 200)."""
+    client, stack = served
+    pid = stack.server.pid()
+    os.kill(pid, signal.SIGKILL)
+    while process_alive(pid):
+        time.sleep(0.05)
+    started = time.monotonic()
+    response = client.post("/predict", json=stack.known)
+    assert response.status_code == 503, response.text
+    assert response.json()["cause"] == "online_store_unavailable"
+    assert time.monotonic() - started < 5  # connection refused is immediate; bounded, not a 15 s hang
+    assert client.get("/livez").status_code == 200
+
+    assert stack.server.ensure_running() == stack.target  # back on the same port, same password
+    assert client.post("/predict", json=stack.known).status_code == 200  # no restart of the service needed
