@@ -39,18 +39,23 @@ def profile_frame(frame: pd.DataFrame) -> DatasetProfileView:
 def write_profile(view: DatasetProfileView, path: Path) -> Path:
     """Write `view` as a whylogs binary at `path` atomically (temp file + rename); returns the path."""
     path = Path(path)
+    write_bytes_atomic(path, view.serialize())
+    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(view.serialize())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def read_profile(path: Path) -> DatasetProfileView:

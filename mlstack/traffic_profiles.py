@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -99,7 +97,7 @@ class FsspecProfileSink:
         sidecar = {**window.metadata(), "rows": window.rows, "written_at": datetime.now(UTC).isoformat()}
         if self.local:
             profiling.write_profile(window.view(), Path(stem + profiling.PROFILE_SUFFIX))
-            _write_atomic(Path(stem + SIDECAR_SUFFIX), json.dumps(sidecar, indent=2).encode())
+            profiling.write_bytes_atomic(Path(stem + SIDECAR_SUFFIX), json.dumps(sidecar, indent=2).encode())
         else:
             self.fs.makedirs(directory, exist_ok=True)
             self.fs.pipe_file(stem + profiling.PROFILE_SUFFIX, window.view().serialize())
@@ -294,17 +292,3 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 def _safe_name(name: str) -> str:
     """A model version usable as one path segment."""
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or UNKNOWN_VERSION
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
