@@ -67,20 +67,19 @@ class LoanApplication(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         allow_inf_nan=False,
+        # OpenAPI 3.0's singular `example`: BentoML's schema model rejects a model-level `examples`.
         json_schema_extra={
-            "examples": [
-                {
-                    "customer_id": 1042,
-                    "zipcode": "94107",
-                    "loan_amount": 12_500.0,
-                    "loan_term_months": 36,
-                    "loan_purpose": "debt_consolidation",
-                }
-            ]
+            "example": {
+                "customer_id": 1042,
+                "zipcode": "94107",
+                "loan_amount": 12_500.0,
+                "loan_term_months": 36,
+                "loan_purpose": "debt_consolidation",
+            }
         },
     )
 
-    customer_id: int = Field(gt=0, description="Customer id (Feast entity `customer`).")
+    customer_id: int = Field(ge=1, description="Customer id (Feast entity `customer`).")
     zipcode: str = Field(
         pattern=r"^[0-9]{5}$", description="Five-digit zipcode of the customer's address (Feast entity `zipcode`)."
     )
@@ -105,8 +104,12 @@ class Prediction(BaseModel):
     features_found: bool = Field(description="Both the customer and the zipcode had rows in the online store.")
     missing_features: list[str] = Field(description="Model features with no value (scored as missing).")
     stale_features: list[str] = Field(description="Model features older than their view's TTL (scored as missing).")
-    freshest_feature_age_seconds: float | None = Field(description="Age of the newest stored feature; None if none.")
-    stalest_feature_age_seconds: float | None = Field(description="Age of the oldest stored feature; None if none.")
+    freshest_feature_age_seconds: float | None = Field(
+        json_schema_extra={"nullable": True}, description="Age of the newest stored feature; None if none."
+    )
+    stalest_feature_age_seconds: float | None = Field(
+        json_schema_extra={"nullable": True}, description="Age of the oldest stored feature; None if none."
+    )
 
 
 class BatchRequest(BaseModel):

@@ -6,6 +6,7 @@ mapping live in mlstack.scoring; this module adapts HTTP to them.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,9 +19,13 @@ from mlstack.settings import get_settings, stack_environment
 from services.guards import RequestGuard
 from services.metrics import service_metrics
 
+logger = logging.getLogger("mlstack.service")
+
 
 def _error_response(exc: BaseException) -> JSONResponse:
     status, cause, message = classify_error(exc)
+    if status >= 500 and cause == "internal":  # the client gets no details: the log must have them
+        logger.error("scoring failed", exc_info=exc)
     service_metrics().error(cause)
     return JSONResponse({"error": message, "cause": cause}, status_code=status)
 

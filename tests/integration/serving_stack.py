@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +13,7 @@ import pandas as pd
 from mlstack import trainer
 from mlstack.data import generate_data
 from mlstack.features import BATCH_VIEWS, apply_features, get_store, materialize_view
+from mlstack.local_service import LocalService, start_service, stop_service
 from mlstack.online_store import EmbeddedRedis, RedisTarget
 from mlstack.settings import Settings
 from tests.conftest import _url, make_settings
@@ -52,3 +55,14 @@ def build_serving_stack(state: Path, customers: int = 1500) -> ServingStack:
     profile = pd.read_parquet(settings.data_dir / "customer_profile.parquet", filters=[("customer_id", "==", 1)])
     zipcode = str(profile.sort_values("event_timestamp")["zipcode"].iloc[-1])
     return ServingStack(settings, server, target, {**GOOD, "customer_id": 1, "zipcode": zipcode})
+
+
+@contextmanager
+def background_service(state: Path, extra_env: dict[str, str]) -> Iterator[tuple[LocalService, ServingStack]]:
+    """A servable stack and `bentoml serve` on it (mlstack's own start/stop), torn down after."""
+    stack = build_serving_stack(state)
+    try:
+        yield start_service(stack.settings, {**stack.environment(), "BENTOML_DO_NOT_TRACK": "true", **extra_env}), stack
+    finally:
+        stop_service(stack.settings, timeout=10)
+        stack.server.stop()

@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from mlstack.local_service import running_service, start_service, stop_service
+from mlstack.local_service import running_service, start_service
 from mlstack.online_store import process_alive
 from mlstack.traffic_profiles import count_profiled_rows
-from tests.integration.serving_stack import GOOD, build_serving_stack
+from tests.integration.serving_stack import GOOD, background_service
 
 pytestmark = pytest.mark.integration
 TOKEN = "serve-test-token"
@@ -22,15 +22,10 @@ TOKEN = "serve-test-token"
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """`mlstack serve`'s code path: bentoml serve in the background, waited for until ready."""
-    stack = build_serving_stack(tmp_path_factory.mktemp("serve"))
-    env = {**stack.environment(), "MLSTACK_SERVICE_API_TOKEN": TOKEN, "BENTOML_DO_NOT_TRACK": "true"}
-    scored_before: list[int] = []  # 200s of earlier tests: their rows are in the same profile buffer
-    try:
-        started = start_service(stack.settings, env)
-        yield started, stack, scored_before, env
-    finally:
-        stop_service(stack.settings, timeout=10)
-        stack.server.stop()
+    env = {"MLSTACK_SERVICE_API_TOKEN": TOKEN}
+    with background_service(tmp_path_factory.mktemp("serve"), env) as (started, stack):
+        scored_before: list[int] = []  # 200s of earlier tests: their rows are in the same profile buffer
+        yield started, stack, scored_before, {**stack.environment(), "BENTOML_DO_NOT_TRACK": "true", **env}
 
 
 def test_serve_is_reused_while_running(service):

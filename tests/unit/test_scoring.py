@@ -151,7 +151,7 @@ def test_openapi_schema_lists_purposes_terms_and_an_example() -> None:
     assert schema["properties"]["loan_purpose"]["enum"] == list(LOAN_PURPOSES)
     assert schema["properties"]["loan_term_months"]["enum"] == list(LOAN_TERMS_MONTHS)
     assert schema["additionalProperties"] is False
-    LoanApplication.model_validate(schema["examples"][0])
+    LoanApplication.model_validate(schema["example"])
 
 
 def test_loan_application_accepts_a_valid_request() -> None:
