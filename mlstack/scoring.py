@@ -192,16 +192,18 @@ def parse_online_response(
 
 
 def fetch_online_features(
-    store: OnlineFeatureSource, applications: Sequence[Mapping[str, Any]], feature_service: str | None = None
+    store: OnlineFeatureSource, applications: Sequence[Mapping[str, Any]], feature_service: Any = None
 ) -> OnlineFeatures:
     """Read the feature service (default ``features.FEATURE_SERVICE``) for ``applications`` in one call.
 
+    ``feature_service`` is a name, or the service object itself: a server resolves it once at start-up
+    rather than looking it up in the registry on every request.
     Redis outages become FeatureStoreUnavailable; other errors propagate unchanged.
     """
     feature_service = feature_service or _default_feature_service()
     rows = [entity_row(application) for application in applications]
     try:
-        service = store.get_feature_service(feature_service)
+        service = store.get_feature_service(feature_service) if isinstance(feature_service, str) else feature_service
         response = store.get_online_features(features=service, entity_rows=rows)
         columns = response.to_dict(include_event_timestamps=True)
     except Exception as exc:

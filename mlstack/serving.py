@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from mlstack import registry, scoring
-from mlstack.features import get_store
+from mlstack.features import FEATURE_SERVICE, get_store
 from mlstack.scoring import Prediction, Scorer
 from mlstack.settings import Settings
 from mlstack.traffic_profiles import ProfileBuffer
@@ -34,6 +34,11 @@ class ServingRuntime:
     store: Any
     profiles: ProfileBuffer | None
     observer: ServingObserver | None = None
+    feature_service: Any = None  # resolved once, not per request
+
+    def __post_init__(self) -> None:
+        if self.feature_service is None:
+            self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
 
     @classmethod
     def from_settings(
@@ -58,7 +63,7 @@ class ServingRuntime:
     def predict(self, applications: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Features from Redis through Feast, one Booster call, rows handed to the profiler (no whylogs here)."""
         started = time.perf_counter()
-        online = scoring.fetch_online_features(self.store, applications)
+        online = scoring.fetch_online_features(self.store, applications, self.feature_service)
         if self.observer is not None:
             self.observer.feature_fetch(time.perf_counter() - started)
         scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, datetime.now(UTC))

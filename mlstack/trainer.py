@@ -6,7 +6,9 @@ Prefect (tests, scripts).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -142,14 +144,10 @@ def gate(settings: Settings, metrics: Metrics, champion: ChampionScore, leakage:
         champion_version=champion.version,
     )
     if leakage and decision.promote:
-        return promotion.Decision(
-            False,
-            [*decision.reasons, *(f"probable leakage: {warning}" for warning in leakage)],
-            decision.challenger,
-            decision.champion,
-            decision.margin,
-            decision.champion_version,
-            decision.floors,
+        return dataclasses.replace(
+            decision,
+            promote=False,
+            reasons=[*decision.reasons, *(f"probable leakage: {warning}" for warning in leakage)],
         )
     return decision
 
@@ -216,8 +214,6 @@ def run_training(
 
 def run_directory(settings: Settings) -> Path:
     """A fresh local directory for one run's artifact files before they are logged."""
-    import tempfile
-
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     root = settings.state_dir / "runs"
     root.mkdir(exist_ok=True)
