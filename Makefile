@@ -15,6 +15,8 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
 TOOLS := .mlstack/tools
 UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 RUN := $(UV) run --frozen --python $(PYTHON)
+# Tests run tools that must not share the project's lock (checkov pins old packaging) with `uv tool run`.
+export MLSTACK_UV := $(abspath $(UV))
 PYTEST_ARGS ?=
 
 .PHONY: help install demo test lint format bench down clean

@@ -32,6 +32,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 model_app = typer.Typer(help="Registered models in MLflow: lineage, champion rollback.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+bento_app = typer.Typer(help="Packaging: the bento with the champion inside.", no_args_is_help=True)
+app.add_typer(bento_app, name="bento")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -209,13 +211,33 @@ def _print_training(outcome, settings: Settings) -> None:  # type: ignore[no-unt
         )
 
 
-@app.command()
-def serve(port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None) -> None:
-    """Start `bentoml serve` for the credit-risk service in the background (stop it with `mlstack down`)."""
-    from mlstack.local_service import start_service
+@bento_app.command("build")
+def bento_build() -> None:
+    """Build the `credit-risk` bento with @champion pulled from MLflow inside; prints its tag."""
+    built = _build_bento(get_settings())
+    console.print(f"  serve it:        bentoml serve {built.tag}")
+    console.print(f"  containerize it: bentoml containerize {built.tag}  (Dockerfile: {built.dockerfile})")
 
-    service = start_service(get_settings(), {}, port)
-    console.print(f"credit-risk service ready at {service.url} (pid {service.pid}, log {service.log})")
+
+def _build_bento(settings: Settings):  # type: ignore[no-untyped-def]
+    from mlstack.bento import build_bento
+
+    with console.status("bentoml build (champion pulled from MLflow by alias)..."):
+        built = build_bento(settings)
+    console.print(f"built bento [bold]{built.tag}[/] (MLflow model version {built.model_version}) at {built.path}")
+    return built
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    bento: Annotated[str | None, typer.Option(help="Serve this bento tag instead of the source tree.")] = None,
+) -> None:
+    """Start `bentoml serve` for the credit-risk service in the background (stop it with `mlstack down`)."""
+    from mlstack.local_service import SERVICE, start_service
+
+    service = start_service(get_settings(), {}, port, target=bento or SERVICE)
+    console.print(f"credit-risk service ({service.target}) at {service.url} (pid {service.pid}, log {service.log})")
     console.print(f"  try: curl -s -X POST {service.url}/predict -H 'content-type: application/json' -d '{_EXAMPLE}'")
 
 
@@ -316,16 +338,36 @@ def demo(
     _print_vectors(get_online_features(get_store(settings, target), rows))
     console.rule("[bold]5. train, register in MLflow, champion/challenger gate (Prefect flow train-model)")
     _print_training(_run_train_flow(None, None), settings)
-    console.rule("[bold]6. online scoring: bentoml serve in the background, a few requests")
-    from mlstack.local_service import start_service
+    console.rule("[bold]6. package the champion: bentoml build")
+    built = _build_bento(settings)
+    console.rule("[bold]7. online scoring: bentoml serve <bento> in the background, a few requests")
+    from mlstack.local_service import start_service, stop_service
 
-    service = start_service(settings, {})
-    console.print(f"credit-risk service at {service.url} (log {service.log})")
+    stop_service(settings)  # a service left by an earlier run would serve an older model
+    service = start_service(settings, {}, target=built.tag)
+    console.print(f"credit-risk service ({built.tag}) at {service.url} (log {service.log})")
     _score_examples(settings, service.url)
     console.print(
         "\n[green]done.[/] The service keeps running: `mlstack model show` prints the champion's lineage; "
         "`mlstack down` stops the service and Redis."
     )
+
+
+@app.command()
+def bootstrap(
+    regenerate: Annotated[bool, typer.Option(help="Regenerate data even if present.")] = False,
+) -> None:
+    """One-shot stack bootstrap: data (if missing) -> feast apply + materialise -> first training and gate.
+
+    What the compose `bootstrap` job runs; safe to run again (each step is idempotent).
+    """
+    settings = get_settings()
+    if regenerate or not (settings.data_dir / "loan_applications.parquet").is_file():
+        _generate(settings)
+    else:
+        console.print(f"reusing data in {settings.data_dir}")
+    _print_materialized(_run_materialize_flow(None, None))
+    _print_training(_run_train_flow(None, None), settings)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlstack.errors import StackError
 from mlstack.online_store import process_alive
-from mlstack.settings import PROJECT_ROOT, Settings
+from mlstack.settings import PROJECT_ROOT, Settings, stack_environment
 
 SERVICE = "services.credit_risk:CreditRisk"
 
@@ -32,6 +32,7 @@ class LocalService:
     pid: int
     url: str
     log: Path
+    target: str = SERVICE
 
 
 def _state_file(settings: Settings) -> Path:
@@ -46,13 +47,17 @@ def running_service(settings: Settings) -> LocalService | None:
         return None
     if not process_alive(int(state["pid"])):
         return None
-    return LocalService(int(state["pid"]), state["url"], Path(state["log"]))
+    return LocalService(int(state["pid"]), state["url"], Path(state["log"]), state.get("target", SERVICE))
 
 
 def start_service(
-    settings: Settings, env: dict[str, str], port: int | None = None, timeout: float = 300
+    settings: Settings, env: dict[str, str], port: int | None = None, timeout: float = 300, target: str = SERVICE
 ) -> LocalService:
-    """Start `bentoml serve` in the background (reusing a running one) and wait for /readyz."""
+    """Start `bentoml serve <target>` in the background (reusing a running one) and wait for /readyz.
+
+    `target` is the service in source (default) or a bento tag (`credit-risk:mlflow-v3-…`). The state
+    dir is passed explicitly: a bento runs from its own directory, where the default would differ.
+    """
     current = running_service(settings)
     if current is not None:
         return current
@@ -61,14 +66,14 @@ def start_service(
     port = port or _free_port()
     log = directory / "serve.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, **stack_environment(settings), "MLSTACK_STATE_DIR": str(settings.state_dir), **env},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # `mlstack down` stops the whole process group
     )
-    service = LocalService(process.pid, f"http://127.0.0.1:{port}", log)
+    service = LocalService(process.pid, f"http://127.0.0.1:{port}", log, target)
     deadline = time.monotonic() + timeout
     while not _ready(service.url):
         if process.poll() is not None:
@@ -77,7 +82,8 @@ def start_service(
             stop_process_group(process.pid)
             raise ServiceError(f"bentoml serve was not ready within {timeout:.0f}s; see {log}")
         time.sleep(0.5)
-    _state_file(settings).write_text(json.dumps({"pid": service.pid, "url": service.url, "log": str(log)}))
+    state = {"pid": service.pid, "url": service.url, "log": str(log), "target": target}
+    _state_file(settings).write_text(json.dumps(state))
     return service
 
 

@@ -12,10 +12,20 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from mlstack import registry, scoring
+from mlstack.bento import load_bundled_model
 from mlstack.features import FEATURE_SERVICE, get_store
 from mlstack.scoring import Prediction, Scorer
 from mlstack.settings import Settings
 from mlstack.traffic_profiles import ProfileBuffer
+
+
+def load_model(settings: Settings) -> tuple[Any, str, str]:
+    """(Booster, model name, version): the one shipped in the bento if any (immutable), else @champion."""
+    bundled = load_bundled_model()
+    if bundled is not None:
+        return bundled.booster, bundled.name, bundled.version
+    booster, version = registry.load_booster(settings, "@champion")
+    return booster, settings.model_name, str(version.version)
 
 
 class ServingObserver(Protocol):
@@ -44,13 +54,13 @@ class ServingRuntime:
     def from_settings(
         cls, settings: Settings, *, profile: bool = True, observer: ServingObserver | None = None
     ) -> ServingRuntime:
-        """Load @champion from the MLflow registry, connect Feast, start the profile buffer."""
-        booster, version = registry.load_booster(settings, "@champion")
+        """Load the model (the bento's own, else @champion from MLflow), connect Feast, start the profiler."""
+        booster, model_name, model_version = load_model(settings)
         store = get_store(settings)
         scorer = Scorer(
             booster,
-            model_name=settings.model_name,
-            model_version=str(version.version),
+            model_name=model_name,
+            model_version=model_version,
             threshold=settings.decision_threshold,
             feature_ttls=scoring.load_feature_ttls(store),
         )

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         default=262_144, gt=0, description="Largest request body the service accepts (413 above)."
     )
 
+    # Orchestration (Prefect)
+    work_pool: str = Field(
+        default="mlstack-process",
+        description="Prefect work pool the deployments run on (a process pool locally and in compose).",
+    )
+
     def profile_store_url(self) -> str:
         """Where the service writes its whylogs profiles."""
         return self.profile_store or str(self.state_dir / "profiles")
@@ -160,8 +166,12 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
         "WHYLOGS_NO_ANALYTICS": "True",
     }
+    bentoml_defaults = {  # BentoML's bento/model store lives with the rest of the local state
+        "BENTOML_HOME": str(settings.state_dir / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
     return {
-        **{key: os.environ.get(key, value) for key, value in mlflow_defaults.items()},
+        **{key: os.environ.get(key, value) for key, value in {**mlflow_defaults, **bentoml_defaults}.items()},
         **prefect_environment(settings),
     }
 

@@ -1,0 +1,87 @@
+"""Packaging: `bentoml build` with the champion inside, served by `bentoml serve <tag>` without MLflow."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from mlstack import registry
+from mlstack.bento import MODEL_DIR_NAME, build_bento, load_bundled_model
+from mlstack.local_service import start_service, stop_service
+from tests.integration.services import free_port
+from tests.integration.serving_stack import build_serving_stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    stack = build_serving_stack(tmp_path_factory.mktemp("bento"))
+    try:
+        yield stack, build_bento(stack.settings)
+    finally:
+        stop_service(stack.settings, timeout=10)
+        stack.server.stop()
+
+
+def test_bento_tag_and_labels_record_the_champion_version(built):
+    stack, bento = built
+    champion = registry.champion_version(stack.settings)
+    assert bento.model_version == str(champion.version)
+    assert re.fullmatch(rf"credit-risk:mlflow-v{champion.version}-[0-9a-f]{{8}}", bento.tag)
+    manifest = yaml.safe_load((bento.path / "bento.yaml").read_text())
+    assert manifest["labels"]["mlflow_model_version"] == str(champion.version)
+    assert manifest["service"] == "services.credit_risk:CreditRisk"
+
+
+def test_bento_model_scores_exactly_like_the_registered_champion(built):
+    stack, bento = built
+    bundled = load_bundled_model(bento.path / "src" / MODEL_DIR_NAME)
+    assert bundled is not None and bundled.version == bento.model_version
+    reference, _ = registry.load_booster(stack.settings, "@champion")
+    rows = np.random.default_rng(0).normal(size=(200, reference.num_feature()))
+    np.testing.assert_array_equal(bundled.booster.predict(rows), reference.predict(rows))
+
+
+def test_bento_contains_service_feature_repo_and_no_local_state(built):
+    _, bento = built
+    source = bento.path / "src"
+    for required in ("services/credit_risk.py", "feature_store/feature_store.yaml", "mlstack/serving.py"):
+        assert (source / required).is_file(), required
+    assert not list(source.rglob("*.parquet")) and not list(source.rglob("*.db")), "local state leaked into the bento"
+    requirements = (bento.path / "env" / "python" / "requirements.txt").read_text()
+    assert re.search(r"^lightgbm==", requirements, re.M) and re.search(r"^feast(\[.*\])?==", requirements, re.M)
+    assert not re.search(r"^(pytest|ruff)==", requirements, re.M), "dev tools in the runtime image"
+
+
+def test_bento_dockerfile_runs_the_service_as_a_non_root_user(built):
+    _, bento = built
+    instructions = [
+        line.split(None, 1)
+        for line in bento.dockerfile.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    users = [i for i, parts in enumerate(instructions) if parts[0].upper() == "USER"]
+    assert users, "the generated Dockerfile never switches user (the image would run as root)"
+    last_user = instructions[users[-1]][1].strip()
+    assert last_user.split(":")[0] not in {"root", "0"}, last_user
+    entrypoints = [i for i, parts in enumerate(instructions) if parts[0].upper() in {"ENTRYPOINT", "CMD"}]
+    assert entrypoints and entrypoints[-1] > users[-1], "the entrypoint is not set after the switch to the user"
+
+
+def test_bento_serves_its_own_model_with_mlflow_unreachable(built):
+    stack, bento = built
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the bento must not need MLflow
+    env = {**stack.environment(), "MLSTACK_MLFLOW_TRACKING_URI": unreachable}
+    service = start_service(stack.settings, env, target=bento.tag)
+    try:
+        assert service.target == bento.tag
+        response = httpx.post(f"{service.url}/predict", json=stack.known, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == bento.model_version
+    finally:
+        stop_service(stack.settings, timeout=10)
