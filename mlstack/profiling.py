@@ -65,10 +65,15 @@ def read_profile(path: Path) -> DatasetProfileView:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ProfileError(f"no profile at {path}") from exc
+    return deserialize_profile(data, path)
+
+
+def deserialize_profile(data: bytes, source: object) -> DatasetProfileView:
+    """A profile view from whylogs binary `data`; `source` names where it came from in errors."""
     _whylogs()
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
     try:
         return DatasetProfileView.deserialize(data)
     except Exception as exc:  # whylogs raises assorted errors on foreign or truncated bytes
-        raise ProfileError(f"{path} is not a whylogs profile ({type(exc).__name__}: {exc})") from exc
+        raise ProfileError(f"{source} is not a whylogs profile ({type(exc).__name__}: {exc})") from exc

@@ -471,3 +471,51 @@ def describe(settings: Settings, ref: str) -> dict[str, str]:
 
 def _format_metric(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value))
+
+
+def download_reference_profile(settings: Settings, ref: str, directory: Path) -> Path:
+    """Download the training reference profile of version `ref` into `directory`; returns the file."""
+    client = tracking(settings)
+    name = settings.model_name
+    with _mlflow_errors(settings, f"download the reference profile of {name!r} {ref}"):
+        version = _resolve(client, name, ref)
+        uri = version.tags.get("reference_profile_uri")
+        if not uri:
+            raise RegistryError(f"model {name!r} version {version.version} has no reference_profile_uri tag")
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(directory)))
+
+
+def log_drift(
+    settings: Settings, version: str, metrics: dict[str, float], tags: dict[str, str], artifacts: list[Path]
+) -> str:
+    """Log one monitoring run (scores, verdict, charts) against model `version`; tags the version; returns the run id.
+
+    Runs go to the experiment `<mlflow_experiment>-monitoring`, tagged with the model name and version,
+    so the UI lists a version's drift history; the version gets `last_drift_*` tags.
+    """
+    client = tracking(settings)
+    name = settings.model_name
+    monitoring = settings.model_copy(update={"mlflow_experiment": f"{settings.mlflow_experiment}-monitoring"})
+    with _mlflow_errors(settings, f"log drift scores for {name!r} version {version}"):
+        experiment_id = _experiment_id(client, monitoring)
+        run_tags = {"mlstack.model_name": name, "mlstack.model_version": str(version), **tags}
+        run = client.create_run(experiment_id, tags=run_tags, run_name=f"drift-v{version}-{_now()}")
+        try:
+            timestamp = int(time.time() * 1000)
+            client.log_batch(
+                run.info.run_id,
+                metrics=[mlflow.entities.Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
+            )
+            for path in artifacts:
+                client.log_artifact(run.info.run_id, str(path))
+        except Exception:
+            client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        client.set_terminated(run.info.run_id)
+        _set_version_tags(
+            client,
+            name,
+            str(version),
+            {f"last_drift_{key}": value for key, value in tags.items()} | {"last_drift_run_id": run.info.run_id},
+        )
+        return run.info.run_id

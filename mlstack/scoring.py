@@ -44,6 +44,8 @@ MAX_BATCH = 256
 # to 500: small loans are real and the trees treat amounts below the trained range as the lowest leaf.
 MIN_LOAN_AMOUNT = 500.0
 MAX_LOAN_AMOUNT = 100_000.0
+# Feast's `customer` entity is INT64: a larger id cannot even be encoded as a key (protobuf raises ValueError).
+MAX_CUSTOMER_ID = 2**63 - 1
 TIMESTAMP_SUFFIX = "__ts"  # feast.online_response.TIMESTAMP_POSTFIX
 REQUEST_FIELDS = ("loan_amount", "loan_term_months", "loan_purpose")
 ENTITY_KEYS = ("customer_id", "zipcode")
@@ -79,7 +81,7 @@ class LoanApplication(BaseModel):
         },
     )
 
-    customer_id: int = Field(ge=1, description="Customer id (Feast entity `customer`).")
+    customer_id: int = Field(ge=1, le=MAX_CUSTOMER_ID, description="Customer id (Feast entity `customer`, INT64).")
     zipcode: str = Field(
         pattern=r"^[0-9]{5}$", description="Five-digit zipcode of the customer's address (Feast entity `zipcode`)."
     )

@@ -112,11 +112,39 @@ class Settings(BaseSettings):
         default=262_144, gt=0, description="Largest request body the service accepts (413 above)."
     )
 
+    # Drift monitoring and retraining
+    monitor_lookback_minutes: float = Field(
+        default=60.0, gt=0, description="The monitor judges the live-traffic profiles of the last N minutes."
+    )
+    drift_min_rows: int = Field(default=200, ge=1, description="Fewest live rows the monitor will judge drift on.")
+    drift_hellinger_threshold: float = Field(
+        default=0.4, gt=0, le=1, description="Hellinger distance at or above which a numeric column has drifted."
+    )
+    drift_chi2_alpha: float = Field(
+        default=0.001, gt=0, lt=1, description="Chi-square p-value below which a categorical column has drifted."
+    )
+    drift_event_cooldown_minutes: float = Field(
+        default=30.0, ge=0, description="After a drift event for a model version, no new one for this long."
+    )
+    retrain_window_days: int = Field(
+        default=120, gt=0, description="Retraining on drift uses the applications of the last N days."
+    )
+    k8s_overlay: Path | None = Field(
+        default=None,
+        description="Kustomize overlay whose credit-risk image tag a rollout updates (e.g. infra/k8s/overlays/prod).",
+    )
+
     # Orchestration (Prefect)
     work_pool: str = Field(
         default="mlstack-process",
         description="Prefect work pool the deployments run on (a process pool locally and in compose).",
     )
+
+    # --- Local stack (`mlstack up`): ports of the native servers, all bound to 127.0.0.1 ---
+    prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the local Prefect server (UI + API).")
+    mlflow_port: int = Field(default=5000, ge=1, le=65535, description="Port of the local MLflow tracking server (UI).")
+    service_port: int = Field(default=3000, ge=1, le=65535, description="Port of the credit-risk service.")
+    # --- end local stack ---
 
     def profile_store_url(self) -> str:
         """Where the service writes its whylogs profiles."""

@@ -97,10 +97,19 @@ def score_champion(settings: Settings, parts: Split) -> ChampionScore:
     return ChampionScore(str(version.version), metrics)
 
 
+PREDICTION_COLUMN = "default_probability"  # the live profiles' name for the model output
+
+
 def write_artifacts(booster: lightgbm.Booster, parts: Split, directory: Path) -> RunArtifacts:
-    """Holdout plots and the reference profile (model inputs of the training rows) under `directory`."""
+    """Holdout plots and the reference profile under `directory`.
+
+    The reference profile holds the training rows' model inputs and the model's own predictions on
+    them (`default_probability`), so the monitor can compare live inputs and live predictions.
+    """
     plots = evaluation.write_plots(booster, parts.holdout, directory / "plots")
-    reference = profiling.profile_frame(parts.train[list(model_input.FEATURES)])
+    inputs = parts.train[list(model_input.FEATURES)].copy()
+    inputs[PREDICTION_COLUMN] = booster.predict(model_input.encode(inputs))
+    reference = profiling.profile_frame(inputs)
     return RunArtifacts(plots, profiling.write_profile(reference, directory / "reference_profile.bin"))
 
 

@@ -18,6 +18,7 @@ from mlstack.serving import ServingRuntime
 from mlstack.settings import get_settings, stack_environment
 from services.guards import RequestGuard
 from services.metrics import service_metrics
+from services.openapi import OpenAPIDocument
 
 logger = logging.getLogger("mlstack.service")
 
@@ -67,3 +68,4 @@ class CreditRisk:
 
 
 CreditRisk.add_asgi_middleware(RequestGuard)
+CreditRisk.add_asgi_middleware(OpenAPIDocument, service=CreditRisk)

@@ -1,4 +1,4 @@
-"""ASGI guards in front of the scoring endpoints: body-size limit (413) and optional bearer-token auth (401)."""
+"""ASGI guards in front of the scoring endpoints: body limit (413), bearer-token auth (401), JSON only (415)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from mlstack.settings import get_settings
 
 Scope = dict[str, Any]
 PROTECTED_PATHS = frozenset({"/predict", "/predict_batch"})
+# Media types BentoML would decode as something other than JSON (forms, pickle): the scoring API takes JSON only.
+# A malformed multipart body made BentoML answer a bare 500, and its 415 for pickle is a JSON array, not an object.
+NON_JSON_MEDIA_TYPES = frozenset(
+    {"multipart/form-data", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle"}
+)
 
 
 class RequestGuard:
-    """Rejects oversized bodies on every path and unauthenticated calls to the scoring paths.
+    """Rejects oversized bodies on every path; unauthenticated and non-JSON calls to the scoring paths.
 
     Settings are read when the app is built (at serve time), not at import.
     """
@@ -32,6 +37,10 @@ class RequestGuard:
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
         if self.token and scope.get("path") in PROTECTED_PATHS and not self._authorised(headers):
             await _json(send, 401, "missing or wrong bearer token", "unauthorized", {"www-authenticate": "Bearer"})
+            return
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if scope.get("path") in PROTECTED_PATHS and media_type in NON_JSON_MEDIA_TYPES:
+            await _json(send, 415, f"send the body as application/json, not {media_type}", "unsupported_media_type")
             return
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:

@@ -56,3 +56,21 @@ def test_guard_accepts_the_right_token_and_leaves_health_open():
 
 def test_guard_without_token_is_open():
     assert _client(max_body_bytes=1000, token="").post("/predict", content=b"{}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    ["multipart/form-data; boundary=x", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle"],
+)
+def test_guard_refuses_non_json_bodies_on_scoring_paths_with_415(media_type):
+    response = _client(max_body_bytes=1000, token="").post(
+        "/predict", content=b"{}", headers={"content-type": media_type}
+    )
+    assert response.status_code == 415
+    assert response.json()["cause"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("media_type", [None, "application/json", "application/json; charset=utf-8", "text/plain"])
+def test_guard_passes_json_and_unlabelled_bodies(media_type):
+    headers = {"content-type": media_type} if media_type else {}
+    assert _client(max_body_bytes=1000, token="").post("/predict", content=b"{}", headers=headers).status_code == 200

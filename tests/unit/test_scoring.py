@@ -167,6 +167,7 @@ def test_loan_application_accepts_a_valid_request() -> None:
     [
         ("customer_id", 0),
         ("customer_id", -3),
+        ("customer_id", 2**63),  # past Feast's INT64 entity key: was a 500 (ValueError encoding the key)
         ("zipcode", "1234"),
         ("zipcode", "123456"),
         ("zipcode", "12a45"),
@@ -184,6 +185,10 @@ def test_loan_application_rejects_invalid_field_naming_it(field: str, value: obj
     with pytest.raises(pydantic.ValidationError) as caught:
         LoanApplication.model_validate({**APPLICATION, field: value})
     assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+
+
+def test_loan_application_accepts_the_largest_int64_customer_id() -> None:
+    assert LoanApplication.model_validate({**APPLICATION, "customer_id": 2**63 - 1}).customer_id == 2**63 - 1
 
 
 def test_loan_application_rejects_nan_in_json() -> None:

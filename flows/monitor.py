@@ -1,0 +1,126 @@
+"""Flow `monitor-drift`: live-traffic profiles vs the champion's training profile -> artifacts, MLflow, event."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from mlstack import drift, monitoring
+from mlstack.settings import get_settings
+
+step = task(cache_policy=NO_CACHE)
+
+
+@step
+def resolve_window(start: datetime | None, end: datetime | None, lookback_minutes: float | None):  # type: ignore[no-untyped-def]
+    return monitoring.resolve_window(get_settings(), start, end, lookback_minutes)
+
+
+@step
+def monitored_version(model_version: str | None) -> str:
+    return monitoring.monitored_version(get_settings(), model_version)
+
+
+@step
+def load_reference(version: str):  # type: ignore[no-untyped-def]
+    return monitoring.load_reference(get_settings(), version)
+
+
+@step
+def gather_profiles(version: str, window):  # type: ignore[no-untyped-def]
+    return monitoring.gather(get_settings(), version, window)
+
+
+@step
+def judge_drift(gathered, reference, version: str, window):  # type: ignore[no-untyped-def]
+    return monitoring.judge(get_settings(), gathered, reference, version, window)
+
+
+@step
+def record_in_mlflow(report):  # type: ignore[no-untyped-def]
+    return monitoring.record(get_settings(), report)
+
+
+@step
+def publish_artifacts(report, recorded) -> None:  # type: ignore[no-untyped-def]
+    key = f"drift-{get_settings().model_name}".lower()
+    create_markdown_artifact(
+        key=f"{key}-report",
+        markdown=drift.drift_markdown(report)
+        + ("\n\n" + drift.drift_chart_markdown(report) if report.verdict != "insufficient_data" else ""),
+        description=report.summary(),
+    )
+    if report.verdict != "insufficient_data":
+        create_table_artifact(
+            key=f"{key}-scores",
+            table=[
+                {
+                    "column": c.column,
+                    "kind": c.kind,
+                    "algorithm": c.algorithm,
+                    "score": round(c.score, 6),
+                    "threshold": c.threshold,
+                    "severity": round(c.severity, 3),
+                    "verdict": "DRIFT" if c.drifted else "possible" if c.possible else "ok",
+                }
+                for c in report.ranked()
+            ],
+            description=report.summary(),
+        )
+    if recorded.chart is not None:
+        # Prefect's UI shows Markdown and linked images, not local files: the PNG chart is in MLflow.
+        create_markdown_artifact(
+            key=f"{key}-chart",
+            markdown=f"Drift chart `{recorded.chart.name}` logged to MLflow run `{recorded.run_id}` "
+            f"({get_settings().tracking_uri()}), experiment `{get_settings().mlflow_experiment}-monitoring`.",
+        )
+
+
+@step
+def emit_drift_event(report) -> bool:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    if not monitoring.claim_drift_event(settings, report.model_version):
+        get_run_logger().info(
+            "drift event for v%s suppressed: one was emitted within the cooldown", report.model_version
+        )
+        return False
+    emit_event(
+        event=monitoring.DRIFT_EVENT,
+        resource=monitoring.event_resource(settings, report.model_version),
+        payload=report.payload(),
+    )
+    return True
+
+
+@flow(name="monitor-drift")
+def monitor_drift_flow(
+    lookback_minutes: float | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    model_version: str | None = None,
+) -> drift.DriftReport:
+    """Judge drift of the live traffic in [start, end) against the model's training profile.
+
+    Parameters:
+        lookback_minutes: window length before `end` if `start` is not given (MLSTACK_MONITOR_LOOKBACK_MINUTES).
+        start: first instant of the window (UTC).
+        end: end of the window (default: now).
+        model_version: the registered version whose traffic to judge (default: the current @champion).
+    """
+    logger = get_run_logger()
+    window = resolve_window(start, end, lookback_minutes)
+    version = monitored_version(model_version)
+    reference = load_reference(version)
+    gathered = gather_profiles(version, window)
+    report = judge_drift(gathered, reference, version, window)
+    recorded = record_in_mlflow(report)
+    publish_artifacts(report, recorded)
+    logger.info(report.summary())
+    if report.verdict == "drift":
+        emitted = emit_drift_event(report)
+        logger.info("drift event %s", "emitted" if emitted else "suppressed (cooldown)")
+    return report

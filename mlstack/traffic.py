@@ -1,0 +1,394 @@
+"""Simulated live traffic and its delayed outcomes, in a scenario: `normal` or `recession`.
+
+A run has three parts:
+1. `prepare_scenario`: for a drift scenario, write fresh feature snapshots (time-stamped now) into
+   the offline data — lower incomes, higher unemployment in some zipcodes, higher utilisation — so
+   that materialising them moves the online store into the new regime. `normal` writes nothing.
+2. `send_traffic`: POST loan applications to the running service at a fixed rate (open loop:
+   request i is due at start + i / rate, whatever the service's latency) for a duration.
+3. `realise_outcomes` + `append_applications`: for every application the service answered, draw
+   whether it defaulted — in the scenario's own risk regime (in a recession the same features mean
+   more risk) — and append it to the labelled applications, its default later in simulated time.
+   A retrained model can then learn the new regime.
+
+Simplification, on purpose: every answered application is booked, approved or declined alike, so
+the labels carry no selection bias from the champion's decisions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlstack import data
+from mlstack.errors import StackError
+
+
+class TrafficError(StackError):
+    """Traffic could not be prepared or sent (no data, no service); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How a scenario moves features, request fields and the risk model away from training."""
+
+    name: str
+    description: str
+    hit_zipcode_share: float = 0.0  # share of zipcodes hit hardest
+    unemployment_shift_hit: float = 0.0  # absolute unemployment rise in hit zipcodes
+    unemployment_shift_other: float = 0.0
+    zip_income_factor_hit: float = 1.0  # median income of hit zipcodes
+    income_factor_hit: float = 1.0  # customers living in hit zipcodes
+    income_factor_other: float = 1.0
+    utilisation_shift: float = 0.0
+    amount_factor: float = 1.0  # requested loan amounts
+    logit_shift: float = 0.0  # extra default log-odds for everyone
+    unemployment_coef_factor: float = 1.0  # the same unemployment weighs more
+    loan_to_income_coef_factor: float = 1.0  # the same loan-to-income weighs more
+
+    @property
+    def moves_features(self) -> bool:
+        """Whether the scenario writes new feature snapshots."""
+        return (
+            self.hit_zipcode_share > 0
+            or self.unemployment_shift_other != 0
+            or self.income_factor_other != 1
+            or self.utilisation_shift != 0
+        )
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "normal": Scenario("normal", "same distributions and risk model as training"),
+    "recession": Scenario(
+        "recession",
+        "40% of zipcodes lose jobs (+7 pts unemployment, +2 elsewhere), incomes fall (-20% there, -7% "
+        "elsewhere), utilisation rises, loans are 50% larger, and unemployment and loan-to-income weigh "
+        "more on default",
+        hit_zipcode_share=0.4,
+        unemployment_shift_hit=0.07,
+        unemployment_shift_other=0.02,
+        zip_income_factor_hit=0.88,
+        income_factor_hit=0.8,
+        income_factor_other=0.93,
+        utilisation_shift=0.08,
+        amount_factor=1.5,
+        logit_shift=0.3,
+        unemployment_coef_factor=2.0,
+        loan_to_income_coef_factor=1.8,
+    ),
+}
+
+PURPOSE_WEIGHTS = (0.35, 0.22, 0.12, 0.1, 0.06, 0.05, 0.1)  # as in mlstack.data's generator
+
+
+def get_scenario(name: str) -> Scenario:
+    """The named scenario, or a TrafficError listing the known ones."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise TrafficError(f"unknown scenario {name!r}; expected one of {sorted(SCENARIOS)}") from None
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """Latest feature values: one row per customer (profile + credit history) and per zipcode."""
+
+    customers: pd.DataFrame
+    zipcodes: pd.DataFrame
+
+
+def latest_snapshots(data_dir: Path) -> Snapshots:
+    """Each customer's latest profile and credit snapshot (inner join), and each zipcode's latest stats."""
+    paths = [
+        data_dir / name for name in (data.CUSTOMER_PROFILE_FILE, data.CREDIT_HISTORY_FILE, data.ZIPCODE_STATS_FILE)
+    ]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise TrafficError(f"offline data not found ({', '.join(missing)}): run `mlstack data generate` first")
+    profile, credit, zipcodes = (_latest(pd.read_parquet(path), key) for path, key in zip(paths, _KEYS, strict=True))
+    customers = profile.merge(credit.drop(columns=["event_timestamp", "created_timestamp"]), on="customer_id")
+    return Snapshots(customers.reset_index(drop=True), zipcodes.reset_index(drop=True))
+
+
+_KEYS = ("customer_id", "customer_id", "zipcode")
+
+
+def _latest(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    return frame.sort_values(["event_timestamp", "created_timestamp"]).drop_duplicates(key, keep="last")
+
+
+def shift_snapshots(snapshots: Snapshots, scenario: Scenario, at: datetime, seed: int) -> Snapshots:
+    """The scenario's new snapshots, time-stamped `at` (event and created): a pure function of its inputs."""
+    rng = np.random.default_rng(seed)
+    zipcodes = snapshots.zipcodes.copy()
+    hit = rng.random(len(zipcodes)) < scenario.hit_zipcode_share
+    shift = np.where(hit, scenario.unemployment_shift_hit, scenario.unemployment_shift_other)
+    zipcodes["unemployment_rate"] = np.round(np.clip(zipcodes["unemployment_rate"] + shift, 0.01, 0.4), 4)
+    zipcodes["regional_default_rate"] = np.round(
+        np.clip(zipcodes["regional_default_rate"] + 0.8 * shift, 0.005, 0.5), 4
+    )
+    zipcodes["median_income"] = np.round(
+        zipcodes["median_income"] * np.where(hit, scenario.zip_income_factor_hit, 1.0), 0
+    )
+    customers = snapshots.customers.copy()
+    hit_codes = set(zipcodes.loc[hit, "zipcode"])
+    in_hit = customers["zipcode"].isin(hit_codes).to_numpy()
+    factor = np.where(in_hit, scenario.income_factor_hit, scenario.income_factor_other)
+    customers["annual_income"] = np.maximum(np.round(customers["annual_income"] * factor, -1), 8_000.0)
+    customers["monthly_debt_payments"] = np.round(customers["monthly_debt_payments"] * factor, 2)
+    customers["credit_utilisation"] = np.round(
+        np.clip(customers["credit_utilisation"] + scenario.utilisation_shift, 0, 1.2), 4
+    )
+    for frame in (customers, zipcodes):
+        frame["event_timestamp"] = pd.Timestamp(at)
+        frame["created_timestamp"] = pd.Timestamp(at)
+    return Snapshots(customers, zipcodes)
+
+
+def append_snapshots(data_dir: Path, snapshots: Snapshots) -> dict[str, int]:
+    """Append new snapshots to the three feature tables (each file replaced atomically); rows per file."""
+    tables = {
+        data.CUSTOMER_PROFILE_FILE: (snapshots.customers, data.CUSTOMER_PROFILE_SCHEMA),
+        data.CREDIT_HISTORY_FILE: (snapshots.customers, data.CREDIT_HISTORY_SCHEMA),
+        data.ZIPCODE_STATS_FILE: (snapshots.zipcodes, data.ZIPCODE_STATS_SCHEMA),
+    }
+    return {name: _append(data_dir / name, frame, schema) for name, (frame, schema) in tables.items()}
+
+
+def _append(path: Path, frame: pd.DataFrame, schema: pa.Schema) -> int:
+    """Rewrite `path` with `frame`'s rows (only the schema's columns) appended; temp file + rename."""
+    new = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    combined = pa.concat_tables([pq.read_table(path, schema=schema), new])
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(combined, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return new.num_rows
+
+
+def draw_applications(snapshots: Snapshots, scenario: Scenario, n: int, seed: int) -> pd.DataFrame:
+    """`n` applications of random known customers, request fields drawn as in training (amounts scaled).
+
+    Columns: customer_id, zipcode, loan_amount, loan_term_months, loan_purpose.
+    """
+    if n < 1:
+        raise TrafficError(f"the number of applications must be at least 1, got {n}")
+    rng = np.random.default_rng(seed)
+    chosen = snapshots.customers.iloc[rng.integers(0, len(snapshots.customers), n)]
+    income = chosen["annual_income"].to_numpy()
+    amount = income * np.exp(rng.normal(np.log(0.25), 0.5, n)) * scenario.amount_factor
+    amount = np.clip(np.round(amount, -1), 1_000, 100_000)
+    term = np.where(rng.random(n) < 0.25 + 0.2 * (amount > 25_000), 60, 36)
+    purpose = np.array(data.LOAN_PURPOSES)[rng.choice(len(data.LOAN_PURPOSES), size=n, p=PURPOSE_WEIGHTS)]
+    return pd.DataFrame(
+        {
+            "customer_id": chosen["customer_id"].to_numpy(),
+            "zipcode": chosen["zipcode"].to_numpy(),
+            "loan_amount": amount,
+            "loan_term_months": term,
+            "loan_purpose": purpose,
+        }
+    )
+
+
+def default_logit(applications: pd.DataFrame, snapshots: Snapshots, scenario: Scenario) -> np.ndarray:
+    """Default log-odds of each application in the scenario's risk regime (no noise); shape (n,)."""
+    frame = applications.merge(
+        snapshots.customers.drop(columns=["zipcode"]), on="customer_id", how="left", validate="many_to_one"
+    ).merge(snapshots.zipcodes[["zipcode", "unemployment_rate"]], on="zipcode", how="left")
+    unemployment = frame["unemployment_rate"].fillna(snapshots.zipcodes["unemployment_rate"].median()).to_numpy()
+    loan_to_income = np.log(frame["loan_amount"].to_numpy() / frame["annual_income"].to_numpy())
+    base = data.latent_logit(
+        credit_utilisation=frame["credit_utilisation"],
+        delinquencies_2y=frame["delinquencies_2y"],
+        bureau_score=frame["bureau_score"],
+        accounts_in_collections=frame["accounts_in_collections"],
+        loan_amount=frame["loan_amount"],
+        annual_income=frame["annual_income"],
+        unemployment_rate=unemployment,
+        loan_term_months=frame["loan_term_months"],
+        loan_purpose=frame["loan_purpose"],
+    )
+    return (
+        base
+        + scenario.logit_shift
+        + (scenario.unemployment_coef_factor - 1) * data.COEF_UNEMPLOYMENT * unemployment
+        + (scenario.loan_to_income_coef_factor - 1) * data.COEF_LOAN_TO_INCOME * loan_to_income
+    )
+
+
+def realise_outcomes(
+    answered: pd.DataFrame, snapshots: Snapshots, scenario: Scenario, first_id: int, seed: int
+) -> pd.DataFrame:
+    """Labelled applications (data.LOAN_APPLICATIONS_SCHEMA columns) for the answered ones.
+
+    `answered` holds the application columns plus `sent_at` (UTC). A default happens 2-12 months
+    after the application, in simulated time.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(answered)
+    logit = default_logit(answered, snapshots, scenario) + rng.normal(0.0, data.LOGIT_NOISE_SD, n)
+    defaulted = rng.random(n) < 1 / (1 + np.exp(-logit))
+    delay = pd.to_timedelta(rng.uniform(*data.DEFAULT_DELAY_MONTHS, n) * 30.4375, unit="D")
+    sent_at = pd.to_datetime(answered["sent_at"], utc=True).dt.as_unit("us")
+    return pd.DataFrame(
+        {
+            "application_id": np.arange(first_id, first_id + n, dtype=np.int64),
+            "customer_id": answered["customer_id"].astype(np.int64).to_numpy(),
+            "zipcode": answered["zipcode"].astype(str).to_numpy(),
+            "event_timestamp": sent_at.to_numpy(),
+            "loan_amount": answered["loan_amount"].astype(float).to_numpy(),
+            "loan_term_months": answered["loan_term_months"].astype(np.int64).to_numpy(),
+            "loan_purpose": answered["loan_purpose"].astype(str).to_numpy(),
+            "defaulted": defaulted.astype(np.int64),
+            "default_timestamp": (sent_at + delay).where(defaulted).to_numpy(),
+        }
+    )
+
+
+def next_application_id(data_dir: Path) -> int:
+    """One more than the largest application id in the labelled applications."""
+    table = pq.read_table(data_dir / data.LOAN_APPLICATIONS_FILE, columns=["application_id"])
+    return int(pa.compute.max(table["application_id"]).as_py() or 0) + 1
+
+
+def append_applications(data_dir: Path, outcomes: pd.DataFrame) -> int:
+    """Append labelled applications (atomic rewrite); returns the rows added."""
+    frame = outcomes.copy()
+    for column in ("event_timestamp", "default_timestamp"):
+        frame[column] = pd.to_datetime(frame[column], utc=True).dt.as_unit("us")
+    return _append(data_dir / data.LOAN_APPLICATIONS_FILE, frame, data.LOAN_APPLICATIONS_SCHEMA)
+
+
+@dataclass
+class TrafficResult:
+    """What a traffic run sent and got back; `answered` holds the 200s with their send time and answer."""
+
+    sent: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    answered: list[dict[str, Any]] = field(default_factory=list)
+    model_versions: Counter = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> int:
+        """Requests answered with 200."""
+        return self.statuses.get(200, 0)
+
+    def percentile_ms(self, q: float) -> float:
+        """Latency percentile in milliseconds (NaN without requests)."""
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else math.nan
+
+    def answered_frame(self) -> pd.DataFrame:
+        """The answered applications with `sent_at`, `default_probability`, `decision`, `model_version`."""
+        return pd.DataFrame(self.answered)
+
+    def summary(self) -> str:
+        """One line: counts, statuses, latency, approval rate, model versions."""
+        frame = self.answered_frame()
+        approval = (frame["decision"] == "approve").mean() if len(frame) else math.nan
+        statuses = ", ".join(f"{code}: {count}" for code, count in sorted(self.statuses.items(), key=str))
+        versions = ", ".join(f"v{version}" for version in sorted(self.model_versions))
+        return (
+            f"{self.sent:,} sent ({statuses}); "
+            f"p50 {self.percentile_ms(50):.1f} ms, p99 {self.percentile_ms(99):.1f} ms; "
+            f"approval rate {approval:.1%}; answered by model {versions or '-'}"
+        )
+
+
+def send_traffic(
+    url: str,
+    applications: pd.DataFrame,
+    rate: float,
+    *,
+    token: str | None = None,
+    workers: int = 8,
+    timeout: float = 5.0,
+    progress: Callable[[int], None] | None = None,
+) -> TrafficResult:
+    """POST each application to `{url}/predict`, request i due at start + i / rate (open loop)."""
+    import httpx
+
+    if rate <= 0:
+        raise TrafficError(f"rate must be positive, got {rate}")
+    records = applications.to_dict("records")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    result = TrafficResult()
+    lock = threading.Lock()
+    cursor = iter(range(len(records)))
+    start = time.monotonic() + 0.05
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+            while True:
+                with lock:
+                    index = next(cursor, None)
+                if index is None:
+                    return
+                delay = start + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                _send_one(client, records[index], result, lock)
+                if progress is not None:
+                    progress(1)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return result
+
+
+def _send_one(client: Any, application: dict[str, Any], result: TrafficResult, lock: threading.Lock) -> None:
+    import httpx
+
+    payload = {key: (value.item() if hasattr(value, "item") else value) for key, value in application.items()}
+    sent_at = datetime.now(UTC)
+    began = time.perf_counter()
+    try:
+        response = client.post("/predict", json=payload)
+        status, body = response.status_code, (response.json() if response.status_code == 200 else None)
+    except httpx.HTTPError as exc:
+        status, body = type(exc).__name__, None
+    elapsed_ms = (time.perf_counter() - began) * 1000
+    with lock:
+        result.sent += 1
+        result.statuses[status] += 1
+        result.latencies_ms.append(elapsed_ms)
+        if body is not None:
+            result.model_versions[body["model_version"]] += 1
+            result.answered.append(
+                {
+                    **payload,
+                    "sent_at": sent_at,
+                    "default_probability": body["default_probability"],
+                    "decision": body["decision"],
+                    "model_version": body["model_version"],
+                }
+            )
+
+
+def applications_needed(rate: float, duration: timedelta) -> int:
+    """How many applications a run of `duration` at `rate` per second sends (at least 1)."""
+    return max(1, round(rate * duration.total_seconds()))
+
+
+def scenario_names() -> Sequence[str]:
+    """The scenarios `mlstack traffic` knows."""
+    return tuple(SCENARIOS)
