@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mlstack import registry, trainer
+from mlstack.rollout import roll_out
 from mlstack.settings import get_settings
 
 # Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
@@ -70,15 +71,34 @@ def publish_report(outcome) -> None:  # type: ignore[no-untyped-def]
     create_markdown_artifact(key="train-model-report", markdown=trainer.training_markdown(outcome))
 
 
+@step
+def roll_out_champion():  # type: ignore[no-untyped-def]
+    return roll_out(get_settings())
+
+
 @flow(name="train-model")
-def train_model_flow(start: datetime | None = None, end: datetime | None = None) -> trainer.TrainingOutcome:
+def train_model_flow(
+    start: datetime | None = None,
+    end: datetime | None = None,
+    window_days: int | None = None,
+    rollout: bool = False,
+    reason: str = "",
+) -> trainer.TrainingOutcome:
     """Train a challenger on labelled applications in [start, end] and gate it against @champion.
 
     Parameters:
         start: first application time of the window (default: MLSTACK_TRAIN_WINDOW_DAYS before end, or all).
-        end: last application time (default: the end of the offline data).
+        end: last application time (default: the end of the offline data; now when window_days is given).
+        window_days: train on the last N days up to `end` (the retraining deployments use this).
+        rollout: when the challenger is promoted, build its bento and roll the local service / k8s overlay onto it.
+        reason: why this run started (recorded in the log, e.g. "drift detected").
     """
     logger = get_run_logger()
+    if reason:
+        logger.info("training because: %s", reason)
+    if window_days is not None:
+        end = end or datetime.now(UTC)
+        start = start or end - timedelta(days=window_days)
     training_set = build_training_set(start, end)
     logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
     parts = split_by_time(training_set)
@@ -93,4 +113,6 @@ def train_model_flow(start: datetime | None = None, end: datetime | None = None)
     outcome = trainer.outcome_of(registered, training_set, parts, metrics, champion, decision, promoted, leakage)
     publish_report(outcome)
     logger.info(outcome.summary())
+    if rollout and promoted:
+        logger.info("rolled out: %s", roll_out_champion().summary())
     return outcome

@@ -229,6 +229,83 @@ def _build_bento(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def traffic(
+    scenario: Annotated[str, typer.Option(help="normal | recession")] = "normal",
+    rate: Annotated[float, typer.Option(min=0.1, help="Applications per second.")] = 40.0,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of traffic.")] = 30.0,
+    url: Annotated[str | None, typer.Option(help="Service URL (default: the running local service).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: from the clock).")] = None,
+) -> None:
+    """Send loan applications to the service in a scenario, then write their outcomes into the offline data."""
+    _run_traffic(get_settings(), scenario, rate, duration, url, seed)
+
+
+def _run_traffic(settings: Settings, scenario: str, rate: float, duration: float, url: str | None, seed: int | None):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from mlstack.local_service import running_service
+    from mlstack.traffic import TrafficError, get_scenario, run_traffic
+
+    chosen = get_scenario(scenario)
+    if url is None:
+        service = running_service(settings)
+        if service is None:
+            raise TrafficError("no local service is running: start one with `mlstack serve` or pass --url")
+        url = service.url
+    token = settings.service_api_token.get_secret_value() if settings.service_api_token else None
+    console.print(f"scenario [bold]{chosen.name}[/]: {chosen.description}")
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                label = "materialise new snapshots" if stage == "materialise" else f"POST {url}/predict"
+                tasks[stage] = bar.add_task(label, total=total)
+            bar.update(tasks[stage], completed=done)  # type: ignore[arg-type]
+
+        run = run_traffic(
+            settings,
+            scenario,
+            url=url,
+            rate=rate,
+            duration=timedelta(seconds=duration),
+            seed=seed,
+            token=token,
+            progress=progress,
+        )
+    console.print(run.summary())
+    return run
+
+
+@app.command()
+def monitor(
+    lookback_minutes: Annotated[float | None, typer.Option(help="Window before now (default from settings).")] = None,
+    start: Annotated[datetime | None, typer.Option(help="Window start (UTC).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Window end (UTC, default now).")] = None,
+) -> None:
+    """Run the monitor-drift flow: live profiles vs the champion's training profile; emits the drift event."""
+    _run_monitor(get_settings(), lookback_minutes, _utc(start), _utc(end))
+
+
+def _run_monitor(settings: Settings, lookback_minutes, start, end):  # type: ignore[no-untyped-def]
+    from flows.monitor import monitor_drift_flow
+    report = monitor_drift_flow(lookback_minutes=lookback_minutes, start=start, end=end)
+    colour = {"drift": "red", "no_drift": "green"}.get(report.verdict, "yellow")
+    console.print(f"[{colour}]{report.summary()}[/]")
+    if report.verdict != "insufficient_data":
+        table = Table(title="drift by column (severity 1.0 = threshold)")
+        for column in ("column", "algorithm", "score", "severity", "verdict"):
+            table.add_column(column)
+        for c in report.ranked()[:8]:
+            verdict = "[red]DRIFT[/]" if c.drifted else "possible" if c.possible else "ok"
+            table.add_row(c.column, c.algorithm, f"{c.score:.4g}", f"{c.severity:.2f}", verdict)
+        console.print(table)
+    return report
+
+
+@app.command()
 def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
     bento: Annotated[str | None, typer.Option(help="Serve this bento tag instead of the source tree.")] = None,
@@ -371,41 +448,77 @@ def bootstrap(
 
 
 @app.command()
-def down() -> None:
-    """Stop what the local stack runs in the background: the service (flushing its profiles), then Redis."""
-    from mlstack.local_service import stop_service
-    from mlstack.online_store import EmbeddedRedis
+def up(
+    service: Annotated[bool, typer.Option(help="Start the credit-risk service (needs a @champion in MLflow).")] = True,
+    mlflow: Annotated[bool, typer.Option(help="Start the MLflow tracking server (its UI).")] = True,
+) -> None:
+    """Start the local stack natively: Redis, MLflow server, Prefect server + worker + deployments, the service."""
+    from mlstack.errors import StackError
+    from mlstack.stack import start_stack
 
     settings = get_settings()
-    console.print("service stopped" if stop_service(settings) else "service was not running")
-    stopped = EmbeddedRedis(settings.redis_dir, settings).stop()
-    console.print("embedded Redis stopped" if stopped else "embedded Redis was not running")
+    started = time.perf_counter()
+    try:
+        report = start_stack(
+            settings,
+            service=service,
+            mlflow=mlflow,
+            progress=lambda step: console.print(f"[{time.perf_counter() - started:5.1f}s] starting {step}"),
+        )
+    except StackError as exc:  # what started before the failure stays up: say how to see and stop it
+        raise StackError(f"{exc}\n`mlstack status` shows what runs; `mlstack down` stops it.") from exc
+    _print_components(f"mlstack up ({time.perf_counter() - started:.0f}s)", report.components)
+    console.print(f"deployments on work pool {settings.work_pool!r}: {', '.join(report.deployments) or 'none'}")
+    for note in report.notes:
+        console.print(note)
+    urls = {row.name: row.url for row in report.components if row.url and row.state in ("running", "external")}
+    for name, label in (
+        ("prefect-server", "Prefect UI"),
+        ("mlflow-server", "MLflow UI"),
+        ("service", "service (Swagger UI; POST /predict)"),
+        ("redis", "Redis"),
+    ):
+        if name in urls:
+            console.print(f"  {label}: {urls[name]}")
+    console.print("stop it all with `mlstack down`; `mlstack status` checks health.")
+    if any(row.state in ("running", "external") and not row.healthy for row in report.components):
+        raise typer.Exit(1)
+
+
+def _print_components(title: str, rows) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=title)
+    for column in ("component", "state", "health", "url", "pid", "log / note"):
+        table.add_column(column)
+    for row in rows:
+        health = "[green]healthy[/]" if row.healthy else "[red]unhealthy[/]"
+        if row.state in ("stopped", "not started"):
+            health = "-"
+        detail = " ".join(part for part in (str(row.log) if row.log else "", row.note) if part)
+        table.add_row(row.name, row.state, health, row.url or "", str(row.pid or ""), detail)
+    console.print(table)
+
+
+@app.command()
+def down() -> None:
+    """Stop the local stack: the service (flushing its profiles), worker, Prefect server, MLflow server, Redis."""
+    from mlstack.stack import stop_stack
+
+    settings = get_settings()
+    for name, was_running in stop_stack(settings):
+        console.print(f"{name}: stopped" if was_running else f"{name}: was not running")
+    if settings.redis_url:
+        console.print("redis: external (MLSTACK_REDIS_URL), left running")
 
 
 @app.command()
 def status() -> None:
-    """Show what the local stack has: data, Redis, the Feast registry, the MLflow champion."""
-    from mlstack.online_store import EmbeddedRedis, OnlineStoreError, check_reachable, parse_redis_url
+    """Show what the local stack runs and whether it is healthy; its data, Feast registry and MLflow champion."""
+    from mlstack.stack import stack_status
 
     settings = get_settings()
     console.print(f"state dir: {settings.state_dir}")
+    _print_components("local stack (`mlstack up` starts it, `mlstack down` stops it)", stack_status(settings))
     console.print(f"data: {'present' if (settings.data_dir / 'loan_applications.parquet').is_file() else 'missing'}")
-    if settings.redis_url:
-        target = parse_redis_url(settings.redis_url)
-        try:
-            check_reachable(target, settings)
-            console.print(f"redis: {target.describe()} reachable")
-        except OnlineStoreError as exc:
-            console.print(f"redis: [red]{exc}[/]")
-    else:
-        embedded = EmbeddedRedis(settings.redis_dir, settings)
-        target = embedded.target()
-        running = embedded.is_running()
-        console.print(f"redis (embedded): {'running at ' + target.describe() if running and target else 'stopped'}")
-    from mlstack.local_service import running_service
-
-    service = running_service(settings)
-    console.print(f"service: {'running at ' + service.url if service else 'stopped (mlstack serve)'}")
     registry_file = settings.state_dir / "feast" / "registry.db"
     if settings.feast_registry_url or registry_file.is_file():
         console.print(f"feast registry: {settings.feast_registry_url or registry_file}")

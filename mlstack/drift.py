@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
 PREDICTION = "default_probability"
+# Coarse histograms on purpose: zipcode-level features take only as many distinct values in a window
+# as there are zipcodes in it, and at whylogs' default 30 buckets that lumpiness alone read as drift
+# (normal traffic: regional_default_rate 0.42 at 30 buckets, 0.25 at 10; a recession: 0.73 at 10).
+HELLINGER_BUCKETS = 10
 Verdict = Literal["drift", "no_drift", "insufficient_data"]
 
 
@@ -162,6 +166,9 @@ def score_columns(
     """Score each of `columns` present in both profiles; returns (scores, columns missing from either)."""
     profiling._whylogs()
     from whylogs.viz.drift.column_drift_algorithms import ChiSquare, Hellinger
+    from whylogs.viz.drift.configs import HellingerConfig
+
+    hellinger = Hellinger(HellingerConfig(max_hist_buckets=HELLINGER_BUCKETS))
 
     current_columns, reference_columns = current.get_columns(), reference.get_columns()
     scores, missing = [], []
@@ -172,7 +179,7 @@ def score_columns(
         target, base = current_columns[name], reference_columns[name]
         result = None
         if name not in model_input.CATEGORICAL and _has_distribution(target) and _has_distribution(base):
-            result = Hellinger().calculate(target, base)
+            result = hellinger.calculate(target, base)
             if result is not None:
                 distance = float(result.statistic)
                 drifted = distance >= thresholds.hellinger

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,8 @@ from pathlib import Path
 from mlstack.errors import StackError
 from mlstack.online_store import process_alive
 from mlstack.settings import PROJECT_ROOT, Settings, stack_environment
+from mlstack.stack import free_port as _free_port
+from mlstack.stack import stop_process_group
 
 SERVICE = "services.credit_risk:CreditRisk"
 
@@ -97,28 +97,9 @@ def stop_service(settings: Settings, timeout: float = 30) -> bool:
     return True
 
 
-def stop_process_group(pid: int, timeout: float = 30) -> None:
-    """Graceful stop of a process group led by `pid`."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if process_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -392,3 +392,76 @@ def applications_needed(rate: float, duration: timedelta) -> int:
 def scenario_names() -> Sequence[str]:
     """The scenarios `mlstack traffic` knows."""
     return tuple(SCENARIOS)
+
+
+@dataclass(frozen=True)
+class TrafficRun:
+    """A finished `run_traffic`: the scenario, the window it ran in, what was sent, what was labelled."""
+
+    scenario: Scenario
+    started: datetime
+    finished: datetime
+    result: TrafficResult
+    snapshots_written: dict[str, int]
+    labelled: int
+    default_rate: float
+
+    def summary(self) -> str:
+        """Two lines: the traffic, then the snapshots and outcomes written."""
+        written = ", ".join(
+            f"{rows:,} {name.removesuffix('.parquet')}" for name, rows in self.snapshots_written.items()
+        )
+        return (
+            f"{self.scenario.name}: {self.result.summary()}\n"
+            f"new feature snapshots: {written or 'none'}; outcomes written: {self.labelled:,} applications, "
+            f"realised default rate {self.default_rate:.1%}"
+        )
+
+
+def run_traffic(
+    settings: Any,
+    scenario_name: str,
+    *,
+    url: str,
+    rate: float,
+    duration: timedelta,
+    seed: int | None = None,
+    token: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> TrafficRun:
+    """Prepare the scenario (snapshots + materialise), send its traffic, write the answered ones' outcomes.
+
+    `progress(stage, done, total)` is called as work advances.
+    """
+    from mlstack.features import BATCH_VIEWS, materialize_feature_view
+
+    scenario = get_scenario(scenario_name)
+    seed = int(time.time()) if seed is None else seed
+    snapshots = latest_snapshots(settings.data_dir)
+    written: dict[str, int] = {}
+    if scenario.moves_features:
+        at = datetime.now(UTC)
+        snapshots = shift_snapshots(snapshots, scenario, at, seed)
+        written = append_snapshots(settings.data_dir, snapshots)
+        for done, view in enumerate(BATCH_VIEWS, start=1):
+            materialize_feature_view(settings, view, datetime.now(UTC))
+            if progress:
+                progress("materialise", done, len(BATCH_VIEWS))
+    applications = draw_applications(snapshots, scenario, applications_needed(rate, duration), seed + 1)
+    started = datetime.now(UTC)
+    counter = [0]
+
+    def sent(step: int) -> None:
+        counter[0] += step
+        if progress:
+            progress("send", counter[0], len(applications))
+
+    result = send_traffic(url, applications, rate, token=token, progress=sent)
+    finished = datetime.now(UTC)
+    answered = result.answered_frame()
+    labelled, default_rate = 0, math.nan
+    if len(answered):
+        outcomes = realise_outcomes(answered, snapshots, scenario, next_application_id(settings.data_dir), seed + 2)
+        labelled = append_applications(settings.data_dir, outcomes)
+        default_rate = float(outcomes["defaulted"].mean())
+    return TrafficRun(scenario, started, finished, result, written, labelled, default_rate)

@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse
 
 from mlstack.scoring import BatchRequest, BatchResponse, LoanApplication, Prediction, classify_error
 from mlstack.serving import ServingRuntime
-from mlstack.settings import get_settings, stack_environment
+from mlstack.settings import Settings, get_settings, stack_environment
 from services.guards import RequestGuard
-from services.metrics import service_metrics
+from services.metrics import ServiceMetrics, service_metrics
 from services.openapi import OpenAPIDocument
 
 logger = logging.getLogger("mlstack.service")
@@ -38,8 +38,12 @@ class CreditRisk:
     def __init__(self) -> None:
         os.environ.update(stack_environment(get_settings()))
         metrics = service_metrics()
-        self.runtime = ServingRuntime.from_settings(get_settings(), observer=metrics)
+        self.runtime = self.load_runtime(get_settings(), metrics)
         metrics.loaded(self.runtime.scorer.model_name, self.runtime.scorer.model_version)
+
+    def load_runtime(self, settings: Settings, observer: ServiceMetrics) -> ServingRuntime:
+        """The worker's model, feature source and profiler (benchmarks/ subclasses swap one part)."""
+        return ServingRuntime.from_settings(settings, observer=observer)
 
     def __is_ready__(self) -> bool:
         return self.runtime is not None

@@ -1,7 +1,7 @@
 """Container healthcheck: exit 0 when every URL given answers GET with a 2xx, else 1.
 
 The slim image has no curl or wget; this needs only the standard library. Used by the project
-image's HEALTHCHECK and by docker-compose.yml (`python infra/docker/healthcheck.py URL`).
+image's HEALTHCHECK and by docker-compose.yml (`python /app/infra/docker/healthcheck.py URL`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import urllib.request
 def healthy(url: str, timeout: float = 4.0) -> bool:
     """True if GET `url` answers 2xx within `timeout` seconds."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed http URLs
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"{url}: {exc}", file=sys.stderr)

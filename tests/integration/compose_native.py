@@ -44,7 +44,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -602,6 +602,16 @@ class NativeStack:
     def service(self, name: str) -> NativeService:
         """The translated service (as started)."""
         return self.running[name].service
+
+    @contextlib.contextmanager
+    def frozen(self, name: str) -> Iterator[None]:
+        """A service hung (SIGSTOP to its process group) for the duration, then resumed (docker pause/unpause)."""
+        pid = self.running[name].process.pid
+        os.killpg(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(pid, signal.SIGCONT)
 
     def log(self, name: str) -> str:
         """A service's output so far."""

@@ -1,0 +1,449 @@
+"""Online scoring latency and throughput: `/predict` against the framework floor, an in-process floor and a peer.
+
+    uv run python -m benchmarks.serving            # ~6 minutes; markdown on stdout
+
+Variants, all in one run on loopback, every BentoML service with the same settings (one worker, the
+service's own traffic config and middlewares) and driven by the same `wrk` script (POST bodies cycling
+through known customers, benchmarks/serving_wrk.lua):
+
+- S0: `POST /noop` of the benchmark service (benchmarks/serving_service.py): the same request and
+  validation and a constant answer: what BentoML costs on its own (the framework floor);
+- S1: `POST /predict` of the same service process: the real path (Feast online read from Redis,
+  Booster, metrics, whylogs profiling);
+- S1 without profiling, S1 with the MLflow pyfunc instead of the Booster: ablations, each in its own
+  service process started with the ablation's environment;
+- peer: `feast serve` (Feast's feature server) plus a model-only BentoML service that asks it for
+  the features over HTTP: two hops;
+- F0: in this process, no HTTP: one pipelined Redis read of the same keys (built with Feast's own
+  key helpers), decode, `Booster.predict`: the floor of the work itself.
+
+Every service runs at once and the variants are measured in rotating order, `--rounds` times each,
+with one client (`wrk -t1 -c1`: latency) and `--connections` clients (throughput, tail latency);
+medians over rounds are reported. The machine is shared: compare ratios, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.common import BENCH_ROOT
+from benchmarks.serving_setup import BenchStack, prepare_serving
+from mlstack.features import feast_environment
+from mlstack.local_service import stop_process_group
+from mlstack.settings import PROJECT_ROOT, stack_environment
+
+LUA = Path(__file__).with_name("serving_wrk.lua")
+BENCH_SERVICE = "benchmarks.serving_service:CreditRiskBench"
+PEER_SERVICE = "benchmarks.serving_service:CreditRiskPeer"
+
+
+@dataclass
+class Server:
+    """A background server process of this run."""
+
+    name: str
+    process: subprocess.Popen
+    url: str
+    ready_path: str
+    log: Path
+
+
+@dataclass
+class Run:
+    """One wrk run's summary (latencies in ms)."""
+
+    requests: int
+    seconds: float
+    non_2xx: int
+    socket_errors: int
+    p50: float
+    p90: float
+    p99: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+@dataclass
+class Variant:
+    """A measured path: which server, which route; runs by client count."""
+
+    label: str
+    what: str
+    server: str
+    path: str
+    runs: dict[int, list[Run]] = field(default_factory=dict)
+
+    def median(self, clients: int, metric: Callable[[Run], float]) -> float:
+        return statistics.median(metric(run) for run in self.runs[clients])
+
+
+def start_server(
+    name: str, command: list[str], env: dict[str, str], cwd: Path, port: int, ready: str, logs: Path
+) -> Server:
+    """Start a server in its own process group, logging to `logs/<name>.log`."""
+    log = logs / f"{name}.log"
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return Server(name, process, f"http://127.0.0.1:{port}", ready, log)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(servers: list[Server], timeout: float = 300) -> None:
+    """Wait until every server answers 200 on its readiness path."""
+    deadline = time.monotonic() + timeout
+    pending = list(servers)
+    while pending:
+        for server in list(pending):
+            if server.process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited with {server.process.returncode}; see {server.log}")
+            try:
+                with urllib.request.urlopen(server.url + server.ready_path, timeout=2) as response:
+                    if response.status == 200:
+                        pending.remove(server)
+            except (urllib.error.URLError, OSError):
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready within {timeout:.0f}s: {[server.name for server in pending]}")
+        time.sleep(0.5)
+
+
+def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
+    """The three benchmark services, feast serve and the peer, started together; waits until all are ready."""
+    settings = stack.settings
+    base = {
+        **stack_environment(settings),
+        **stack.environment(),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    ports = {name: free_port() for name in ("main", "noprof", "pyfunc", "feast", "peer")}
+    feast_bin = str(Path(sys.executable).with_name("feast"))
+
+    def bentoml(name: str, target: str, extra: dict[str, str]) -> Server:
+        profiles = {"MLSTACK_PROFILE_STORE": str(settings.state_dir / "profiles" / name)}
+        command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(ports[name])]
+        return start_server(name, command, {**base, **profiles, **extra}, PROJECT_ROOT, ports[name], "/readyz", logs)
+
+    servers = [
+        bentoml("main", BENCH_SERVICE, {}),
+        bentoml("noprof", BENCH_SERVICE, {"SERVING_BENCH_PROFILE": "0"}),
+        bentoml("pyfunc", BENCH_SERVICE, {"SERVING_BENCH_MODEL": "pyfunc"}),
+        start_server(
+            "feast",
+            # Feast's defaults except: no access log, and no worker recycling every 1,000 requests.
+            [feast_bin, "serve", "-h", "127.0.0.1", "-p", str(ports["feast"]), "--workers", "1"]
+            + ["--no-access-log", "--max-requests", "1000000000"],
+            {**base, **feast_environment(settings, stack.target)},
+            settings.feature_repo,
+            ports["feast"],
+            "/health",
+            logs,
+        ),
+        bentoml("peer", PEER_SERVICE, {"SERVING_BENCH_FEAST_URL": f"http://127.0.0.1:{ports['feast']}"}),
+    ]
+    try:
+        wait_ready(servers)
+    except BaseException:
+        stop_servers(servers)
+        raise
+    return {server.name: server for server in servers}
+
+
+def stop_servers(servers: list[Server]) -> None:
+    for server in servers:
+        stop_process_group(server.process.pid, timeout=20)
+
+
+def wrk(url: str, path: str, bodies: Path, clients: int, seconds: float) -> Run:
+    """One wrk run: `clients` connections on one thread for `seconds`."""
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA), url]
+    result = subprocess.run([*command, "--", str(bodies), path], capture_output=True, text=True, check=True)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("WRK_JSON "))
+    data = json.loads(line.removeprefix("WRK_JSON "))
+    return Run(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        non_2xx=data["status_errors"],
+        socket_errors=data["socket_errors"] + data["timeouts"],
+        p50=data["p50_us"] / 1000,
+        p90=data["p90_us"] / 1000,
+        p99=data["p99_us"] / 1000,
+    )
+
+
+def check_answers(stack: BenchStack, servers: dict[str, Server], n: int = 25) -> str:
+    """Every /predict variant gives the same probability for the same application (pyfunc: within 1e-9)."""
+    import httpx
+
+    disagreements = 0
+    with httpx.Client(timeout=10) as http:
+        for application in stack.applications[:n]:
+            answers = {
+                name: http.post(f"{servers[name].url}/predict", json=application).json()["default_probability"]
+                for name in ("main", "noprof", "pyfunc", "peer")
+            }
+            if max(answers.values()) - min(answers.values()) > 1e-9:
+                disagreements += 1
+    return f"{n - disagreements} of {n} applications scored identically by S1, both ablations and the peer"
+
+
+# --- F0: the in-process floor -------------------------------------------------------------------
+
+
+def run_floor(stack: BenchStack, iterations: int) -> tuple[list[float], str]:
+    """F0 latencies (ms): one pipelined HMGET per (entity key, view), decode, Booster.predict; and an agreement note.
+
+    Keys and fields are built with Feast's own helpers (entity-key serialisation, murmur3 field names),
+    as its Redis store does; features are decoded from Feast's protobuf values.
+    """
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from mlstack.features import BATCH_VIEWS, get_store
+    from mlstack.model_input import encode_row
+    from mlstack.online_store import make_client
+    from mlstack.serving import ServingRuntime, load_model
+
+    settings = stack.settings
+    store = get_store(settings, stack.target)
+    booster, _, _ = load_model(settings)
+    client = make_client(stack.target, settings)
+    version = store.config.entity_key_serialization_version
+    project = store.project.encode()
+    views = []
+    for view in store.list_feature_views():
+        if view.name in BATCH_VIEWS:
+            names = [feature.name for feature in view.features]
+            fields = [_mmh3(f"{view.name}:{name}") for name in names] + [f"_ts:{view.name}"]
+            views.append((view.join_keys[0], names, fields))
+
+    def key(join_key: str, value: object) -> bytes:
+        proto = Value(int64_val=value) if isinstance(value, int) else Value(string_val=str(value))
+        return serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[proto]), version) + project
+
+    def score(application: dict) -> float:
+        with client.pipeline(transaction=False) as pipe:
+            for join_key, _, fields in views:
+                pipe.hmget(key(join_key, application[join_key]), fields)
+            replies = pipe.execute()
+        inputs: dict[str, object] = {}
+        for (_, names, _), reply in zip(views, replies, strict=True):
+            stamp = Timestamp()
+            if reply[-1]:
+                stamp.ParseFromString(reply[-1])
+            for name, raw in zip(names, reply[:-1], strict=True):
+                value = Value()
+                if raw:
+                    value.ParseFromString(raw)
+                kind = value.WhichOneof("val")
+                inputs[name] = getattr(value, kind) if kind else None
+        for name in ("loan_amount", "loan_term_months", "loan_purpose"):
+            inputs[name] = application[name]
+        income, debt = inputs.get("annual_income"), inputs.get("monthly_debt_payments")
+        amount, term = application["loan_amount"], application["loan_term_months"]
+        good = isinstance(income, float | int) and income > 0
+        inputs["loan_to_income"] = amount / income if good else None
+        monthly = amount / term + debt if good and debt is not None else None
+        inputs["payment_to_income"] = monthly / (income / 12) if monthly is not None else None
+        return float(booster.predict(encode_row(inputs), num_threads=1)[0])
+
+    applications = stack.applications
+    for application in applications[:200]:
+        score(application)  # warm up
+    latencies = []
+    for i in range(iterations):
+        started = time.perf_counter()
+        score(applications[i % len(applications)])
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    runtime = ServingRuntime.from_settings(settings, profile=False)
+    sample = applications[:100]
+    served = [prediction for application in sample for prediction in runtime.predict([application])]
+    agree = sum(
+        abs(score(application) - prediction.default_probability) < 1e-9
+        for application, prediction in zip(sample, served, strict=True)
+        if not prediction.stale_features
+    )
+    fresh = sum(not prediction.stale_features for prediction in served)
+    return (
+        latencies,
+        f"F0 gives /predict's probability for {agree} of {fresh} sampled applications without stale features",
+    )
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    """Prepare the stack, start every server, measure every variant, print markdown."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of every measured wrk run")
+    parser.add_argument("--warmup", type=float, default=4.0, help="warm-up seconds per variant (not measured)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32, help="clients of the throughput runs")
+    parser.add_argument("--floor-iterations", type=int, default=3000)
+    parser.add_argument("--root", type=Path, default=BENCH_ROOT)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    for name, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
+        os.environ.setdefault(name, value)
+
+    started = time.monotonic()
+    stack = prepare_serving(args.customers, args.root)
+    load_before = os.getloadavg()
+    floor, floor_note = run_floor(stack, args.floor_iterations)
+    logs = stack.settings.state_dir / "bench-logs"
+    logs.mkdir(exist_ok=True)
+    variants = [
+        Variant("S0", "`/noop`, same service process (framework floor)", "main", "/noop"),
+        Variant("S1", "`/predict`, the real path", "main", "/predict"),
+        Variant("S1, profiling off", "`/predict`, no whylogs profiling", "noprof", "/predict"),
+        Variant("S1, pyfunc", "`/predict`, MLflow pyfunc instead of the Booster", "pyfunc", "/predict"),
+        Variant("peer", "`feast serve` + model-only BentoML service, two hops", "peer", "/predict"),
+    ]
+    clients = (1, args.connections)
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        bodies = Path(tmp) / "bodies.jsonl"
+        bodies.write_text("".join(json.dumps(application) + "\n" for application in stack.applications))
+        servers = start_services(stack, logs)
+        try:
+            agreement = check_answers(stack, servers)
+            for variant in variants:
+                wrk(servers[variant.server].url, variant.path, bodies, args.connections, args.warmup)
+                wrk(servers[variant.server].url, variant.path, bodies, 1, args.warmup / 2)
+            for round_ in range(args.rounds):
+                order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
+                for variant in order:
+                    for n in clients:
+                        run = wrk(servers[variant.server].url, variant.path, bodies, n, args.seconds)
+                        variant.runs.setdefault(n, []).append(run)
+                        print(
+                            f"round {round_ + 1}/{args.rounds} {variant.label:<18} {n:>2} clients: "
+                            f"{run.rate:8.1f} req/s  p50 {run.p50:6.2f} ms  p99 {run.p99:7.2f} ms  "
+                            f"non-2xx {run.non_2xx}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+        finally:
+            stop_servers(list(servers.values()))
+    load_after = os.getloadavg()
+    report(args, variants, floor, floor_note, agreement, load_before, load_after, time.monotonic() - started)
+
+
+def report(args, variants, floor, floor_note, agreement, load_before, load_after, elapsed) -> None:
+    """The markdown tables: every variant, then the issue's targets."""
+    import bentoml
+    import feast
+    import lightgbm
+
+    n = args.connections
+    by = {variant.label: variant for variant in variants}
+    s0, s1 = by["S0"], by["S1"]
+    f0_p50, f0_p99 = percentile(floor, 0.5), percentile(floor, 0.99)
+    s0_rate = s0.median(n, lambda run: run.rate)
+    s0_p50 = s0.median(1, lambda run: run.p50)
+    print(
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores (shared; load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after), Python {platform.python_version()}, "
+        f"BentoML {bentoml.__version__}, Feast {feast.__version__}, LightGBM {lightgbm.__version__}; "
+        f"{args.customers:,} customers, {args.rounds} rounds of {args.seconds:g} s per variant and client count "
+        f"(medians), {elapsed / 60:.1f} min in all.\n"
+    )
+    print(
+        f"| variant | what | 1 client: p50 ms | p99 ms | req/s | {n} clients: req/s | p50 ms | p99 ms "
+        f"| req/s ÷ S0 ({n} clients) | p50 - S0 p50 (1 client), ms | that ÷ F0 p50 | non-2xx |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| F0 | in-process: pipelined HMGET + decode + Booster.predict | {f0_p50:.3f} | {f0_p99:.3f} "
+        f"| {1000 / statistics.mean(floor):,.0f} | | | | | | | |"
+    )
+    for variant in variants:
+        rate = variant.median(n, lambda run: run.rate)
+        p50_1 = variant.median(1, lambda run: run.p50)
+        non_2xx = sum(run.non_2xx + run.socket_errors for runs in variant.runs.values() for run in runs)
+        print(
+            f"| {variant.label} | {variant.what} | {p50_1:.2f} | {variant.median(1, lambda run: run.p99):.2f} "
+            f"| {variant.median(1, lambda run: run.rate):,.0f} | {rate:,.0f} "
+            f"| {variant.median(n, lambda run: run.p50):.2f} "
+            f"| {variant.median(n, lambda run: run.p99):.2f} | {rate / s0_rate:.2f} | {p50_1 - s0_p50:+.2f} "
+            f"| {(p50_1 - s0_p50) / f0_p50:.1f} | {non_2xx} |"
+        )
+    s1_rate = s1.median(n, lambda run: run.rate)
+    noprof_rate = by["S1, profiling off"].median(n, lambda run: run.rate)
+    peer = by["peer"]
+    peer_rate = peer.median(n, lambda run: run.rate)
+    s1_p99, peer_p99 = s1.median(n, lambda run: run.p99), peer.median(n, lambda run: run.p99)
+    gap = s1.median(1, lambda run: run.p50) - s0_p50
+    profiling_cost = 1 - s1_rate / noprof_rate
+    rows = [
+        (f"S1 throughput ≥ 0.85 x S0 ({n} clients)", f"{s1_rate / s0_rate:.2f} x S0", s1_rate >= 0.85 * s0_rate),
+        (
+            "S1 p50 - S0 p50 ≤ 3 x F0 p50 (1 client)",
+            f"{gap:.2f} ms = {gap / f0_p50:.1f} x F0 p50 ({f0_p50:.3f} ms)",
+            gap <= 3 * f0_p50,
+        ),
+        (
+            f"profiling costs ≤ 5% throughput ({n} clients)",
+            f"{profiling_cost:+.1%} (S1 {s1_rate:,.0f} vs {noprof_rate:,.0f} req/s without)",
+            profiling_cost <= 0.05,
+        ),
+        (
+            f"S1 beats the two-hop peer on throughput ({n} clients)",
+            f"{s1_rate / peer_rate:.2f} x peer",
+            s1_rate > peer_rate,
+        ),
+        (
+            f"S1 beats the two-hop peer on p99 ({n} clients)",
+            f"{s1_p99:.2f} ms vs {peer_p99:.2f} ms",
+            s1_p99 < peer_p99,
+        ),
+    ]
+    print("\n| target | measured | met |\n|---|---|---|")
+    for target, measured, met in rows:
+        print(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+    print(f"\nChecks: {agreement}; {floor_note}.")
+
+
+if __name__ == "__main__":
+    main()
