@@ -154,15 +154,16 @@ def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
         command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(ports[name])]
         return start_server(name, command, {**base, **profiles, **extra}, PROJECT_ROOT, ports[name], "/readyz", logs)
 
+    feast_command = [feast_bin, "serve", "-h", "127.0.0.1", "-p", str(ports["feast"]), "--workers", "1"]
+    # Feast's defaults except: no access log, and no worker recycling every 1,000 requests.
+    feast_command += ["--no-access-log", "--max-requests", "1000000000"]
     servers = [
         bentoml("main", BENCH_SERVICE, {}),
         bentoml("noprof", BENCH_SERVICE, {"SERVING_BENCH_PROFILE": "0"}),
         bentoml("pyfunc", BENCH_SERVICE, {"SERVING_BENCH_MODEL": "pyfunc"}),
         start_server(
             "feast",
-            # Feast's defaults except: no access log, and no worker recycling every 1,000 requests.
-            [feast_bin, "serve", "-h", "127.0.0.1", "-p", str(ports["feast"]), "--workers", "1"]
-            + ["--no-access-log", "--max-requests", "1000000000"],
+            feast_command,
             {**base, **feast_environment(settings, stack.target)},
             settings.feature_repo,
             ports["feast"],
@@ -184,9 +185,9 @@ def stop_servers(servers: list[Server]) -> None:
         stop_process_group(server.process.pid, timeout=20)
 
 
-def wrk(url: str, path: str, bodies: Path, clients: int, seconds: float) -> Run:
+def wrk(url: str, path: str, bodies: Path, clients: int, seconds: int) -> Run:
     """One wrk run: `clients` connections on one thread for `seconds`."""
-    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA), url]
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
     result = subprocess.run([*command, "--", str(bodies), path], capture_output=True, text=True, check=True)
     line = next(line for line in result.stdout.splitlines() if line.startswith("WRK_JSON "))
     data = json.loads(line.removeprefix("WRK_JSON "))
@@ -316,8 +317,8 @@ def main() -> None:
     """Prepare the stack, start every server, measure every variant, print markdown."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=20_000)
-    parser.add_argument("--seconds", type=float, default=8.0, help="duration of every measured wrk run")
-    parser.add_argument("--warmup", type=float, default=4.0, help="warm-up seconds per variant (not measured)")
+    parser.add_argument("--seconds", type=int, default=8, help="duration of every measured wrk run")
+    parser.add_argument("--warmup", type=int, default=4, help="warm-up seconds per variant (not measured)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32, help="clients of the throughput runs")
     parser.add_argument("--floor-iterations", type=int, default=3000)
@@ -350,7 +351,7 @@ def main() -> None:
             agreement = check_answers(stack, servers)
             for variant in variants:
                 wrk(servers[variant.server].url, variant.path, bodies, args.connections, args.warmup)
-                wrk(servers[variant.server].url, variant.path, bodies, 1, args.warmup / 2)
+                wrk(servers[variant.server].url, variant.path, bodies, 1, max(1, args.warmup // 2))
             for round_ in range(args.rounds):
                 order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
                 for variant in order:

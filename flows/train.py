@@ -81,6 +81,7 @@ def train_model_flow(
     start: datetime | None = None,
     end: datetime | None = None,
     window_days: int | None = None,
+    recent: bool = False,
     rollout: bool = False,
     reason: str = "",
 ) -> trainer.TrainingOutcome:
@@ -89,13 +90,16 @@ def train_model_flow(
     Parameters:
         start: first application time of the window (default: MLSTACK_TRAIN_WINDOW_DAYS before end, or all).
         end: last application time (default: the end of the offline data; now when window_days is given).
-        window_days: train on the last N days up to `end` (the retraining deployments use this).
+        window_days: train on the last N days up to `end`.
+        recent: train on the last MLSTACK_RETRAIN_WINDOW_DAYS days up to now, new labels included (retraining).
         rollout: when the challenger is promoted, build its bento and roll the local service / k8s overlay onto it.
         reason: why this run started (recorded in the log, e.g. "drift detected").
     """
     logger = get_run_logger()
     if reason:
         logger.info("training because: %s", reason)
+    if recent and window_days is None:
+        window_days = get_settings().retrain_window_days
     if window_days is not None:
         end = end or datetime.now(UTC)
         start = start or end - timedelta(days=window_days)

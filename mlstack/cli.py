@@ -6,7 +6,7 @@ import os
 import sys
 import time
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -291,6 +291,7 @@ def monitor(
 
 def _run_monitor(settings: Settings, lookback_minutes, start, end):  # type: ignore[no-untyped-def]
     from flows.monitor import monitor_drift_flow
+
     report = monitor_drift_flow(lookback_minutes=lookback_minutes, start=start, end=end)
     colour = {"drift": "red", "no_drift": "green"}.get(report.verdict, "yellow")
     console.print(f"[{colour}]{report.summary()}[/]")
@@ -391,52 +392,131 @@ def model_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on bo
 @app.command()
 def demo(
     customers: Annotated[int | None, typer.Option(min=1, help="Customers to simulate.")] = None,
-    regenerate: Annotated[bool, typer.Option(help="Regenerate data even if present.")] = False,
+    reuse_data: Annotated[bool, typer.Option(help="Keep the offline data of an earlier run (default: fresh).")] = False,
 ) -> None:
-    """Run the loop built so far: data -> features -> online vectors -> train + gate -> serve + score."""
-    from mlstack.features import get_online_features, get_store, sample_entity_rows
+    """The whole loop as a story: data, features, train, bento, serve, traffic, drift, event, retrain, new champion."""
+    from mlstack import demo as story
+    from mlstack import stack
+    from mlstack.local_service import running_service, start_service, stop_service
     from mlstack.online_store import resolve_redis
 
-    settings = _settings(customers=customers)
-    console.rule("[bold]1. synthetic data")
-    if regenerate or not (settings.data_dir / "loan_applications.parquet").is_file() or customers:
-        _generate(settings)
+    started = time.monotonic()
+    settings = story.demo_settings(_settings(customers=customers))
+    os.environ.update(stack.settings_environment(settings))  # in-process flows and every child see the same
+    get_settings.cache_clear()
+    notes = story.DemoStory()
+
+    console.rule("[bold]1. orchestration: a local Prefect server, the deployments of prefect.yaml, a worker")
+    api_url = stack.start_prefect_server(settings)
+    os.environ["PREFECT_API_URL"] = api_url  # the flows below run in this process and report to it
+    stack.ensure_work_pool(settings, api_url)
+    with console.status("prefect deploy --all (imports each flow)..."):
+        deployments = stack.deploy_flows(settings, api_url)
+    worker = stack.start_worker(settings, api_url)
+    console.print(f"Prefect UI {api_url.removesuffix('/api')}; deployments: {', '.join(deployments)}")
+    console.print(f"process worker on pool {settings.work_pool!r} (log {worker.log})")
+
+    console.rule("[bold]2. synthetic data")
+    if reuse_data and (settings.data_dir / "loan_applications.parquet").is_file():
+        console.print(f"reusing data in {settings.data_dir}")
     else:
-        console.print(f"reusing data in {settings.data_dir} (--regenerate to rebuild)")
-    console.rule("[bold]2. online store")
+        _generate(settings)
+    console.rule("[bold]3. online store, feast apply + materialise (flow materialize-features)")
     target = resolve_redis(settings)
     console.print(f"Redis online store: {target.describe()}" + ("" if settings.redis_url else " (embedded)"))
-    console.rule("[bold]3. feast apply + materialise (Prefect flow materialize-features)")
     _print_materialized(_run_materialize_flow(None, None))
-    console.rule("[bold]4. online feature vectors read back from Redis")
-    rows = sample_entity_rows(settings, n=3)
-    for row in rows:
-        row.update(loan_amount=12_000.0, loan_term_months=36, loan_purpose="debt_consolidation")
-    _print_vectors(get_online_features(get_store(settings, target), rows))
-    console.rule("[bold]5. train, register in MLflow, champion/challenger gate (Prefect flow train-model)")
-    _print_training(_run_train_flow(None, None), settings)
-    console.rule("[bold]6. package the champion: bentoml build")
-    built = _build_bento(settings)
-    console.rule("[bold]7. online scoring: bentoml serve <bento> in the background, a few requests")
-    from mlstack.local_service import start_service, stop_service
 
+    console.rule("[bold]4. train, register in MLflow, champion/challenger gate (flow train-model)")
+    first = _run_train_flow(None, None)
+    _print_training(first, settings)
+    champion = story.registry.champion_version(settings)
+    notes.add(f"first champion: v{champion.version} (holdout ROC AUC {first.metrics.roc_auc:.3f} on pre-drift data)")
+
+    console.rule("[bold]5. package the champion (bentoml build) and serve the bento")
+    built = _build_bento(settings)
     stop_service(settings)  # a service left by an earlier run would serve an older model
-    service = start_service(settings, {}, target=built.tag)
+    service = start_service(settings, stack.settings_environment(settings), target=built.tag)
     console.print(f"credit-risk service ({built.tag}) at {service.url} (log {service.log})")
     _score_examples(settings, service.url)
-    console.print(
-        "\n[green]done.[/] The service keeps running: `mlstack model show` prints the champion's lineage; "
-        "`mlstack down` stops the service and Redis."
+
+    console.rule("[bold]6. normal traffic (same distribution as training)")
+    normal = _run_traffic(settings, "normal", 40.0, 20.0, service.url, 1)
+    story.wait_for_window_close(settings, normal.finished)
+    console.rule("[bold]7. monitor-drift on the normal window")
+    quiet = _run_monitor(settings, None, normal.started - timedelta(seconds=1), datetime.now(UTC))
+    notes.add(f"normal traffic: {quiet.summary()}")
+
+    console.rule("[bold]8. recession traffic (features, loan sizes and the risk itself shift)")
+    recession = _run_traffic(settings, "recession", 60.0, 50.0, service.url, 2)
+    notes.add(
+        f"recession: realised default rate {recession.default_rate:.1%} "
+        f"(normal traffic: {normal.default_rate:.1%}); the champion approved "
+        f"{_approval(recession):.0%} of applications (normal: {_approval(normal):.0%})"
     )
+    story.wait_for_window_close(settings, recession.finished)
+    since = story.since_now()
+    console.rule("[bold]9. monitor-drift on the recession window -> event mlstack.drift.detected")
+    drifted = _run_monitor(settings, None, recession.started - timedelta(seconds=1), datetime.now(UTC))
+    notes.add(f"recession traffic: {drifted.summary()}")
+    if drifted.verdict != "drift":
+        raise story.DemoError(f"the recession was not detected ({drifted.summary()}); nothing would retrain")
+
+    console.rule(f"[bold]10. the event triggers deployment train-model/{story.RETRAIN_DEPLOYMENT} on the worker")
+    with console.status("waiting for the triggered retraining run...") as status:
+        run = story.wait_for_triggered_run(
+            api_url, story.RETRAIN_DEPLOYMENT, since, timeout=900, on_state=lambda text: status.update(text)
+        )
+    console.print(f"flow run {run['name']} finished: {run['state_type']} ({api_url.removesuffix('/api')}/runs)")
+    if run["state_type"] != "COMPLETED":
+        raise story.DemoError(f"the retraining run ended {run['state_type']}; see {worker.log}")
+    newest = story.latest_version(settings)
+    decision = story.version_decision(settings, newest)
+    notes.add(
+        f"retrained v{newest} on the last {settings.retrain_window_days} days (post-drift holdout): "
+        f"challenger ROC AUC {float(decision['challenger_roc_auc']):.3f} vs champion "
+        f"v{decision['compared_with_version']} {_auc(decision['champion_roc_auc'])} -> {decision['promotion_outcome']}"
+    )
+
+    console.rule("[bold]11. the service now")
+    current = running_service(settings)
+    if current is None:
+        raise story.DemoError("the local service is not running after the rollout; see the worker's log")
+    _score_examples(settings, current.url)
+    now_champion = story.registry.champion_version(settings)
+    notes.add(f"@champion is v{now_champion.version}; the service runs {current.target} at {current.url}")
+
+    console.rule("[bold]the story")
+    for line in notes.lines:
+        console.print(f"- {line}")
+    console.print(
+        f"\n[green]done in {time.monotonic() - started:.0f}s.[/] Everything keeps running: the Prefect UI at "
+        f"{api_url.removesuffix('/api')}, `mlstack status` shows it all, `mlstack down` stops it."
+    )
+
+
+def _approval(run) -> float:  # type: ignore[no-untyped-def]
+    frame = run.result.answered_frame()
+    return float((frame["decision"] == "approve").mean()) if len(frame) else float("nan")
+
+
+def _auc(value: str) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except ValueError:
+        return value
 
 
 @app.command()
 def bootstrap(
     regenerate: Annotated[bool, typer.Option(help="Regenerate data even if present.")] = False,
+    skip_training_if_champion: Annotated[
+        bool, typer.Option(help="Do not train when MLflow already has a @champion (idempotent restarts).")
+    ] = False,
 ) -> None:
     """One-shot stack bootstrap: data (if missing) -> feast apply + materialise -> first training and gate.
 
-    What the compose `bootstrap` job runs; safe to run again (each step is idempotent).
+    What the compose `bootstrap` job runs; safe to run again (each step is idempotent, training aside:
+    with --skip-training-if-champion a restart does not register another version).
     """
     settings = get_settings()
     if regenerate or not (settings.data_dir / "loan_applications.parquet").is_file():
@@ -444,6 +524,13 @@ def bootstrap(
     else:
         console.print(f"reusing data in {settings.data_dir}")
     _print_materialized(_run_materialize_flow(None, None))
+    if skip_training_if_champion:
+        from mlstack.registry import champion_version
+
+        champion = champion_version(settings)
+        if champion is not None:
+            console.print(f"@champion is version {champion.version}: training skipped (--skip-training-if-champion)")
+            return
     _print_training(_run_train_flow(None, None), settings)
 
 

@@ -1,12 +1,15 @@
 """What the online service holds: the champion Booster, the Feast store, the scorer and the profile buffer.
 
 `ServingRuntime` is built once per worker; the BentoML service only adapts HTTP to its methods.
+`RequestBatcher` coalesces the requests that arrive while a batch is being scored into the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -88,3 +91,76 @@ class ServingRuntime:
         """Flush the partial profile window (graceful shutdown)."""
         if self.profiles is not None:
             self.profiles.stop(timeout)
+
+
+Rows = Sequence[Mapping[str, Any]]
+
+
+class RequestBatcher:
+    """Adaptive batching of concurrent scoring requests on one event loop: one `predict` call per batch.
+
+    A request that finds the scorer idle is scored at once, alone (no added latency under light
+    load); requests that arrive while a batch runs wait and go together into the next call, up to
+    `max_rows` rows (a request is never split). Batches run one at a time in a worker thread, so the
+    Feast store and the Booster are used by one thread only. When a batch of several requests fails
+    for a reason other than an online-store outage, each request is retried alone, so a bad request
+    cannot fail the others; an outage fails them all at once (retrying would multiply the timeouts).
+    """
+
+    def __init__(self, predict: Callable[[Rows], list[Prediction]], max_rows: int = scoring.MAX_BATCH) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be positive, got {max_rows}")
+        self.predict = predict
+        self.max_rows = max_rows
+        self.batches = 0  # predict calls made: rows / batches is the mean batch size
+        self._queue: deque[tuple[Rows, asyncio.Future[list[Prediction]]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, rows: Rows) -> list[Prediction]:
+        """Predictions for `rows` (in order), scored with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Prediction]] = loop.create_future()
+        self._queue.append((rows, future))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            jobs = [self._queue.popleft()]
+            size = len(jobs[0][0])
+            while self._queue and size + len(self._queue[0][0]) <= self.max_rows:
+                jobs.append(self._queue.popleft())
+                size += len(jobs[-1][0])
+            await self._run(jobs)
+
+    async def _run(self, jobs: list[tuple[Rows, asyncio.Future[list[Prediction]]]]) -> None:
+        rows = [row for job_rows, _ in jobs for row in job_rows]
+        try:
+            self.batches += 1
+            predictions = await asyncio.to_thread(self.predict, rows)
+        except Exception as exc:
+            if len(jobs) == 1 or scoring.classify_error(exc)[0] == 503:
+                for _, future in jobs:
+                    _settle(future, exception=exc)
+                return
+            for job in jobs:  # isolate the request that broke the batch
+                await self._run([job])
+            return
+        start = 0
+        for job_rows, future in jobs:
+            _settle(future, result=predictions[start : start + len(job_rows)])
+            start += len(job_rows)
+
+
+def _settle(
+    future: asyncio.Future[list[Prediction]],
+    result: list[Prediction] | None = None,
+    exception: BaseException | None = None,
+) -> None:
+    if future.done():  # the request was cancelled (client gone): its rows were scored and profiled anyway
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result or [])

@@ -47,7 +47,13 @@ PREFECT_SERVER = "prefect-server"
 PREFECT_WORKER = "prefect-worker"
 MLFLOW_SERVER = "mlflow-server"
 REDIS = "redis"
-SERVICE = "service"
+SCORING_SERVICE = "service"
+
+_PREFECT_ELSEWHERE = ", or PREFECT_API_URL=http://127.0.0.1:{port}/api to use the Prefect server running there"
+_MLFLOW_ELSEWHERE = (
+    ", or MLSTACK_MLFLOW_TRACKING_URI=http://127.0.0.1:{port} to use the MLflow server running there "
+    "(training then logs to it)"
+)
 
 # Our own children, so their exit status is collected (no zombies, no ResourceWarning on exit).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -143,6 +149,10 @@ def child_environment(settings: Settings, extra: Mapping[str, str | None] | None
         **stack_environment(settings),
         **settings_environment(settings),
         "PYTHONUNBUFFERED": "1",
+        # Importing Feast points these at a temp dir of the importing process, deleted when it exits:
+        # a worker inheriting them would crash every flow run that imports Feast.
+        "PROMETHEUS_MULTIPROC_DIR": None,
+        "PROMETHEUS_MULTIPROCESS_DIR": None,
         **(extra or {}),
     }
     return {key: value for key, value in merged.items() if value is not None}
@@ -307,12 +317,12 @@ def port_free(port: int) -> bool:
         return True
 
 
-def require_free_port(port: int, setting: str) -> None:
-    """Raise naming the setting (``MLSTACK_<SETTING>``) when `port` is taken."""
+def require_free_port(port: int, setting: str, alternative: str = "") -> None:
+    """Raise naming the setting (``MLSTACK_<SETTING>``) when `port` is taken; `alternative` adds another way out."""
     if not port_free(port):
         raise LocalStackError(
             f"port {port} on 127.0.0.1 is already in use by another process: "
-            f"set MLSTACK_{setting.upper()} (setting `{setting}`) to a free port"
+            f"set MLSTACK_{setting.upper()} (setting `{setting}`) to a free port{alternative}"
         )
 
 
@@ -358,6 +368,12 @@ def prefect_api_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.prefect_port}/api"
 
 
+def running_prefect_api_url(settings: Settings) -> str | None:
+    """The API URL of the stack's Prefect server if it runs (CLI flow runs could report to it), else None."""
+    server = running_process(settings, PREFECT_SERVER)
+    return f"{server.url}/api" if server else None
+
+
 def external_prefect_api_url(settings: Settings) -> str | None:
     """``PREFECT_API_URL`` when it names a server other than the local one (then none is started)."""
     url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
@@ -377,7 +393,7 @@ def begin_prefect_server(settings: Settings) -> BackgroundProcess:
     current = running_process(settings, PREFECT_SERVER)
     if current is not None:
         return current
-    require_free_port(settings.prefect_port, "prefect_port")
+    require_free_port(settings.prefect_port, "prefect_port", _PREFECT_ELSEWHERE.format(port=settings.prefect_port))
     api = prefect_api_url(settings)
     command = _prefect("server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port))
     # The UI calls the API at PREFECT_UI_API_URL, which defaults to any PREFECT_API_URL inherited here.
@@ -544,7 +560,7 @@ def begin_mlflow_server(settings: Settings) -> BackgroundProcess | None:
     current = running_process(settings, MLFLOW_SERVER)
     if current is not None:
         return current
-    require_free_port(settings.mlflow_port, "mlflow_port")
+    require_free_port(settings.mlflow_port, "mlflow_port", _MLFLOW_ELSEWHERE.format(port=settings.mlflow_port))
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     artifacts = (settings.mlflow_dir / "artifacts").resolve()
     command = [
@@ -642,9 +658,9 @@ def start_stack(
     local_mlflow = mlflow and not mlflow_is_remote(settings)
     # Ports first: a taken one fails before anything is started.
     if local_mlflow and running_process(settings, MLFLOW_SERVER) is None:
-        require_free_port(settings.mlflow_port, "mlflow_port")
+        require_free_port(settings.mlflow_port, "mlflow_port", _MLFLOW_ELSEWHERE.format(port=settings.mlflow_port))
     if not external and running_process(settings, PREFECT_SERVER) is None:
-        require_free_port(settings.prefect_port, "prefect_port")
+        require_free_port(settings.prefect_port, "prefect_port", _PREFECT_ELSEWHERE.format(port=settings.prefect_port))
     progress("Redis" + (" (MLSTACK_REDIS_URL)" if settings.redis_url else " (embedded)"))
     components = [ensure_redis(settings)]
 
@@ -698,25 +714,25 @@ def _start_service(
     running = running_service(settings)
     if running is not None:
         return ComponentStatus(
-            SERVICE, "running", http_ok(f"{running.url}/readyz"), running.url, running.pid, running.log
+            SCORING_SERVICE, "running", http_ok(f"{running.url}/readyz"), running.url, running.pid, running.log
         )
     if not wanted:
-        return ComponentStatus(SERVICE, "not started", False, note="--no-service")
+        return ComponentStatus(SCORING_SERVICE, "not started", False, note="--no-service")
     missing = champion_note(settings)
     if missing is not None:
         notes.append(
             f"service not started: {missing}. Run `mlstack bootstrap` (data, features, first model) or "
             "`mlstack train`, then `mlstack up` again."
         )
-        return ComponentStatus(SERVICE, "not started", False, note=missing)
+        return ComponentStatus(SCORING_SERVICE, "not started", False, note=missing)
     require_free_port(settings.service_port, "service_port")
     progress(f"credit-risk service on port {settings.service_port} (bentoml serve)")
     try:
         started = start_service(settings, settings_environment(settings), settings.service_port)
     except ServiceError as exc:
         notes.append(f"service failed to start: {exc}")
-        return ComponentStatus(SERVICE, "stopped", False, note="failed to start")
-    return ComponentStatus(SERVICE, "running", True, started.url, started.pid, started.log)
+        return ComponentStatus(SCORING_SERVICE, "stopped", False, note="failed to start")
+    return ComponentStatus(SCORING_SERVICE, "running", True, started.url, started.pid, started.log)
 
 
 def stop_stack(settings: Settings) -> list[tuple[str, bool]]:
@@ -729,7 +745,7 @@ def stop_stack(settings: Settings) -> list[tuple[str, bool]]:
 
     settings = _absolute(settings)
     stopped = [
-        (SERVICE, stop_service(settings)),
+        (SCORING_SERVICE, stop_service(settings)),
         (PREFECT_WORKER, stop_worker(settings)),
         (PREFECT_SERVER, stop_prefect_server(settings)),
         (MLFLOW_SERVER, stop_mlflow_server(settings)),
@@ -792,10 +808,10 @@ def stack_status(settings: Settings) -> list[ComponentStatus]:
         rows.append(_process_status(settings, MLFLOW_SERVER, _mlflow_healthy))
     service = running_service(settings)
     if service is None:
-        rows.append(ComponentStatus(SERVICE, "stopped", False))
+        rows.append(ComponentStatus(SCORING_SERVICE, "stopped", False))
     else:
         ready = http_ok(f"{service.url}/readyz")
-        rows.append(ComponentStatus(SERVICE, "running", ready, service.url, service.pid, service.log))
+        rows.append(ComponentStatus(SCORING_SERVICE, "running", ready, service.url, service.pid, service.log))
     return rows
 
 

@@ -14,7 +14,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from mlstack.scoring import BatchRequest, BatchResponse, LoanApplication, Prediction, classify_error
-from mlstack.serving import ServingRuntime
+from mlstack.serving import RequestBatcher, ServingRuntime
 from mlstack.settings import Settings, get_settings, stack_environment
 from services.guards import RequestGuard
 from services.metrics import ServiceMetrics, service_metrics
@@ -39,6 +39,8 @@ class CreditRisk:
         os.environ.update(stack_environment(get_settings()))
         metrics = service_metrics()
         self.runtime = self.load_runtime(get_settings(), metrics)
+        # Concurrent requests are scored together (one Feast read, one Booster call per batch).
+        self.batcher = RequestBatcher(self.runtime.predict)
         metrics.loaded(self.runtime.scorer.model_name, self.runtime.scorer.model_version)
 
     def load_runtime(self, settings: Settings, observer: ServiceMetrics) -> ServingRuntime:
@@ -49,21 +51,22 @@ class CreditRisk:
         return self.runtime is not None
 
     @bentoml.api(route="/predict", input_spec=LoanApplication, output_spec=Prediction)
-    def predict(self, **application: Any) -> Prediction | JSONResponse:
+    async def predict(self, **application: Any) -> Prediction | JSONResponse:
         """Default probability and decision for one application."""
         try:
-            return self.runtime.predict([application])[0]
+            [prediction] = await self.batcher.submit([application])
         except Exception as exc:  # every failure becomes a JSON error with a cause, never a bare 500 page
             return _error_response(exc)
+        return prediction
 
     @bentoml.api(route="/predict_batch", input_spec=BatchRequest, output_spec=BatchResponse)
-    def predict_batch(self, applications: list[LoanApplication]) -> BatchResponse | JSONResponse:
+    async def predict_batch(self, applications: list[LoanApplication]) -> BatchResponse | JSONResponse:
         """Up to 256 applications in one call, scored with one Booster call."""
         try:
-            rows = [application.model_dump() for application in applications]
-            return BatchResponse(predictions=self.runtime.predict(rows))
+            predictions = await self.batcher.submit([application.model_dump() for application in applications])
         except Exception as exc:
             return _error_response(exc)
+        return BatchResponse(predictions=predictions)
 
     @bentoml.on_shutdown
     def flush_profiles(self) -> None:

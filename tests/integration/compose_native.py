@@ -510,6 +510,8 @@ class NativeStack:
         self.running: dict[str, Running] = {}
         self.done: dict[str, int] = {}  # one-shot jobs that exited: return code
         self.started_order: list[str] = []
+        self.clock: dict[str, tuple[float, float | None]] = {}  # service -> (started, healthy or done), seconds
+        self._t0 = time.monotonic()
 
     @property
     def native_services(self) -> list[str]:
@@ -541,6 +543,7 @@ class NativeStack:
                 if running.service.one_shot:
                     if code is not None:
                         self.done[name] = code
+                        self._mark_ready(name)
                         if code != 0:
                             raise ComposeError(f"{name} exited with {code}:\n{_tail(running.log, 60)}")
                     continue
@@ -549,6 +552,7 @@ class NativeStack:
                 if self._check(running.service):
                     running.healthy = True
                     healthy.add(name)
+                    self._mark_ready(name)
             if not pending and all(r.healthy or n in self.done for n, r in self.running.items()):
                 return
             if time.monotonic() > deadline:
@@ -581,6 +585,17 @@ class NativeStack:
             )
         self.running[name] = Running(service, process, log)
         self.started_order.append(name)
+        self.clock[name] = (time.monotonic() - self._t0, None)
+
+    def _mark_ready(self, name: str) -> None:
+        self.clock[name] = (self.clock[name][0], time.monotonic() - self._t0)
+
+    def timeline(self) -> str:
+        """When each service started and turned healthy (or finished), seconds since `up`."""
+        return "\n".join(
+            f"{name:>16}: started {start:6.1f}s, ready {ready:6.1f}s" if ready is not None else f"{name}: not ready"
+            for name, (start, ready) in self.clock.items()
+        )
 
     def _check(self, service: NativeService) -> bool:
         if service.healthcheck is None:

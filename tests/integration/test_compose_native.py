@@ -34,15 +34,12 @@ pytestmark = pytest.mark.integration
 OVERRIDES = {"MLSTACK_CUSTOMERS": "2000"}
 
 
-def test_variables() -> dict[str, str]:
+def dotenv_for_test() -> dict[str, str]:
     """The test's stand-in for `.env`: .env.example, required values filled with random ones, OVERRIDES."""
     values = native.read_env_file()
     filled = {key: value or secrets.token_hex(16) for key, value in values.items()}
     filled["PREFECT_AUTH_STRING"] = f"admin:{secrets.token_hex(16)}"  # documented as user:password
     return {**filled, **OVERRIDES}
-
-
-test_variables.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +51,13 @@ def stack(postgres_url: str) -> Iterator[tuple[native.NativeStack, dict]]:
             "./.env); in the containers there is none. Move it away to run this test.",
             pytrace=False,
         )
-    variables = test_variables()
+    variables = dotenv_for_test()
     compose = native.load_compose(variables)
     root = Path(tempfile.mkdtemp(prefix="mlstack-compose-"))  # volumes, bind copies, homes, logs
     try:
         with native.NativeStack(compose, root, postgres_url) as running:
             running.up()  # a failure names the service and shows its log tail
+            print(f"compose stack up natively:\n{running.timeline()}")  # shown with -s
             yield running, variables
     finally:
         shutil.rmtree(root, ignore_errors=True)

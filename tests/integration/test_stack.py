@@ -71,7 +71,8 @@ def _gone(pid: int) -> bool:
 
 def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isolated_stack):
     env, settings = isolated_stack
-    up = _mlstack("up", env=env)
+    # As after `import feast` in the caller: a temp dir that dies with it must not reach flow runs.
+    up = _mlstack("up", env={**env, "PROMETHEUS_MULTIPROC_DIR": "/tmp/feast_metrics_gone"})
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     assert "Traceback" not in up.stderr
     assert "service not started: no @champion yet" in up.stdout  # no model: the rest starts anyway
@@ -108,6 +109,7 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
     assert worker_env["MLSTACK_STATE_DIR"] == str(settings.state_dir.resolve())
     assert worker_env["PREFECT_API_URL"] == f"{prefect_url}/api"
     assert worker_env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in worker_env
     for name in ("prefect-server", "prefect-worker", "mlflow-server"):
         state = _state(settings, name)
         assert {"pid", "url", "log", "started_at"} <= state.keys()
