@@ -631,6 +631,14 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.update(stack_environment(get_settings()))
+    if "PREFECT_API_URL" not in os.environ:
+        # With `mlstack up` running, CLI flow runs report to its Prefect server (the UI shows them)
+        # instead of a temporary server on the same database.
+        from mlstack.stack import running_prefect_api_url
+
+        local = running_prefect_api_url(get_settings())
+        if local:
+            os.environ["PREFECT_API_URL"] = local
     try:
         app(standalone_mode=True)
     except StackError as exc:

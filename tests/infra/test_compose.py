@@ -30,9 +30,7 @@ from tests.integration.compose_native import (
 )
 
 # The Compose Specification's JSON schema (draft-07, vendored from shared/schemas); MLSTACK_COMPOSE_SCHEMA overrides.
-COMPOSE_SCHEMA = Path(
-    os.environ.get("MLSTACK_COMPOSE_SCHEMA", Path(__file__).parent / "schemas" / "compose-spec.json")
-)
+COMPOSE_SCHEMA = Path(os.environ.get("MLSTACK_COMPOSE_SCHEMA", Path(__file__).parent / "schemas" / "compose-spec.json"))
 HADOLINT = REPO / ".venv" / "bin" / "hadolint"
 DOCKERFILES = sorted((REPO / "infra" / "docker").rglob("Dockerfile*"))
 DASHBOARDS = sorted((REPO / "infra" / "grafana" / "dashboards").glob("*.json"))

