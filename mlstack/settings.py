@@ -217,3 +217,22 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     }
     return {key: os.environ.get(key, value) for key, value in defaults.items()}
+
+
+def settings_reference_markdown() -> str:
+    """A Markdown table of every setting: variable, type, default, description (docs/configuration.md)."""
+    rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            shown = f"`{default.relative_to(PROJECT_ROOT)}`" if default.is_relative_to(PROJECT_ROOT) else f"`{default}`"
+        elif default is None:
+            shown = "unset"
+        else:
+            shown = f"`{default}`"
+        kind = getattr(field.annotation, "__name__", None) or str(field.annotation)
+        for prefix in ("typing.", "pydantic.types.", "pathlib.", "datetime."):
+            kind = kind.replace(prefix, "")
+        kind = kind.replace(" | None", ", optional")
+        rows.append(f"| `MLSTACK_{name.upper()}` | {kind} | {shown} | {field.description or ''} |")
+    return "\n".join(rows)

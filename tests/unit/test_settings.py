@@ -32,3 +32,11 @@ def test_prefect_environment_disables_telemetry_and_keeps_state_local(monkeypatc
 def test_prefect_environment_keeps_an_explicit_server(monkeypatch, tmp_path):
     monkeypatch.setenv("PREFECT_HOME", "/elsewhere")
     assert prefect_environment(Settings(state_dir=tmp_path))["PREFECT_HOME"] == "/elsewhere"
+
+
+def test_configuration_doc_lists_every_setting_as_the_code_does():
+    from mlstack.settings import PROJECT_ROOT, settings_reference_markdown
+
+    doc = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
+    table = doc.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
+    assert table == settings_reference_markdown(), "docs/configuration.md is stale: regenerate its table"
