@@ -40,3 +40,11 @@ def test_configuration_doc_lists_every_setting_as_the_code_does():
     doc = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
     table = doc.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
     assert table == settings_reference_markdown(), "docs/configuration.md is stale: regenerate its table"
+
+
+def test_env_example_lists_every_setting():
+    from mlstack.settings import PROJECT_ROOT, Settings
+
+    text = (PROJECT_ROOT / ".env.example").read_text()
+    missing = [f"MLSTACK_{name.upper()}" for name in Settings.model_fields if f"MLSTACK_{name.upper()}=" not in text]
+    assert not missing, f".env.example lacks {missing}"
