@@ -186,15 +186,15 @@ def stop_servers(servers: list[Server]) -> None:
 
 
 def wrk(url: str, path: str, bodies: Path, clients: int, seconds: int) -> Run:
-    """One wrk run: `clients` connections on one thread for `seconds`."""
-    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    """One wrk run: `clients` connections for `seconds`, one wrk thread each (see serving_wrk.lua)."""
+    command = ["wrk", f"-t{clients}", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
     result = subprocess.run([*command, "--", str(bodies), path], capture_output=True, text=True, check=True)
     line = next(line for line in result.stdout.splitlines() if line.startswith("WRK_JSON "))
     data = json.loads(line.removeprefix("WRK_JSON "))
     return Run(
         requests=data["requests"],
         seconds=data["duration_us"] / 1e6,
-        non_2xx=data["status_errors"],
+        non_2xx=data["non_2xx"],
         socket_errors=data["socket_errors"] + data["timeouts"],
         p50=data["p50_us"] / 1000,
         p90=data["p90_us"] / 1000,
@@ -320,6 +320,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8, help="duration of every measured wrk run")
     parser.add_argument("--warmup", type=int, default=4, help="warm-up seconds per variant (not measured)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before each run (no spill-over)")
     parser.add_argument("--connections", type=int, default=32, help="clients of the throughput runs")
     parser.add_argument("--floor-iterations", type=int, default=3000)
     parser.add_argument("--root", type=Path, default=BENCH_ROOT)
@@ -356,6 +357,7 @@ def main() -> None:
                 order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
                 for variant in order:
                     for n in clients:
+                        time.sleep(args.settle)  # the previous run's background work (profiling) is done
                         run = wrk(servers[variant.server].url, variant.path, bodies, n, args.seconds)
                         variant.runs.setdefault(n, []).append(run)
                         print(

@@ -11,7 +11,7 @@ from mlstack import evaluation, registry, trainer
 from mlstack.data import generate_data
 from mlstack.features import apply_features, get_store
 from mlstack.settings import get_settings
-from mlstack.training import TrainingSet
+from mlstack.training import TrainingDataError, TrainingSet
 from tests.conftest import fresh_db, make_settings
 
 pytestmark = pytest.mark.integration
@@ -55,6 +55,10 @@ def test_train_model_flow_promotes_first_model_and_refuses_identical_retrain(sta
     with prefect_test_harness(server_startup_timeout=120):
         first = train_model_flow()
         second = train_model_flow()
+        # A retraining that fails (here: no labelled applications in the recent window, the data
+        # ends in 2025) must leave the champion and everything else as it was.
+        with pytest.raises(TrainingDataError, match="no labelled applications"):
+            train_model_flow(recent=True, rollout=True, reason="drift detected")
 
     assert first.promoted and first.decision.champion is None
     assert not second.promoted
