@@ -5,6 +5,8 @@ SHELL := /bin/bash
 # Never let uv fetch an interpreter: use the machine's Python 3.11 or 3.12.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON_PREFERENCE := only-system
+# The system certificate store: where registries sit behind a TLS-inspecting proxy, its CA is there.
+export UV_NATIVE_TLS := 1
 # PYTHONDONTWRITEBYTECODE is common in CI images: compile once at install or every import recompiles.
 export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
