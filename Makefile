@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON_PREFERENCE := only-system
 # The system certificate store: where registries sit behind a TLS-inspecting proxy, its CA is there.
-export UV_NATIVE_TLS := 1
+export UV_SYSTEM_CERTS := 1
 # PYTHONDONTWRITEBYTECODE is common in CI images: compile once at install or every import recompiles.
 export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
