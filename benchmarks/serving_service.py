@@ -99,16 +99,35 @@ class FeatureServerSource:
     """`scoring.OnlineFeatureSource` over a `feast serve` HTTP feature server (one POST per read)."""
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout
         self.http = httpx.Client(base_url=url, timeout=timeout)
+        self.async_http: httpx.AsyncClient | None = None  # made on the serving loop, at first use
 
     def get_feature_service(self, name: str) -> str:
         return name
 
     def get_online_features(self, features: Any, entity_rows: list[dict[str, Any]]) -> FeatureServerResponse:
-        columns = {name: [row[name] for row in entity_rows] for name in entity_rows[0]}
-        response = self.http.post("/get-online-features", json={"feature_service": features, "entities": columns})
+        response = self.http.post("/get-online-features", json=_request(features, entity_rows))
         response.raise_for_status()
         return FeatureServerResponse(response.json())
+
+    async def get_online_features_async(
+        self, features: Any, entity_rows: list[dict[str, Any]]
+    ) -> FeatureServerResponse:
+        if self.async_http is None:
+            self.async_http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout)
+        response = await self.async_http.post("/get-online-features", json=_request(features, entity_rows))
+        response.raise_for_status()
+        return FeatureServerResponse(response.json())
+
+
+def _request(feature_service: Any, entity_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The feature server's request body: the feature service and the entity/request columns."""
+    return {
+        "feature_service": feature_service,
+        "entities": {name: [row[name] for row in entity_rows] for name in entity_rows[0]},
+    }
 
 
 class FeatureServerResponse:
@@ -145,7 +164,9 @@ class CreditRiskPeer(CreditRisk.inner):
             threshold=settings.decision_threshold,
             feature_ttls=ttls,
         )
-        profiles = ProfileBuffer(settings.profile_store_url(), window_seconds=settings.profile_window_seconds)
+        profiles = ProfileBuffer(
+            settings.profile_store_url(), window_seconds=settings.profile_window_seconds, process=True
+        )
         profiles.start()
         source = FeatureServerSource(os.environ[FEAST_URL_ENV])
         return ServingRuntime(scorer, source, profiles, observer, feature_service=FEATURE_SERVICE)

@@ -6,8 +6,10 @@ the data ends today, so materialised features are fresh for the whole day.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ from benchmarks.common import BENCH_ROOT
 from mlstack import registry, trainer
 from mlstack.data import generate_data
 from mlstack.features import BATCH_VIEWS, apply_features, get_store, materialize_view
-from mlstack.online_store import RedisTarget, resolve_redis
+from mlstack.online_store import RedisTarget, make_client, resolve_redis
 from mlstack.settings import Settings
 
 MARKER = "serving-bench.json"
@@ -42,30 +44,34 @@ class BenchStack:
 
 
 def prepare_serving(customers: int, root: Path = BENCH_ROOT, sample: int = 500) -> BenchStack:
-    """The benchmark's stack (rebuilt when it is from another day), and `sample` known applications."""
+    """The benchmark's stack (rebuilt when it is from another day or Redis lost it), and `sample` known applications."""
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     state = root / f"serving-{customers}"
     settings = Settings(state_dir=state, customers=customers, data_end=today.date(), profile_window_seconds=3600)
     marker = state / MARKER
     built = json.loads(marker.read_text()) if marker.is_file() else {}
     target = resolve_redis(settings)  # the embedded Redis of this state dir
-    if built.get("date") != today.date().isoformat() or not _has_champion(settings):
-        print(f"building the serving benchmark stack ({customers:,} customers) in {state} ...", flush=True)
-        for name in ("data", "feast", "mlflow", "profiles", "runs"):
-            shutil.rmtree(state / name, ignore_errors=True)
-        from mlstack.online_store import make_client
-
-        make_client(target, settings).flushdb()
-        generate_data(settings.data_dir, customers=customers, months=settings.months, end=today, seed=settings.seed)
-        store = get_store(settings, target)
-        apply_features(store, settings.feature_repo)
-        for view in BATCH_VIEWS:
-            materialize_view(store, view, datetime.now(UTC))
-        outcome = trainer.run_training(settings, progress=lambda _: None)
-        if not outcome.promoted:
-            raise RuntimeError("the benchmark's first model was not promoted; see the MLflow run")
+    fresh = built.get("date") == today.date().isoformat() and make_client(target, settings).dbsize() > 0
+    if not fresh or not _has_champion(settings):
+        print(f"building the serving benchmark stack ({customers:,} customers) in {state} ...", file=sys.stderr)
+        with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress: stdout is the report
+            _build(settings, target, customers, today)
         marker.write_text(json.dumps({"date": today.date().isoformat(), "customers": customers}))
     return BenchStack(settings, target, known_applications(settings, sample))
+
+
+def _build(settings: Settings, target: RedisTarget, customers: int, today: datetime) -> None:
+    """Fresh data, features and champion in the benchmark's state dir."""
+    for name in ("data", "feast", "mlflow", "profiles", "runs"):
+        shutil.rmtree(settings.state_dir / name, ignore_errors=True)
+    make_client(target, settings).flushdb()
+    generate_data(settings.data_dir, customers=customers, months=settings.months, end=today, seed=settings.seed)
+    store = get_store(settings, target)
+    apply_features(store, settings.feature_repo)
+    for view in BATCH_VIEWS:
+        materialize_view(store, view, datetime.now(UTC))
+    if not trainer.run_training(settings, progress=lambda _: None).promoted:
+        raise RuntimeError("the benchmark's first model was not promoted; see the MLflow run")
 
 
 def known_applications(settings: Settings, n: int) -> list[dict]:

@@ -21,8 +21,9 @@ Missing and stale features (the chosen policy):
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -152,6 +153,10 @@ class OnlineFeatureSource(Protocol):
 
     def get_online_features(self, features: Any, entity_rows: list[dict[str, Any]]) -> OnlineResponseLike: ...
 
+    async def get_online_features_async(
+        self, features: Any, entity_rows: list[dict[str, Any]]
+    ) -> OnlineResponseLike: ...
+
 
 @dataclass(frozen=True)
 class OnlineFeatures:
@@ -202,19 +207,43 @@ def fetch_online_features(
     rather than looking it up in the registry on every request.
     Redis outages become FeatureStoreUnavailable; other errors propagate unchanged.
     """
-    feature_service = feature_service or _default_feature_service()
     rows = [entity_row(application) for application in applications]
-    try:
-        service = store.get_feature_service(feature_service) if isinstance(feature_service, str) else feature_service
-        response = store.get_online_features(features=service, entity_rows=rows)
+    with _online_store_errors():
+        service = _feature_service(store, feature_service)
+        columns = store.get_online_features(features=service, entity_rows=rows).to_dict(include_event_timestamps=True)
+    return OnlineFeatures(*parse_online_response(columns))
+
+
+async def fetch_online_features_async(
+    store: OnlineFeatureSource, applications: Sequence[Mapping[str, Any]], feature_service: Any = None
+) -> OnlineFeatures:
+    """``fetch_online_features`` through Feast's async read: the Redis round trip is awaited, not blocking a thread.
+
+    Same request, result and errors; for a server whose requests share one event loop.
+    """
+    rows = [entity_row(application) for application in applications]
+    with _online_store_errors():
+        service = _feature_service(store, feature_service)
+        response = await store.get_online_features_async(features=service, entity_rows=rows)
         columns = response.to_dict(include_event_timestamps=True)
+    return OnlineFeatures(*parse_online_response(columns))
+
+
+def _feature_service(store: OnlineFeatureSource, feature_service: Any) -> Any:
+    feature_service = feature_service or _default_feature_service()
+    return store.get_feature_service(feature_service) if isinstance(feature_service, str) else feature_service
+
+
+@contextlib.contextmanager
+def _online_store_errors() -> Iterator[None]:
+    """Redis outages (however wrapped) become FeatureStoreUnavailable with a cause; other errors pass unchanged."""
+    try:
+        yield
     except Exception as exc:
         cause = _online_store_cause(exc)
         if cause is None:
             raise
         raise FeatureStoreUnavailable(f"online feature store: {_describe(exc)}", cause) from exc
-    values, stamps = parse_online_response(columns)
-    return OnlineFeatures(values, stamps)
 
 
 # --- Freshness ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -69,7 +69,10 @@ class ServingRuntime:
         )
         profiles = None
         if profile:
-            profiles = ProfileBuffer(settings.profile_store_url(), window_seconds=settings.profile_window_seconds)
+            # whylogs in a child process: in this one it would hold the GIL against the request path.
+            profiles = ProfileBuffer(
+                settings.profile_store_url(), window_seconds=settings.profile_window_seconds, process=True
+            )
             profiles.start()
         return cls(scorer, store, profiles, observer)
 
@@ -77,6 +80,17 @@ class ServingRuntime:
         """Features from Redis through Feast, one Booster call, rows handed to the profiler (no whylogs here)."""
         started = time.perf_counter()
         online = scoring.fetch_online_features(self.store, applications, self.feature_service)
+        return self._score(applications, online, started)
+
+    async def predict_async(self, applications: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        """``predict`` on the caller's event loop: Feast's async read awaits Redis (no thread, no blocking)."""
+        started = time.perf_counter()
+        online = await scoring.fetch_online_features_async(self.store, applications, self.feature_service)
+        return self._score(applications, online, started)
+
+    def _score(
+        self, applications: Sequence[Mapping[str, Any]], online: scoring.OnlineFeatures, started: float
+    ) -> list[Prediction]:
         if self.observer is not None:
             self.observer.feature_fetch(time.perf_counter() - started)
         scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, datetime.now(UTC))
@@ -101,18 +115,20 @@ class RequestBatcher:
 
     A request that finds the scorer idle is scored at once, alone (no added latency under light
     load); requests that arrive while a batch runs wait and go together into the next call, up to
-    `max_rows` rows (a request is never split). Batches run one at a time in a worker thread, so the
-    Feast store and the Booster are used by one thread only. When a batch of several requests fails
-    for a reason other than an online-store outage, each request is retried alone, so a bad request
-    cannot fail the others; an outage fails them all at once (retrying would multiply the timeouts).
+    `max_rows` rows (a request is never split). Batches run one at a time on the loop (`predict` is
+    a coroutine function, e.g. `ServingRuntime.predict_async`: it awaits Redis, so the loop keeps
+    taking requests meanwhile). When a batch of several requests fails for a reason other than an
+    online-store outage, each request is retried alone, so a bad request cannot fail the others; an
+    outage fails them all at once (retrying would multiply the timeouts).
     """
 
-    def __init__(self, predict: Callable[[Rows], list[Prediction]], max_rows: int = scoring.MAX_BATCH) -> None:
+    def __init__(
+        self, predict: Callable[[Rows], Awaitable[list[Prediction]]], max_rows: int = scoring.MAX_BATCH
+    ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be positive, got {max_rows}")
         self.predict = predict
         self.max_rows = max_rows
-        self.batches = 0  # predict calls made: rows / batches is the mean batch size
         self._queue: deque[tuple[Rows, asyncio.Future[list[Prediction]]]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
@@ -126,19 +142,27 @@ class RequestBatcher:
         return await future
 
     async def _drain(self) -> None:
-        while self._queue:
-            jobs = [self._queue.popleft()]
-            size = len(jobs[0][0])
-            while self._queue and size + len(self._queue[0][0]) <= self.max_rows:
-                jobs.append(self._queue.popleft())
-                size += len(jobs[-1][0])
-            await self._run(jobs)
+        try:
+            while self._queue:
+                jobs = [self._queue.popleft()]
+                size = len(jobs[0][0])
+                while self._queue and size + len(self._queue[0][0]) <= self.max_rows:
+                    jobs.append(self._queue.popleft())
+                    size += len(jobs[-1][0])
+                await self._run(jobs)
+                await asyncio.sleep(0)  # let the answered requests respond before the next batch
+        finally:  # only non-empty if this task was cancelled: nobody may wait for ever
+            while self._queue:
+                self._queue.popleft()[1].cancel()
 
     async def _run(self, jobs: list[tuple[Rows, asyncio.Future[list[Prediction]]]]) -> None:
         rows = [row for job_rows, _ in jobs for row in job_rows]
         try:
-            self.batches += 1
-            predictions = await asyncio.to_thread(self.predict, rows)
+            predictions = await self.predict(rows)
+        except asyncio.CancelledError:
+            for _, future in jobs:
+                future.cancel()
+            raise
         except Exception as exc:
             if len(jobs) == 1 or scoring.classify_error(exc)[0] == 503:
                 for _, future in jobs:

@@ -2,10 +2,15 @@
 
 Request threads call ``ProfileBuffer.add(row)``, which only appends to a list under a lock. A
 background thread drains the list every ``flush_seconds`` (sooner once ``flush_rows`` are waiting)
-into the current window's whylogs profile. Windows are aligned to wall-clock multiples of
-``window_seconds`` (by each row's arrival time) and hold one model version: a window closes when
-the clock passes its end, when a row of another model version arrives, or on ``stop()`` (what the
-service's SIGTERM handler calls, so a partial window is not lost).
+into the current window's whylogs profile. With ``process=True`` the whylogs work and the writes
+happen in a child process that the thread feeds (the service's choice): whylogs is Python-heavy, and
+in the serving process it held the GIL against the request path (about 10% of throughput and tens of
+ms at p99 under load, docs/benchmarks.md); the thread only waits for the child, without the GIL.
+
+Windows are aligned to wall-clock multiples of ``window_seconds`` (by each row's arrival time) and
+hold one model version: a window closes when the clock passes its end, when a row of another model
+version arrives, or on ``stop()`` (what the service's SIGTERM handler calls, so a partial window is
+not lost).
 
 Each closed window is written to the profile store (a local directory or any fsspec URL) as
 
@@ -128,14 +133,20 @@ class ProfileBuffer:
         max_pending_rows: int = 100_000,
         sink: ProfileSink | None = None,
         clock: Callable[[], float] = time.time,
+        process: bool = False,
     ) -> None:
         if window_seconds <= 0 or flush_seconds <= 0 or flush_rows <= 0 or max_pending_rows <= 0:
             raise ValueError("window_seconds, flush_seconds, flush_rows and max_pending_rows must be positive")
-        if sink is None:
-            if store_url is None:
-                raise ValueError("give a store_url or a sink")
-            sink = FsspecProfileSink(store_url)
-        self.sink = sink
+        if process:
+            if sink is not None or store_url is None:
+                raise ValueError("a profiling process writes to a store_url (a sink object stays in this process)")
+            self._tracker: _Tracker = _ProcessTracker(str(store_url))
+        else:
+            if sink is None:
+                if store_url is None:
+                    raise ValueError("give a store_url or a sink")
+                sink = FsspecProfileSink(store_url)
+            self._tracker = _InlineTracker(sink)
         self.window_seconds = float(window_seconds)
         self.flush_seconds = float(flush_seconds)
         self.flush_rows = flush_rows
@@ -176,6 +187,10 @@ class ProfileBuffer:
         """Start the background drain thread (idempotent)."""
         if self._thread is not None and self._thread.is_alive():
             return
+        try:
+            self._tracker.open()
+        except ProfilerLost:  # profiling must not stop the service: the next drain tries again
+            log.exception("could not start the profiling process")
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="profile-buffer", daemon=True)
         self._thread.start()
@@ -192,6 +207,7 @@ class ProfileBuffer:
                 return False
             self._thread = None
         self.drain(final=True)  # no thread, or rows added after it finished
+        self._tracker.close()
         return True
 
     def drain(self, final: bool = False) -> None:
@@ -253,13 +269,12 @@ class ProfileBuffer:
         window = self._window
         assert window is not None
         try:
-            frame = pd.DataFrame.from_records(rows).drop(columns=[VERSION_KEY], errors="ignore")
-            if window.profile is None:
-                profiling._whylogs()  # telemetry off before whylogs is imported
-                from whylogs.core import DatasetProfile
-
-                window.profile = DatasetProfile(dataset_timestamp=window.start)
-            window.profile.track(pandas=frame)
+            self._tracker.track(window, rows)
+        except ProfilerLost:  # the child died with this window's profile: its rows so far are lost too
+            self.failed_rows += len(rows) + window.rows
+            log.exception("lost %d rows of live traffic", len(rows) + window.rows)
+            window.rows = 0
+            return
         except Exception:  # a bad batch must not kill the thread or the window: count it and go on
             self.failed_rows += len(rows)
             log.exception("could not profile %d rows of live traffic", len(rows))
@@ -271,7 +286,7 @@ class ProfileBuffer:
         if window is None or window.rows == 0:
             return
         try:
-            self.sink.write(window)
+            self._tracker.write(window)
         except Exception:
             self.failed_rows += window.rows
             log.exception(
@@ -282,6 +297,159 @@ class ProfileBuffer:
             )
             return
         self.written_rows += window.rows
+
+
+class ProfilerLost(RuntimeError):
+    """The profiling process died: the profiles of its open windows are gone."""
+
+
+class _Tracker(Protocol):
+    """Where rows become whylogs profiles and finished windows are written; raises on failure."""
+
+    def open(self) -> None: ...
+
+    def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None: ...
+
+    def write(self, window: ProfileWindow) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _InlineTracker:
+    """whylogs in the calling thread, profiles on the window objects, finished windows to a sink."""
+
+    def __init__(self, sink: ProfileSink) -> None:
+        self.sink = sink
+
+    def open(self) -> None:
+        return None
+
+    def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None:
+        frame = pd.DataFrame.from_records(rows).drop(columns=[VERSION_KEY], errors="ignore")
+        if window.profile is None:
+            profiling._whylogs()  # telemetry off before whylogs is imported
+            from whylogs.core import DatasetProfile
+
+            window.profile = DatasetProfile(dataset_timestamp=window.start)
+        window.profile.track(pandas=frame)
+
+    def write(self, window: ProfileWindow) -> None:
+        self.sink.write(window)
+
+    def close(self) -> None:
+        return None
+
+
+class _ProcessTracker:
+    """The same work in a child process (spawned), driven by synchronous messages over a pipe.
+
+    The child keeps the open windows' profiles and writes finished windows to the store itself. It
+    ignores SIGTERM and SIGINT, which a service's process group receives on shutdown, so the last
+    window still reaches it; it exits when told to, or when the pipe closes (the parent died). A
+    child found dead raises ProfilerLost once (the buffer counts the open window's rows as failed)
+    and is replaced at the next call.
+    """
+
+    def __init__(self, store_url: str) -> None:
+        self.store_url = store_url
+        self._process: Any = None
+        self._connection: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    def open(self) -> None:
+        """Start the child (and wait until it is ready) unless it runs."""
+        if self.pid is None:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")  # never fork a process that has threads
+            parent, child = context.Pipe()
+            self._process = context.Process(
+                target=_profile_in_child, args=(child, self.store_url), name="profile-writer", daemon=True
+            )
+            self._process.start()
+            child.close()
+            self._connection = parent
+            # Wait until the child ignores SIGTERM: a shutdown signal must not find it still starting.
+            try:
+                ready = parent.poll(120) and parent.recv() == ("ready",)
+            except (EOFError, OSError):
+                ready = False
+            if not ready:
+                self._process.kill()
+                self._process = self._connection = None
+                raise ProfilerLost("the profiling process did not start")
+
+    def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None:
+        self._call("track", window, rows)
+
+    def write(self, window: ProfileWindow) -> None:
+        self._call("write", window, window.rows)
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        try:
+            self._connection.send(("stop",))
+            self._connection.recv()
+        except (EOFError, OSError):
+            pass
+        self._process.join(10)
+        self._connection.close()
+        self._process = self._connection = None
+
+    def _call(self, kind: str, window: ProfileWindow, payload: Any) -> None:
+        if self._process is not None and not self._process.is_alive():
+            self._process = self._connection = None
+            raise ProfilerLost("the profiling process died")
+        self.open()
+        message = (kind, window.model_version, window.start.timestamp(), window.end.timestamp(), payload)
+        try:
+            self._connection.send(message)
+            reply = self._connection.recv()  # waits without the GIL while the child works
+        except (EOFError, OSError) as exc:
+            self._process = self._connection = None
+            raise ProfilerLost(f"the profiling process died ({type(exc).__name__})") from exc
+        if reply[0] != "ok":
+            raise RuntimeError(f"the profiling process failed: {reply[1]}")
+
+
+def _profile_in_child(connection: Any, store_url: str) -> None:
+    """The child of ``_ProcessTracker``: answers each message with ("ok",) or ("error", message)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent decides when to stop (after the last window)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    connection.send(("ready",))
+    tracker = _InlineTracker(FsspecProfileSink(store_url))
+    windows: dict[tuple[str, float], ProfileWindow] = {}
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            connection.send(("ok",))
+            return
+        kind, version, start, end, payload = message
+        key = (version, start)
+        try:
+            if kind == "track":
+                window = windows.get(key) or ProfileWindow(
+                    version, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+                )
+                windows[key] = window
+                tracker.track(window, payload)
+            else:
+                window = windows.pop(key)  # KeyError: its rows were tracked by a child that died
+                window.rows = payload
+                tracker.write(window)
+            connection.send(("ok",))
+        except Exception as exc:
+            connection.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

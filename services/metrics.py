@@ -27,7 +27,7 @@ class ServiceMetrics:
     model_info: Any
 
     def feature_fetch(self, seconds: float) -> None:
-        """One Feast online read (Redis round trip included)."""
+        """One Feast online read for a batch of requests (Redis round trip included)."""
         self.fetch_seconds.observe(seconds)
 
     def prediction(self, prediction: Prediction) -> None:
@@ -52,7 +52,9 @@ def service_metrics() -> ServiceMetrics:
 
     return ServiceMetrics(
         fetch_seconds=Histogram(
-            "mlstack_feature_fetch_seconds", "Latency of the Feast online read per request.", buckets=FETCH_BUCKETS
+            "mlstack_feature_fetch_seconds",
+            "Latency of one Feast online read (one per batch of concurrent requests).",
+            buckets=FETCH_BUCKETS,
         ),
         staleness_seconds=Histogram(
             "mlstack_feature_staleness_seconds",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -150,3 +152,92 @@ def test_service_answers_503_when_redis_is_killed_and_recovers_when_it_returns(s
 
     assert stack.server.ensure_running() == stack.target  # back on the same port, same password
     assert client.post("/predict", json=stack.known).status_code == 200  # no restart of the service needed
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(served):
+    """Requests scored together (adaptive batching) get exactly what each gets on its own, in order."""
+    client, stack = served
+    bodies = [
+        {**stack.known, "loan_amount": 1_000.0 + 5_000 * i, "loan_term_months": (36, 60)[i % 2]} for i in range(12)
+    ] + [{**GOOD, "customer_id": 10**9 + i} for i in range(4)]
+    alone = [client.post("/predict", json=body).json() for body in bodies]
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        together = list(pool.map(lambda body: client.post("/predict", json=body), bodies * 3))
+    assert all(response.status_code == 200 for response in together), {r.status_code for r in together}
+    for expected, response in zip(alone * 3, together, strict=True):
+        got = response.json()
+        assert got["default_probability"] == expected["default_probability"]
+        assert (got["features_found"], got["missing_features"]) == (
+            expected["features_found"],
+            expected["missing_features"],
+        )
+
+
+def _batcher_with_gate(predict):
+    """A RequestBatcher whose first predict call waits for `gate`: later requests pile up behind it."""
+    from mlstack.serving import RequestBatcher
+
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def gated(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            await gate.wait()
+        return await predict(rows)
+
+    return RequestBatcher(gated), calls, gate
+
+
+async def _submit_behind_a_running_batch(make_batcher, first, later):
+    batcher, calls, gate = make_batcher()
+    first_task = asyncio.create_task(batcher.submit(first))
+    while not calls:  # the first batch is running, held by the gate
+        await asyncio.sleep(0.001)
+    later_tasks = [asyncio.create_task(batcher.submit(rows)) for rows in later]
+    await asyncio.sleep(0.01)
+    gate.set()
+    return await asyncio.gather(first_task, *later_tasks, return_exceptions=True), calls
+
+
+def test_batcher_scores_waiting_requests_in_one_call_in_order(served):
+    from mlstack.serving import ServingRuntime
+
+    _, stack = served
+    runtime = ServingRuntime.from_settings(stack.settings, profile=False)
+    known, unknown = stack.known, {**GOOD, "customer_id": 10**9}
+    later = [[unknown], [{**known, "loan_amount": 90_000.0}], [known, unknown], [known]]
+    results, calls = asyncio.run(
+        _submit_behind_a_running_batch(lambda: _batcher_with_gate(runtime.predict_async), [known], later)
+    )
+    assert calls == [1, 5]  # everything that waited went into one Feast read and one Booster call
+    for rows, predictions in zip([[known], *later], results, strict=True):
+        alone = runtime.predict(rows)  # the synchronous path, one request at a time
+        assert [p.default_probability for p in predictions] == [p.default_probability for p in alone]
+        assert [p.features_found for p in predictions] == [p.features_found for p in alone]
+
+
+def test_batcher_isolates_a_request_that_breaks_the_batch_and_fails_all_on_an_outage():
+    from mlstack.scoring import FeatureStoreUnavailable
+
+    async def predict(rows):
+        if any(row["customer_id"] == 13 for row in rows):
+            raise ValueError("bad row")
+        return [row["customer_id"] for row in rows]
+
+    later = [[{"customer_id": 2}], [{"customer_id": 13}], [{"customer_id": 3}, {"customer_id": 4}]]
+    results, calls = asyncio.run(
+        _submit_behind_a_running_batch(lambda: _batcher_with_gate(predict), [{"customer_id": 1}], later)
+    )
+    assert results[0] == [1] and results[1] == [2] and results[3] == [3, 4]
+    assert isinstance(results[2], ValueError)  # only the request that broke the batch fails
+    assert calls == [1, 4, 1, 1, 2]  # the failed batch, then each of its requests alone
+
+    async def outage(rows):
+        raise FeatureStoreUnavailable("redis down", "online_store_timeout")
+
+    results, calls = asyncio.run(
+        _submit_behind_a_running_batch(lambda: _batcher_with_gate(outage), [{"customer_id": 1}], later)
+    )
+    assert all(isinstance(result, FeatureStoreUnavailable) for result in results)
+    assert calls == [1, 4]  # no per-request retries: they would multiply the timeouts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -267,10 +268,24 @@ class FakeFeatureStore:
             raise self.error
         return FakeResponse(self.columns)
 
+    async def get_online_features_async(self, features: Any, entity_rows: list[dict[str, Any]]) -> FakeResponse:
+        return self.get_online_features(features, entity_rows)
 
-def test_fetch_online_features_sends_entity_and_request_fields_in_one_call() -> None:
+
+READS = ("sync", "async")
+
+
+def fetch(store: FakeFeatureStore, applications: list[dict[str, Any]], read: str) -> scoring.OnlineFeatures:
+    """The online read through the synchronous or the async entry point (same contract)."""
+    if read == "sync":
+        return fetch_online_features(store, applications, feature_service="credit_risk_v1")
+    return asyncio.run(scoring.fetch_online_features_async(store, applications, feature_service="credit_risk_v1"))
+
+
+@pytest.mark.parametrize("read", READS)
+def test_fetch_online_features_sends_entity_and_request_fields_in_one_call(read: str) -> None:
     store = FakeFeatureStore(online_response([(APPLICATION, STORED, STORED), (APPLICATION, STORED, STORED)]))
-    found = fetch_online_features(store, [APPLICATION, APPLICATION], feature_service="credit_risk_v1")
+    found = fetch(store, [APPLICATION, APPLICATION], read)
     assert len(store.calls) == 1
     service, rows = store.calls[0]
     assert service.name == "credit_risk_v1"
@@ -288,16 +303,18 @@ def test_fetch_online_features_sends_entity_and_request_fields_in_one_call() -> 
         (TimeoutError("timed out"), "online_store_timeout"),
     ],
 )
-def test_fetch_online_features_reports_redis_outage_as_unavailable(error: Exception, cause: str) -> None:
+@pytest.mark.parametrize("read", READS)
+def test_fetch_online_features_reports_redis_outage_as_unavailable(error: Exception, cause: str, read: str) -> None:
     with pytest.raises(FeatureStoreUnavailable) as caught:
-        fetch_online_features(FakeFeatureStore(error=error), [APPLICATION], feature_service="credit_risk_v1")
+        fetch(FakeFeatureStore(error=error), [APPLICATION], read)
     assert caught.value.cause == cause
     assert caught.value.__cause__ is error
 
 
-def test_fetch_online_features_lets_other_errors_through() -> None:
+@pytest.mark.parametrize("read", READS)
+def test_fetch_online_features_lets_other_errors_through(read: str) -> None:
     with pytest.raises(KeyError):
-        fetch_online_features(FakeFeatureStore(error=KeyError("x")), [APPLICATION], feature_service="credit_risk_v1")
+        fetch(FakeFeatureStore(error=KeyError("x")), [APPLICATION], read)
 
 
 def test_load_feature_ttls_reads_the_batch_views_of_the_service() -> None:

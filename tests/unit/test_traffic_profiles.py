@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -214,3 +216,82 @@ def test_count_profiled_rows_of_an_empty_store_is_zero(tmp_path: Path) -> None:
 def test_buffer_needs_a_destination() -> None:
     with pytest.raises(ValueError, match="store_url or a sink"):
         ProfileBuffer()
+
+
+# --- whylogs in a child process (what the service uses) ----------------------------------------
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_process_profiler_conserves_counts_across_threads(tmp_path: Path) -> None:
+    buffer = ProfileBuffer(tmp_path, window_seconds=3600, flush_seconds=0.05, flush_rows=100, process=True)
+    buffer.start()
+
+    def send(offset: int) -> None:
+        for i in range(300):
+            buffer.add(row(offset + i))
+
+    threads = [threading.Thread(target=send, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert buffer.stop(timeout=60)
+    assert count_profiled_rows(tmp_path) == 1200
+    assert (buffer.written_rows, buffer.dropped_rows, buffer.failed_rows) == (1200, 0, 0)
+
+
+def test_process_profiler_writes_the_same_windows_as_the_thread(tmp_path: Path) -> None:
+    for mode, process in (("thread", False), ("process", True)):
+        buffer = ProfileBuffer(tmp_path / mode, window_seconds=60, clock=FakeClock(1_000.0), process=process)
+        for version, rows in (("3", 2), ("4", 5), ("3", 1)):
+            for i in range(rows):
+                buffer.add(row(i, version))
+        assert buffer.stop(timeout=60)
+    thread, process = sidecars(tmp_path / "thread"), sidecars(tmp_path / "process")
+    assert list(process) == list(thread)
+    assert [meta["rows"] for meta in process.values()] == [meta["rows"] for meta in thread.values()]
+    view = read_profile(tmp_path / "process" / "4" / "19700101T001600Z.bin")
+    assert view.get_column("bureau_score").get_metric("counts").n.value == 5
+    assert view.metadata["rows"] == "5"
+
+
+def test_process_profiler_ignores_sigterm_so_stop_still_writes(tmp_path: Path) -> None:
+    buffer = ProfileBuffer(tmp_path, window_seconds=3600, flush_seconds=0.02, process=True)
+    buffer.start()
+    for i in range(10):
+        buffer.add(row(i))
+    wait_for(lambda: buffer.pending_rows == 0)
+    os.kill(buffer._tracker.pid, signal.SIGTERM)  # what a service's process group gets on shutdown
+    time.sleep(0.2)
+    buffer.add(row(10))
+    assert buffer.stop(timeout=60)
+    assert count_profiled_rows(tmp_path) == 11
+
+
+def test_process_profiler_counts_rows_lost_with_a_dead_child_and_carries_on(tmp_path: Path) -> None:
+    buffer = ProfileBuffer(tmp_path, window_seconds=3600, process=True)
+    for i in range(3):
+        buffer.add(row(i))
+    buffer.drain()  # tracked in the child, which holds the window's profile
+    pid = buffer._tracker.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: buffer._tracker._process.exitcode is not None)
+    for i in range(2):
+        buffer.add(row(i))
+    buffer.drain()  # finds the child dead: these 2 and the window's 3 are lost
+    for i in range(4):
+        buffer.add(row(i))
+    assert buffer.stop(timeout=60)  # a new child profiles and writes the rest
+    assert (buffer.failed_rows, buffer.written_rows) == (5, 4)
+    assert count_profiled_rows(tmp_path) == 4
+
+
+def test_process_profiler_needs_a_store_url() -> None:
+    with pytest.raises(ValueError, match="store_url"):
+        ProfileBuffer(sink=GatedSink(), process=True)
