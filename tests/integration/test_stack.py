@@ -22,8 +22,9 @@ from mlstack.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
 
-# Configuration that would point the stack elsewhere than its own temp state.
-_OUTSIDE = ("PREFECT_API_URL", "MLSTACK_REDIS_URL", "MLSTACK_MLFLOW_TRACKING_URI", "MLSTACK_WORK_POOL")
+# Configuration that would point the stack elsewhere than its own temp state (an earlier test in
+# this process may have left PREFECT_HOME set: the CLI exports the stack environment in-process).
+_OUTSIDE = ("PREFECT_API_URL", "PREFECT_HOME", "MLSTACK_REDIS_URL", "MLSTACK_MLFLOW_TRACKING_URI", "MLSTACK_WORK_POOL")
 
 
 def _mlstack(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
