@@ -48,9 +48,10 @@ format: install ## Format and auto-fix with ruff
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-bench: install ## Run the benchmarks at 100k customers (markdown tables on stdout; see docs/benchmarks.md)
+bench: install ## Run the benchmarks: materialisation and training sets at 100k customers, online scoring (see docs/benchmarks.md)
 	$(RUN) python -m benchmarks.materialize
 	$(RUN) python -m benchmarks.training_set
+	$(RUN) python -m benchmarks.serving
 
 down: install ## Stop what the local stack runs in the background
 	$(RUN) mlstack down
