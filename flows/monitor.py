@@ -48,29 +48,10 @@ def record_in_mlflow(report):  # type: ignore[no-untyped-def]
 @step
 def publish_artifacts(report, recorded) -> None:  # type: ignore[no-untyped-def]
     key = f"drift-{get_settings().model_name}".lower()
-    create_markdown_artifact(
-        key=f"{key}-report",
-        markdown=drift.drift_markdown(report)
-        + ("\n\n" + drift.drift_chart_markdown(report) if report.verdict != "insufficient_data" else ""),
-        description=report.summary(),
-    )
+    create_markdown_artifact(key=f"{key}-report", markdown=drift.drift_markdown(report), description=report.summary())
     if report.verdict != "insufficient_data":
-        create_table_artifact(
-            key=f"{key}-scores",
-            table=[
-                {
-                    "column": c.column,
-                    "kind": c.kind,
-                    "algorithm": c.algorithm,
-                    "score": round(c.score, 6),
-                    "threshold": c.threshold,
-                    "severity": round(c.severity, 3),
-                    "verdict": "DRIFT" if c.drifted else "possible" if c.possible else "ok",
-                }
-                for c in report.ranked()
-            ],
-            description=report.summary(),
-        )
+        table = [column.row() for column in report.ranked()]
+        create_table_artifact(key=f"{key}-scores", table=table, description=report.summary())
     if recorded.chart is not None:
         # Prefect's UI shows Markdown and linked images, not local files: the PNG chart is in MLflow.
         create_markdown_artifact(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from mlstack import registry, trainer
 from mlstack.rollout import roll_out
 from mlstack.settings import get_settings
+from mlstack.training import requested_window
 
 # Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
 step = task(cache_policy=NO_CACHE)
@@ -98,11 +99,7 @@ def train_model_flow(
     logger = get_run_logger()
     if reason:
         logger.info("training because: %s", reason)
-    if recent and window_days is None:
-        window_days = get_settings().retrain_window_days
-    if window_days is not None:
-        end = end or datetime.now(UTC)
-        start = start or end - timedelta(days=window_days)
+    start, end = requested_window(get_settings(), start, end, window_days, recent)
     training_set = build_training_set(start, end)
     logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
     parts = split_by_time(training_set)

@@ -300,7 +300,7 @@ def _run_monitor(settings: Settings, lookback_minutes, start, end):  # type: ign
         for column in ("column", "algorithm", "score", "severity", "verdict"):
             table.add_column(column)
         for c in report.ranked()[:8]:
-            verdict = "[red]DRIFT[/]" if c.drifted else "possible" if c.possible else "ok"
+            verdict = "[red]DRIFT[/]" if c.drifted else c.verdict
             table.add_row(c.column, c.algorithm, f"{c.score:.4g}", f"{c.severity:.2f}", verdict)
         console.print(table)
     return report

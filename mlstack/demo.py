@@ -9,9 +9,7 @@ The steps print as they go; `DemoStory` collects the numbers for the closing sum
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +18,7 @@ from typing import Any
 from mlstack import registry
 from mlstack.errors import StackError
 from mlstack.settings import Settings
+from mlstack.stack import request_json
 
 RETRAIN_DEPLOYMENT = "weekly-and-on-drift"
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -53,14 +52,10 @@ def wait_for_window_close(settings: Settings, finished: datetime) -> None:
 
 
 def _api(method: str, url: str, body: object | None = None) -> Any:
-    request = urllib.request.Request(
-        url,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
+    status, answer = request_json(method, url, body, timeout=10)
+    if status != 200:
+        raise DemoError(f"Prefect at {url} answered {status}")
+    return answer
 
 
 def deployment_runs(api_url: str, deployment: str, since: datetime) -> list[dict[str, Any]]:

@@ -17,19 +17,16 @@ A window is judged only with at least `min_rows` rows; fewer gives the verdict `
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import fsspec
-
 from mlstack import model_input, profiling
 from mlstack.errors import StackError
-from mlstack.traffic_profiles import SIDECAR_SUFFIX, _safe_name
+from mlstack.traffic_profiles import stored_windows
 
 if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
@@ -68,6 +65,23 @@ class ColumnDrift:
     threshold: float
     drifted: bool
     possible: bool = False  # in whylogs' "possible drift" band: reported, not acted on
+
+    @property
+    def verdict(self) -> str:
+        """`DRIFT`, `possible` or `ok`: what tables show."""
+        return "DRIFT" if self.drifted else "possible" if self.possible else "ok"
+
+    def row(self) -> dict[str, Any]:
+        """The column as a table row (the Prefect table artifact and the CLI use it)."""
+        return {
+            "column": self.column,
+            "kind": self.kind,
+            "algorithm": self.algorithm,
+            "score": round(self.score, 6),
+            "threshold": self.threshold,
+            "severity": round(self.severity, 3),
+            "verdict": self.verdict,
+        }
 
     @property
     def severity(self) -> float:
@@ -141,22 +155,14 @@ class GatheredProfiles:
 
 def gather_profiles(store_url: str | Path, model_version: str, start: datetime, end: datetime) -> GatheredProfiles:
     """Merge every complete window of `model_version` that overlaps [start, end) (sidecar = complete)."""
-    fs, root = fsspec.core.url_to_fs(str(store_url))
-    directory = f"{root.rstrip('/')}/{_safe_name(model_version)}"
-    if not fs.exists(directory):
-        return GatheredProfiles(None, 0, 0)
     merged, windows, rows = None, 0, 0
-    for sidecar_path in sorted(fs.glob(f"{directory}/*{SIDECAR_SUFFIX}")):
-        sidecar = json.loads(fs.cat_file(sidecar_path))
-        window_start = datetime.fromisoformat(sidecar["window_start"])
-        window_end = datetime.fromisoformat(sidecar["window_end"])
-        if window_end <= start or window_start >= end:
+    for window in stored_windows(store_url, model_version):
+        if not window.overlaps(start, end):
             continue
-        data = fs.cat_file(sidecar_path[: -len(SIDECAR_SUFFIX)] + profiling.PROFILE_SUFFIX)
-        view = profiling.deserialize_profile(data, sidecar_path)
+        view = profiling.deserialize_profile(window.read_bytes(), window.profile_path)
         merged = view if merged is None else merged.merge(view)
         windows += 1
-        rows += int(sidecar["rows"])
+        rows += window.rows
     return GatheredProfiles(merged, windows, rows)
 
 
@@ -253,7 +259,7 @@ def drift_markdown(report: DriftReport) -> str:
     lines += ["| column | kind | algorithm | score | threshold | severity | verdict |", "|---|---|---|---|---|---|---|"]
     for c in report.ranked():
         name = f"{c.column} (prediction)" if c.column == PREDICTION else c.column
-        verdict = "**DRIFT**" if c.drifted else "possible" if c.possible else "ok"
+        verdict = "**DRIFT**" if c.drifted else c.verdict
         lines.append(
             f"| {name} | {c.kind} | {c.algorithm} | {c.score:.4g} | {c.threshold:g} | {c.severity:.2f} | {verdict} |"
         )
@@ -262,6 +268,8 @@ def drift_markdown(report: DriftReport) -> str:
     lines += [
         "",
         "Severity is 1.0 at the threshold: Hellinger distance ÷ threshold, or log p ÷ log alpha for chi-square.",
+        "",
+        drift_chart_markdown(report),
     ]
     return "\n".join(lines)
 
@@ -298,12 +306,6 @@ def drift_chart_markdown(report: DriftReport) -> str:
         lines.append(f"{c.column[:25]:<26} {c.severity:6.2f} {bar}{'  DRIFT' if c.drifted else ''}")
     lines.append("```")
     return "\n".join(lines)
-
-
-def default_window(now: datetime, lookback_minutes: float) -> tuple[datetime, datetime]:
-    """[now - lookback, now) in UTC."""
-    now = now.astimezone(UTC)
-    return now - timedelta(minutes=lookback_minutes), now
 
 
 def should_emit(last_emitted: datetime | None, now: datetime, cooldown: timedelta) -> bool:

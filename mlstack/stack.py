@@ -344,7 +344,7 @@ def _auth_headers() -> dict[str, str]:
     return {}
 
 
-def _request_json(method: str, url: str, body: object = None, timeout: float = 5.0) -> tuple[int, Any]:
+def request_json(method: str, url: str, body: object = None, timeout: float = 5.0) -> tuple[int, Any]:
     """(status, decoded JSON body) of an HTTP call; HTTP errors are returned, unreachable raises."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
@@ -414,7 +414,7 @@ def start_prefect_server(settings: Settings, timeout: float = 180) -> str:
 def ensure_work_pool(settings: Settings, api_url: str, timeout: float = 120) -> bool:
     """Create the process work pool `settings.work_pool` unless it exists; True if it was created."""
     pool = settings.work_pool
-    status, body = _request_json("GET", f"{api_url}/work_pools/{quote(pool, safe='')}")
+    status, body = request_json("GET", f"{api_url}/work_pools/{quote(pool, safe='')}")
     if status == 200:
         if body.get("type") != "process":
             raise LocalStackError(
@@ -476,8 +476,8 @@ def _prefect_client_environment(settings: Settings, api_url: str) -> dict[str, s
 
 def list_deployments(api_url: str) -> list[str]:
     """Names (``<flow>/<deployment>``, sorted) of the deployments registered on the Prefect server."""
-    status, deployments = _request_json("POST", f"{api_url}/deployments/filter", {"limit": 200})
-    status_flows, flows = _request_json("POST", f"{api_url}/flows/filter", {"limit": 200})
+    status, deployments = request_json("POST", f"{api_url}/deployments/filter", {"limit": 200})
+    status_flows, flows = request_json("POST", f"{api_url}/flows/filter", {"limit": 200})
     if status != 200 or status_flows != 200:
         raise LocalStackError(f"Prefect at {api_url} answered {status}/{status_flows} when listing deployments")
     flow_names = {flow["id"]: flow["name"] for flow in flows}
@@ -486,7 +486,7 @@ def list_deployments(api_url: str) -> list[str]:
 
 def pool_workers(api_url: str, pool: str) -> list[dict[str, Any]]:
     """The workers the server knows for `pool` (each a dict with name, status ONLINE/OFFLINE, last heartbeat)."""
-    status, workers = _request_json("POST", f"{api_url}/work_pools/{quote(pool, safe='')}/workers/filter", {})
+    status, workers = request_json("POST", f"{api_url}/work_pools/{quote(pool, safe='')}/workers/filter", {})
     return workers if status == 200 and isinstance(workers, list) else []
 
 
@@ -531,7 +531,7 @@ def stop_worker(settings: Settings, timeout: float = 20) -> bool:
         pool, name = current.extra.get("pool", settings.work_pool), current.extra.get("worker_name", "")
         # Else the UI lists a ghost worker until its heartbeat expires; a server already gone needs no tidying.
         with contextlib.suppress(LocalStackError):
-            _request_json("DELETE", f"{current.extra['api_url']}/work_pools/{quote(pool, safe='')}/workers/{name}")
+            request_json("DELETE", f"{current.extra['api_url']}/work_pools/{quote(pool, safe='')}/workers/{name}")
     return stopped
 
 

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from mlstack import data
 from mlstack.errors import StackError
+from mlstack.settings import Settings
 
 
 class TrafficError(StackError):
@@ -110,6 +111,9 @@ class Snapshots:
     zipcodes: pd.DataFrame
 
 
+_KEYS = ("customer_id", "customer_id", "zipcode")
+
+
 def latest_snapshots(data_dir: Path) -> Snapshots:
     """Each customer's latest profile and credit snapshot (inner join), and each zipcode's latest stats."""
     paths = [
@@ -121,9 +125,6 @@ def latest_snapshots(data_dir: Path) -> Snapshots:
     profile, credit, zipcodes = (_latest(pd.read_parquet(path), key) for path, key in zip(paths, _KEYS, strict=True))
     customers = profile.merge(credit.drop(columns=["event_timestamp", "created_timestamp"]), on="customer_id")
     return Snapshots(customers.reset_index(drop=True), zipcodes.reset_index(drop=True))
-
-
-_KEYS = ("customer_id", "customer_id", "zipcode")
 
 
 def _latest(frame: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -389,11 +390,6 @@ def applications_needed(rate: float, duration: timedelta) -> int:
     return max(1, round(rate * duration.total_seconds()))
 
 
-def scenario_names() -> Sequence[str]:
-    """The scenarios `mlstack traffic` knows."""
-    return tuple(SCENARIOS)
-
-
 @dataclass(frozen=True)
 class TrafficRun:
     """A finished `run_traffic`: the scenario, the window it ran in, what was sent, what was labelled."""
@@ -419,7 +415,7 @@ class TrafficRun:
 
 
 def run_traffic(
-    settings: Any,
+    settings: Settings,
     scenario_name: str,
     *,
     url: str,

@@ -109,15 +109,44 @@ class FsspecProfileSink:
             self.fs.pipe_file(stem + SIDECAR_SUFFIX, json.dumps(sidecar, indent=2).encode())
 
 
+@dataclass(frozen=True)
+class StoredWindow:
+    """A complete window in the profile store: its sidecar metadata, and where its whylogs binary is."""
+
+    metadata: dict[str, Any]
+    profile_path: str
+    fs: Any = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        """Rows profiled in the window."""
+        return int(self.metadata["rows"])
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        """Whether the window shares any instant with [start, end)."""
+        begins = datetime.fromisoformat(self.metadata["window_start"])
+        return datetime.fromisoformat(self.metadata["window_end"]) > start and begins < end
+
+    def read_bytes(self) -> bytes:
+        """The window's whylogs binary."""
+        return self.fs.cat_file(self.profile_path)
+
+
+def stored_windows(store_url: str | Path, model_version: str | None = None) -> list[StoredWindow]:
+    """Complete windows (those with a sidecar) under ``store_url``, of one model version or all; by path."""
+    fs, root = fsspec.core.url_to_fs(str(store_url))
+    directory = f"{root.rstrip('/')}/{_safe_name(model_version) if model_version is not None else '*'}"
+    if not fs.exists(root):
+        return []
+    return [
+        StoredWindow(json.loads(fs.cat_file(path)), path[: -len(SIDECAR_SUFFIX)] + profiling.PROFILE_SUFFIX, fs)
+        for path in sorted(fs.glob(f"{directory}/*{SIDECAR_SUFFIX}"))
+    ]
+
+
 def count_profiled_rows(store_url: str | Path) -> int:
     """Total rows of every window written under ``store_url`` (sum of the sidecars' ``rows``)."""
-    fs, root = fsspec.core.url_to_fs(str(store_url))
-    if not fs.exists(root):
-        return 0
-    total = 0
-    for path in fs.glob(f"{root.rstrip('/')}/*/*{SIDECAR_SUFFIX}"):
-        total += int(json.loads(fs.cat_file(path))["rows"])
-    return total
+    return sum(window.rows for window in stored_windows(store_url))
 
 
 class ProfileBuffer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import lightgbm
@@ -69,6 +69,27 @@ def training_window(
     if start is not None and start >= end:
         raise ValueError(f"training window start {start.isoformat()} must be before end {end.isoformat()}")
     return start, end
+
+
+def requested_window(
+    settings: Settings,
+    start: datetime | None,
+    end: datetime | None,
+    window_days: int | None = None,
+    recent: bool = False,
+    now: datetime | None = None,
+) -> tuple[datetime | None, datetime | None]:
+    """The (start, end) a training run asks for; None leaves a bound to ``training_window``'s defaults.
+
+    ``window_days`` means the last N days up to ``end`` (now if not given); ``recent`` means the last
+    ``retrain_window_days`` up to now, new labels included (the retraining deployment's setting).
+    """
+    if recent and window_days is None:
+        window_days = settings.retrain_window_days
+    if window_days is None:
+        return start, end
+    end = end or now or datetime.now(UTC)
+    return start or end - timedelta(days=window_days), end
 
 
 def labelled_applications(

@@ -366,3 +366,15 @@ def test_train_booster_rejects_a_part_with_one_class() -> None:
     no_label = Split(split.train, split.validation.drop(columns=["defaulted"]), split.holdout)
     with pytest.raises(ValueError, match="validation frame has no 'defaulted'"):
         train_booster(no_label, FAST_PARAMS)
+
+
+def test_requested_window_recent_and_window_days_end_now_and_plain_bounds_pass_through(tmp_path):
+    from mlstack.settings import Settings
+
+    settings = Settings(state_dir=tmp_path, retrain_window_days=14)
+    now = datetime(2026, 1, 31, 12, tzinfo=UTC)
+    assert training.requested_window(settings, None, None, now=now) == (None, None)
+    assert training.requested_window(settings, None, None, recent=True, now=now) == (now - timedelta(days=14), now)
+    assert training.requested_window(settings, None, None, 30, recent=True, now=now) == (now - timedelta(days=30), now)
+    end = datetime(2026, 1, 10, tzinfo=UTC)
+    assert training.requested_window(settings, None, end, 5, now=now) == (end - timedelta(days=5), end)
