@@ -2,13 +2,15 @@
 
 Tables written by :func:`generate_data` into ``out_dir`` (see ``docs/data.md``):
 
-* ``zipcode_stats.parquet``: one row per zipcode per month (1st of the month, 00:00 UTC).
+* ``zipcode_stats.parquet``: one row per zipcode per month (at the period start).
 * ``customer_profile.parquet``: monthly profile snapshots per customer.
 * ``credit_history.parquet``: monthly credit-bureau snapshots per customer (same timestamps).
 * ``loan_applications.parquet``: loan requests with the ``defaulted`` label.
 
-Time. History covers ``months`` calendar months: the last one is the month containing the
-instant just before ``end``; the window is ``[first month start, end]``. A customer joins in
+Time. History covers ``months`` periods of :data:`PERIOD` (30 days) counted back from ``end``:
+the last one is ``[end - 30 days, end)``; the window is ``[first period start, end]``. A period
+plays the part of a month; it is not a calendar month, so that a seed means the same world for any
+``end``: the same customers, the same risk, every timestamp shifted with ``end``. A customer joins in
 some month (60% in the first, the rest spread over the first half of the window) and then gets a
 snapshot every month at ``month start + a fixed per-customer offset`` (0-27 days, 0-23 h,
 0-59 min). About 5% of snapshots (never the first) are missing, so some gaps exceed 45 days.
@@ -155,6 +157,11 @@ LOAN_APPLICATIONS_SCHEMA = pa.schema(
 _US_PER_HOUR = 3_600_000_000
 _US_PER_DAY = 24 * _US_PER_HOUR
 _US_PER_MONTH = int(30.4375 * _US_PER_DAY)
+# Why fixed 30-day periods, not calendar months: a seed must mean the same world whatever the end
+# date. With calendar months the last month was cut at ``end`` (1 day of it on the 1st, 30 on the
+# 31st), so the number of snapshots and applications, and the model trained on them, moved with the
+# calendar. Counted back from ``end``, every timestamp moves with ``end`` and nothing else changes.
+PERIOD = timedelta(days=30)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -216,10 +223,14 @@ def zipcode_count(customers: int) -> int:
 
 
 def month_starts(end: datetime, months: int) -> list[datetime]:
-    """The ``months`` month starts (UTC) of the history window ending at ``end``, oldest first."""
-    last = end.astimezone(UTC) - timedelta(microseconds=1)
-    last_start = datetime(last.year, last.month, 1, tzinfo=UTC)
-    return [_add_months(last_start, k - months + 1) for k in range(months)]
+    """The ``months`` period starts (UTC) of the history window ending at ``end``, oldest first.
+
+    A period is a fixed :data:`PERIOD` counted back from ``end``, not a calendar month: calendar
+    months differ in length and ``end`` falls anywhere in one, so they would make the generated
+    world depend on the date it ends (see the module docstring, "Time").
+    """
+    end = end.astimezone(UTC)
+    return [end - (months - k) * PERIOD for k in range(months)]
 
 
 def generate_data(
@@ -328,11 +339,6 @@ def _validate(*, customers: int, months: int, end: datetime, seed: int, chunk_cu
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _add_months(day: datetime, n: int) -> datetime:
-    years, month0 = divmod(day.month - 1 + n, 12)
-    return day.replace(year=day.year + years, month=month0 + 1)
 
 
 def _to_us(moment: datetime) -> int:

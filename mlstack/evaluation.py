@@ -41,6 +41,9 @@ class Metrics:
     rows: int
     positives: int
     nan_predictions: int
+    # The 95th percentile of the same ECE for a perfectly calibrated model with these predictions on a
+    # holdout of this size (labels drawn from the predictions themselves): what sampling noise alone gives.
+    calibration_error_noise: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """Flat name -> float mapping (for MLflow metrics and tags)."""
@@ -91,6 +94,7 @@ def evaluate_predictions(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold
         log_loss=float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])) if len(y) else math.nan,
         brier=float(brier_score_loss(y, p, pos_label=1)) if len(y) else math.nan,
         calibration_error=_expected_calibration_error(y, p),
+        calibration_error_noise=calibration_error_noise(p),
         threshold=float(threshold),
         precision_at_threshold=true_declines / int(declined.sum()) if declined.any() else math.nan,
         recall_at_threshold=true_declines / int(y.sum()) if y.any() else math.nan,
@@ -209,6 +213,31 @@ def _checked(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> tuple[npt.NDArray[
     if finite.size and (finite.min() < 0 or finite.max() > 1):
         raise ValueError(f"y_prob must be probabilities in [0, 1], got range [{finite.min()}, {finite.max()}]")
     return labels, probs
+
+
+NOISE_DRAWS = 400
+NOISE_QUANTILE = 0.95
+
+
+def calibration_error_noise(y_prob: npt.ArrayLike, draws: int = NOISE_DRAWS, seed: int = 0) -> float:
+    """The 95th percentile of the 10-bin ECE of a perfectly calibrated model with these predictions.
+
+    Labels are drawn as Bernoulli(p) for each prediction ``draws`` times (seeded: reproducible), so
+    the answer is how large the ECE of a model with no calibration error at all gets on a holdout of
+    this size and shape by chance. On a few hundred rows it is 0.05-0.09 (docs/training.md).
+    """
+    p = np.asarray(y_prob, dtype=np.float64)
+    p = p[np.isfinite(p)]
+    if not len(p):
+        return math.nan
+    rng = np.random.default_rng(seed)
+    index = np.minimum((p * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
+    count = np.bincount(index, minlength=CALIBRATION_BINS)
+    sum_p = np.bincount(index, weights=p, minlength=CALIBRATION_BINS)
+    labels = rng.random((draws, len(p))) < p[None, :]
+    sum_y = np.stack([np.bincount(index, weights=row, minlength=CALIBRATION_BINS) for row in labels])
+    errors = np.abs(sum_y - sum_p[None, :]).sum(axis=1) / len(p)  # sum of count * |rate - mean|, over rows
+    return float(np.quantile(errors, NOISE_QUANTILE)) if count.any() else math.nan
 
 
 def _expected_calibration_error(y: npt.NDArray[np.float64], p: npt.NDArray[np.float64]) -> float:

@@ -65,6 +65,7 @@ class Decision:
             "compared_with_version": self.champion_version or "none",
             "challenger_roc_auc": repr(self.challenger.roc_auc),
             "challenger_calibration_error": repr(self.challenger.calibration_error),
+            "challenger_calibration_error_noise": repr(self.challenger.calibration_error_noise),
             "challenger_nan_predictions": str(self.challenger.nan_predictions),
             "champion_roc_auc": repr(self.champion.roc_auc) if self.champion is not None else "none",
         }
@@ -81,11 +82,20 @@ def check_floors(metrics: Metrics, floors: Floors) -> list[str]:
         failures.append(f"{metrics.nan_predictions} NaN predictions on the holdout")
     if math.isnan(metrics.roc_auc) or metrics.roc_auc < floors.min_auc:
         failures.append(f"ROC AUC {metrics.roc_auc:.4f} below the floor {floors.min_auc:.4f}")
-    if math.isnan(metrics.calibration_error) or metrics.calibration_error > floors.max_calibration_error:
-        failures.append(
-            f"calibration error {metrics.calibration_error:.4f} above the floor {floors.max_calibration_error:.4f}"
-        )
+    allowed = calibration_allowance(metrics, floors)
+    if math.isnan(metrics.calibration_error) or metrics.calibration_error > allowed:
+        failures.append(f"calibration error {metrics.calibration_error:.4f} above the floor {allowed:.4f}")
     return failures
+
+
+def calibration_allowance(metrics: Metrics, floors: Floors) -> float:
+    """The calibration floor in force: the configured one, widened to what sampling noise gives on this holdout.
+
+    Why: on a few hundred holdout rows a perfectly calibrated model's 10-bin ECE exceeds 0.05 by
+    chance (``Metrics.calibration_error_noise``); a fixed floor there fails good models at random.
+    """
+    noise = metrics.calibration_error_noise
+    return max(floors.max_calibration_error, 0.0 if math.isnan(noise) else noise)
 
 
 def decide(
@@ -112,7 +122,7 @@ def decide(
         return decision(False, ["fails the floors: " + failure for failure in failures])
     floors_ok = (
         f"floors pass (AUC {challenger.roc_auc:.4f} >= {floors.min_auc:.4f}, "
-        f"calibration error {challenger.calibration_error:.4f} <= {floors.max_calibration_error:.4f})"
+        f"calibration error {challenger.calibration_error:.4f} <= {calibration_allowance(challenger, floors):.4f})"
     )
     if champion is None:
         return decision(True, ["no champion yet", floors_ok])

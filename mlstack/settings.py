@@ -92,9 +92,15 @@ class Settings(BaseSettings):
     promotion_margin: float = Field(
         default=0.002, ge=0, description="ROC AUC by which a challenger must beat the champion on the same holdout."
     )
-    floor_min_auc: float = Field(default=0.65, ge=0.5, le=1, description="Sanity floor: holdout ROC AUC.")
+    # Why these values: floors are sanity checks that catch a broken model, not a comparison between
+    # good ones (docs/training.md, "Floors"). Both sat so close to what small training sets reach that
+    # a fixture's first model passed or failed them by chance.
+    floor_min_auc: float = Field(default=0.60, ge=0.5, le=1, description="Sanity floor: holdout ROC AUC.")
     floor_max_calibration_error: float = Field(
-        default=0.05, gt=0, le=1, description="Sanity floor: expected calibration error on the holdout."
+        default=0.10,
+        gt=0,
+        le=1,
+        description="Sanity floor: expected calibration error on the holdout (widened to its sampling noise).",
     )
     leakage_auc_ceiling: float = Field(
         default=0.85, gt=0.5, le=1, description="A holdout ROC AUC above this is flagged as probable leakage."

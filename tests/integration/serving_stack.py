@@ -44,16 +44,22 @@ def build_serving_stack(state: Path, customers: int = 1500) -> ServingStack:
     """Own embedded Redis, generated data, features materialised up to now, and champion v1."""
     server = EmbeddedRedis(state / "redis", Settings())
     target = server.ensure_running()
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    settings = make_settings(state / "state", target, data_end=today.date(), profile_window_seconds=3600)
-    generate_data(settings.data_dir, customers=customers, months=18, end=today, seed=21)
-    store = get_store(settings, target)
-    apply_features(store, settings.feature_repo)
-    for view in BATCH_VIEWS:
-        materialize_view(store, view, datetime.now(UTC))
-    assert trainer.run_training(settings, progress=lambda _: None).promoted
-    profile = pd.read_parquet(settings.data_dir / "customer_profile.parquet", filters=[("customer_id", "==", 1)])
-    zipcode = str(profile.sort_values("event_timestamp")["zipcode"].iloc[-1])
+    try:
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        settings = make_settings(state / "state", target, data_end=today.date(), profile_window_seconds=3600)
+        generate_data(settings.data_dir, customers=customers, months=18, end=today, seed=21)
+        store = get_store(settings, target)
+        apply_features(store, settings.feature_repo)
+        for view in BATCH_VIEWS:
+            materialize_view(store, view, datetime.now(UTC))
+        outcome = trainer.run_training(settings, progress=lambda _: None)
+        if not outcome.promoted:
+            raise AssertionError(f"the serving stack's first model was not promoted: {outcome.summary()}")
+        profile = pd.read_parquet(settings.data_dir / "customer_profile.parquet", filters=[("customer_id", "==", 1)])
+        zipcode = str(profile.sort_values("event_timestamp")["zipcode"].iloc[-1])
+    except BaseException:
+        server.stop()  # a failed build must not leave its redis-server running after the test run
+        raise
     return ServingStack(settings, server, target, {**GOOD, "customer_id": 1, "zipcode": zipcode})
 
 

@@ -23,9 +23,8 @@ WINDOW_SECONDS = 4
 def served(tmp_path_factory):
     stack = build_serving_stack(tmp_path_factory.mktemp("drift"), customers=2000)
     env = {**stack.environment(), "MLSTACK_PROFILE_WINDOW_SECONDS": str(WINDOW_SECONDS)}
-    service = start_service(stack.settings, env)
     try:
-        yield stack, service
+        yield stack, start_service(stack.settings, env)
     finally:
         stop_service(stack.settings, timeout=10)
         stack.server.stop()

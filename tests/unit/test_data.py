@@ -16,6 +16,7 @@ from mlstack.data import (
     CUSTOMER_PROFILE_FILE,
     LOAN_APPLICATIONS_FILE,
     LOAN_PURPOSES,
+    PERIOD,
     ZIPCODE_STATS_FILE,
     DataSummary,
     generate_data,
@@ -155,8 +156,7 @@ def test_timestamps_are_utc_and_inside_the_window(small):
         if "created_timestamp" in frame:
             assert (frame["created_timestamp"] >= frame["event_timestamp"]).all(), name
     zips = frames[ZIPCODE_STATS_FILE]
-    assert (zips["event_timestamp"].dt.day == 1).all()
-    assert (zips["event_timestamp"].dt.hour == 0).all()
+    assert set(zips["event_timestamp"]) == {pd.Timestamp(start) for start in month_starts(END, 12)}
 
 
 def test_profile_and_credit_share_snapshot_times_with_some_long_gaps(small):
@@ -259,10 +259,25 @@ def test_generate_data_rejects_bad_arguments_naming_the_field(tmp_path, override
     assert list(tmp_path.iterdir()) == []
 
 
-def test_month_starts_end_with_the_month_before_a_midnight_first():
+def test_month_starts_are_fixed_periods_counted_back_from_end():
     starts = month_starts(datetime(2025, 1, 1, tzinfo=UTC), 3)
-    assert starts == [datetime(2024, m, 1, tzinfo=UTC) for m in (10, 11, 12)]
-    assert month_starts(END - timedelta(days=1), 1) == [datetime(2025, 6, 1, tzinfo=UTC)]
+    assert starts == [datetime(2025, 1, 1, tzinfo=UTC) - timedelta(days=30 * k) for k in (3, 2, 1)]
+    assert month_starts(END, 1) == [END - PERIOD]
+
+
+@pytest.mark.parametrize("shift", [timedelta(days=1), timedelta(days=17, hours=5), timedelta(days=200)])
+def test_a_seed_is_the_same_world_whatever_the_end_date(tmp_path, shift):
+    """Only the timestamps move with ``end``: same rows, same values, every timestamp shifted by the same amount."""
+    before = generate_data(tmp_path / "a", **SMALL)
+    after = generate_data(tmp_path / "b", **{**SMALL, "end": END + shift})
+    assert after.start - before.start == shift
+    for name in FILES:
+        expected = pd.read_parquet(before.zipcode_stats_path.parent / name)
+        moved = pd.read_parquet(after.zipcode_stats_path.parent / name)
+        for column in expected.columns:
+            if str(expected[column].dtype).startswith("datetime64"):
+                expected[column] = expected[column] + shift
+        pd.testing.assert_frame_equal(moved, expected, obj=name)
 
 
 def test_latent_logit_rises_with_risk_and_rejects_unknown_purpose():

@@ -13,6 +13,7 @@ import pytest
 from mlstack.evaluation import (
     UNIVARIATE_AUC_CEILING,
     Metrics,
+    calibration_error_noise,
     evaluate,
     evaluate_predictions,
     leakage_warnings,
@@ -192,3 +193,18 @@ def test_univariate_auc_orients_and_skips_categoricals_and_missing_values() -> N
     assert "age" not in aucs and "home_ownership" not in aucs and "loan_purpose" not in aucs
     assert 0.5 <= aucs["delinquencies_2y"] < 0.7
     assert list(aucs) == [name for name in FEATURES if name in aucs]
+
+
+def test_calibration_noise_is_what_a_perfect_model_shows_and_shrinks_with_rows():
+    rng = np.random.default_rng(4)
+    small, large = rng.beta(2, 12, 250), rng.beta(2, 12, 25_000)
+    noise_small, noise_large = calibration_error_noise(small), calibration_error_noise(large)
+    assert calibration_error_noise(small) == noise_small  # seeded: the same answer every time
+    assert 0.03 < noise_small < 0.12
+    assert noise_large < noise_small / 5
+    # A perfectly calibrated model exceeds the noise level in about 5% of holdouts, not more.
+    exceed = [
+        evaluate_predictions((rng.random(250) < small).astype(int), small, 0.2).calibration_error > noise_small
+        for _ in range(400)
+    ]
+    assert 0.01 < np.mean(exceed) < 0.10

@@ -93,6 +93,17 @@ def test_decide_refuses_badly_calibrated_challenger():
     assert any("calibration error 0.0900 above the floor 0.0500" in reason for reason in decision.reasons)
 
 
+def test_calibration_floor_widens_to_the_noise_of_a_small_holdout_only():
+    small_holdout = replace(metrics(0.80, calibration_error=0.07), calibration_error_noise=0.08)
+    assert decide(small_holdout, None, MARGIN, FLOORS).promote
+    worse_than_noise = replace(small_holdout, calibration_error=0.09)
+    decision = decide(worse_than_noise, None, MARGIN, FLOORS)
+    assert not decision.promote
+    assert any("calibration error 0.0900 above the floor 0.0800" in reason for reason in decision.reasons)
+    large_holdout = replace(metrics(0.80, calibration_error=0.06), calibration_error_noise=0.01)
+    assert not decide(large_holdout, None, MARGIN, FLOORS).promote  # the configured floor still holds
+
+
 def test_decide_lists_every_failed_floor():
     decision = decide(metrics(0.55, calibration_error=0.2, nan_predictions=1), None, MARGIN, FLOORS)
     assert len(decision.reasons) == 3
