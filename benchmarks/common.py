@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlstack.data import generate_data
+from mlstack.data.generator import generate_data
 from mlstack.settings import PROJECT_ROOT, Settings
 
 BENCH_ROOT = PROJECT_ROOT / ".mlstack" / "bench"

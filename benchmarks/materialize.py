@@ -28,8 +28,8 @@ import pandas as pd
 import redis
 
 from benchmarks.common import BENCH_ROOT, prepare
-from mlstack.features import apply_features, get_online_features, get_store, materialize_view
-from mlstack.online_store import RedisTarget, make_client, resolve_redis
+from mlstack.features.online_store import RedisTarget, make_client, resolve_redis
+from mlstack.features.store import apply_features, get_online_features, get_store, materialize_view
 from mlstack.settings import Settings
 
 VIEWS = {"customer_profile": 90, "credit_history": 45}  # view -> TTL days (as in feature_store/)

@@ -47,9 +47,9 @@ from pathlib import Path
 
 from benchmarks.common import BENCH_ROOT
 from benchmarks.serving_setup import BenchStack, prepare_serving
-from mlstack.features import feast_environment
-from mlstack.local_service import stop_process_group
+from mlstack.features.store import feast_environment
 from mlstack.settings import PROJECT_ROOT, stack_environment
+from mlstack.stack.service import stop_process_group
 
 LUA = Path(__file__).with_name("serving_wrk.lua")
 BENCH_SERVICE = "benchmarks.serving_service:CreditRiskBench"
@@ -250,10 +250,10 @@ def build_floor(stack: BenchStack) -> tuple[Callable[[dict], float], str]:
     from feast.protos.feast.types.Value_pb2 import Value
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from mlstack.features import BATCH_VIEWS, get_store
-    from mlstack.model_input import encode_row
-    from mlstack.online_store import make_client
-    from mlstack.serving import ServingRuntime, load_model
+    from mlstack.features.online_store import make_client
+    from mlstack.features.store import BATCH_VIEWS, get_store
+    from mlstack.serving.runtime import ServingRuntime, load_model
+    from mlstack.training.model_input import encode_row
 
     settings = stack.settings
     store = get_store(settings, stack.target)

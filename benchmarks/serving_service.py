@@ -23,12 +23,13 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from mlstack import model_input, scoring
-from mlstack.features import FEATURE_SERVICE, get_store
-from mlstack.scoring import LoanApplication, Prediction, Scorer
-from mlstack.serving import ServingRuntime, load_model
+from mlstack.features.store import FEATURE_SERVICE, get_store
+from mlstack.monitoring.live_profiles import ProfileBuffer
+from mlstack.serving import scoring
+from mlstack.serving.runtime import ServingRuntime, load_model
+from mlstack.serving.scoring import LoanApplication, Prediction, Scorer
 from mlstack.settings import Settings
-from mlstack.traffic_profiles import ProfileBuffer
+from mlstack.training import model_input
 from services.credit_risk import CreditRisk
 from services.guards import RequestGuard
 from services.metrics import ServiceMetrics
@@ -68,7 +69,7 @@ def load_pyfunc(settings: Settings) -> PyfuncModel:
     """`mlflow.pyfunc.load_model` of @champion (the registry the stack trains into)."""
     import mlflow.pyfunc
 
-    from mlstack import registry
+    from mlstack.training import registry
 
     registry.tracking(settings)
     return PyfuncModel(mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion"))

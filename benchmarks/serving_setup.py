@@ -17,11 +17,12 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.common import BENCH_ROOT
-from mlstack import registry, trainer
-from mlstack.data import generate_data
-from mlstack.features import BATCH_VIEWS, apply_features, get_store, materialize_view
-from mlstack.online_store import RedisTarget, make_client, resolve_redis
+from mlstack.data.generator import generate_data
+from mlstack.features.online_store import RedisTarget, make_client, resolve_redis
+from mlstack.features.store import BATCH_VIEWS, apply_features, get_store, materialize_view
 from mlstack.settings import Settings
+from mlstack.training import registry
+from mlstack.training import steps as training_steps
 
 MARKER = "serving-bench.json"
 
@@ -70,7 +71,7 @@ def _build(settings: Settings, target: RedisTarget, customers: int, today: datet
     apply_features(store, settings.feature_repo)
     for view in BATCH_VIEWS:
         materialize_view(store, view, datetime.now(UTC))
-    if not trainer.run_training(settings, progress=lambda _: None).promoted:
+    if not training_steps.run_training(settings, progress=lambda _: None).promoted:
         raise RuntimeError("the benchmark's first model was not promoted; see the MLflow run")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import BENCH_ROOT, prepare
-from mlstack.features import apply_features, get_historical_features, get_store
+from mlstack.features.store import apply_features, get_historical_features, get_store
 from mlstack.settings import Settings
 
 ENTITY_COLUMNS = [

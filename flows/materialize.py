@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
 
-from mlstack.features import (
+from mlstack.features.store import (
     BATCH_VIEWS,
     ApplyResult,
     MaterializeResult,

@@ -9,7 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from mlstack import drift, monitoring
+from mlstack.monitoring import drift
+from mlstack.monitoring import steps as monitoring_steps
 from mlstack.settings import get_settings
 
 step = task(cache_policy=NO_CACHE)
@@ -17,32 +18,32 @@ step = task(cache_policy=NO_CACHE)
 
 @step
 def resolve_window(start: datetime | None, end: datetime | None, lookback_minutes: float | None):  # type: ignore[no-untyped-def]
-    return monitoring.resolve_window(get_settings(), start, end, lookback_minutes)
+    return monitoring_steps.resolve_window(get_settings(), start, end, lookback_minutes)
 
 
 @step
 def monitored_version(model_version: str | None) -> str:
-    return monitoring.monitored_version(get_settings(), model_version)
+    return monitoring_steps.monitored_version(get_settings(), model_version)
 
 
 @step
 def load_reference(version: str):  # type: ignore[no-untyped-def]
-    return monitoring.load_reference(get_settings(), version)
+    return monitoring_steps.load_reference(get_settings(), version)
 
 
 @step
 def gather_profiles(version: str, window):  # type: ignore[no-untyped-def]
-    return monitoring.gather(get_settings(), version, window)
+    return monitoring_steps.gather(get_settings(), version, window)
 
 
 @step
 def judge_drift(gathered, reference, version: str, window):  # type: ignore[no-untyped-def]
-    return monitoring.judge(get_settings(), gathered, reference, version, window)
+    return monitoring_steps.judge(get_settings(), gathered, reference, version, window)
 
 
 @step
 def record_in_mlflow(report):  # type: ignore[no-untyped-def]
-    return monitoring.record(get_settings(), report)
+    return monitoring_steps.record(get_settings(), report)
 
 
 @step
@@ -64,14 +65,14 @@ def publish_artifacts(report, recorded) -> None:  # type: ignore[no-untyped-def]
 @step
 def emit_drift_event(report) -> bool:  # type: ignore[no-untyped-def]
     settings = get_settings()
-    if not monitoring.claim_drift_event(settings, report.model_version):
+    if not monitoring_steps.claim_drift_event(settings, report.model_version):
         get_run_logger().info(
             "drift event for v%s suppressed: one was emitted within the cooldown", report.model_version
         )
         return False
     emit_event(
-        event=monitoring.DRIFT_EVENT,
-        resource=monitoring.event_resource(settings, report.model_version),
+        event=monitoring_steps.DRIFT_EVENT,
+        resource=monitoring_steps.event_resource(settings, report.model_version),
         payload=report.payload(),
     )
     return True

@@ -8,10 +8,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mlstack import registry, trainer
-from mlstack.rollout import roll_out
 from mlstack.settings import get_settings
-from mlstack.training import requested_window
+from mlstack.stack.rollout import roll_out
+from mlstack.training import registry
+from mlstack.training import steps as training_steps
+from mlstack.training.dataset import requested_window
 
 # Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
 step = task(cache_policy=NO_CACHE)
@@ -19,47 +20,47 @@ step = task(cache_policy=NO_CACHE)
 
 @step
 def build_training_set(start: datetime | None, end: datetime | None):  # type: ignore[no-untyped-def]
-    return trainer.load_training_set(get_settings(), start, end)
+    return training_steps.load_training_set(get_settings(), start, end)
 
 
 @step
 def split_by_time(training_set):  # type: ignore[no-untyped-def]
-    return trainer.split(get_settings(), training_set)
+    return training_steps.split(get_settings(), training_set)
 
 
 @step
 def train_lightgbm(parts):  # type: ignore[no-untyped-def]
-    return trainer.train(get_settings(), parts)
+    return training_steps.train(get_settings(), parts)
 
 
 @step
 def evaluate_holdout(booster, parts):  # type: ignore[no-untyped-def]
-    return trainer.evaluate_challenger(get_settings(), booster, parts)
+    return training_steps.evaluate_challenger(get_settings(), booster, parts)
 
 
 @step
 def check_leakage(metrics, parts):  # type: ignore[no-untyped-def]
-    return trainer.check_leakage(get_settings(), metrics, parts)
+    return training_steps.check_leakage(get_settings(), metrics, parts)
 
 
 @step
 def score_champion(parts):  # type: ignore[no-untyped-def]
-    return trainer.score_champion(get_settings(), parts)
+    return training_steps.score_champion(get_settings(), parts)
 
 
 @step
 def write_artifacts(booster, parts):  # type: ignore[no-untyped-def]
-    return trainer.write_artifacts(booster, parts, trainer.run_directory(get_settings()))
+    return training_steps.write_artifacts(booster, parts, training_steps.run_directory(get_settings()))
 
 
 @step
 def log_and_register(booster, training_set, parts, metrics, artifacts, leakage):  # type: ignore[no-untyped-def]
-    return trainer.register(get_settings(), booster, training_set, parts, metrics, artifacts, leakage)
+    return training_steps.register(get_settings(), booster, training_set, parts, metrics, artifacts, leakage)
 
 
 @step
 def decide_promotion(metrics, champion, leakage):  # type: ignore[no-untyped-def]
-    return trainer.gate(get_settings(), metrics, champion, leakage)
+    return training_steps.gate(get_settings(), metrics, champion, leakage)
 
 
 @step
@@ -69,7 +70,7 @@ def move_champion_alias(version: str, decision) -> bool:  # type: ignore[no-unty
 
 @step
 def publish_report(outcome) -> None:  # type: ignore[no-untyped-def]
-    create_markdown_artifact(key="train-model-report", markdown=trainer.training_markdown(outcome))
+    create_markdown_artifact(key="train-model-report", markdown=training_steps.training_markdown(outcome))
 
 
 @step
@@ -85,7 +86,7 @@ def train_model_flow(
     recent: bool = False,
     rollout: bool = False,
     reason: str = "",
-) -> trainer.TrainingOutcome:
+) -> training_steps.TrainingOutcome:
     """Train a challenger on labelled applications in [start, end] and gate it against @champion.
 
     Parameters:
@@ -111,7 +112,7 @@ def train_model_flow(
     registered = log_and_register(booster, training_set, parts, metrics, artifacts, leakage)
     decision = decide_promotion(metrics, champion, leakage)
     promoted = move_champion_alias(registered.version, decision)
-    outcome = trainer.outcome_of(registered, training_set, parts, metrics, champion, decision, promoted, leakage)
+    outcome = training_steps.outcome_of(registered, training_set, parts, metrics, champion, decision, promoted, leakage)
     publish_report(outcome)
     logger.info(outcome.summary())
     if rollout and promoted:

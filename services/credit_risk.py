@@ -14,8 +14,8 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
-from mlstack.scoring import BatchRequest, BatchResponse, LoanApplication, Prediction, classify_error
-from mlstack.serving import RequestBatcher, ServingRuntime
+from mlstack.serving.runtime import RequestBatcher, ServingRuntime
+from mlstack.serving.scoring import BatchRequest, BatchResponse, LoanApplication, Prediction, classify_error
 from mlstack.settings import Settings, get_settings, stack_environment
 from services.guards import RequestGuard
 from services.metrics import ServiceMetrics, service_metrics

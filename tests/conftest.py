@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlstack.online_store import EmbeddedRedis, RedisTarget, make_client, parse_redis_url
+from mlstack.features.online_store import EmbeddedRedis, RedisTarget, make_client, parse_redis_url
 from mlstack.settings import PROJECT_ROOT, Settings
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -18,10 +18,12 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from mlstack import monitoring, registry, stack
-from mlstack.demo import RETRAIN_DEPLOYMENT, deployment_runs, version_decision
-from mlstack.local_service import running_service, start_service, stop_service
+from mlstack.monitoring import steps as monitoring_steps
 from mlstack.settings import PROJECT_ROOT
+from mlstack.simulation.demo import RETRAIN_DEPLOYMENT, deployment_runs, version_decision
+from mlstack.stack import local as stack_local
+from mlstack.stack.service import running_service, start_service, stop_service
+from mlstack.training import registry
 from tests.integration.services import free_port
 from tests.integration.serving_stack import build_serving_stack
 
@@ -44,16 +46,16 @@ def local_stack(tmp_path_factory):
     settings = built.settings.model_copy(update={"prefect_port": free_port(), "mlflow_port": free_port()})
     service = None
     try:
-        api_url = stack.start_prefect_server(settings)
-        stack.ensure_work_pool(settings, api_url)
-        deployments = stack.deploy_flows(settings, api_url)
-        stack.start_worker(settings, api_url, extra_env={**built.environment(), **WORSE_CHALLENGER})
-        service = start_service(settings, {**stack.settings_environment(settings), **built.environment()})
+        api_url = stack_local.start_prefect_server(settings)
+        stack_local.ensure_work_pool(settings, api_url)
+        deployments = stack_local.deploy_flows(settings, api_url)
+        stack_local.start_worker(settings, api_url, extra_env={**built.environment(), **WORSE_CHALLENGER})
+        service = start_service(settings, {**stack_local.settings_environment(settings), **built.environment()})
         yield settings, api_url, deployments, service, built.known
     finally:
         stop_service(settings, timeout=10)
-        stack.stop_worker(settings)
-        stack.stop_prefect_server(settings)
+        stack_local.stop_worker(settings)
+        stack_local.stop_prefect_server(settings)
         built.server.stop()
 
 
@@ -70,8 +72,8 @@ def test_drift_event_burst_starts_one_retrain_and_a_worse_challenger_changes_not
     settings, api_url, _, service, known = local_stack
     champion_before = registry.champion_version(settings).version
     since = datetime.now(UTC) - timedelta(seconds=1)
-    resource = monitoring.event_resource(settings, str(champion_before))
-    env = {**os.environ, **stack.settings_environment(settings), "PREFECT_API_URL": api_url}
+    resource = monitoring_steps.event_resource(settings, str(champion_before))
+    env = {**os.environ, **stack_local.settings_environment(settings), "PREFECT_API_URL": api_url}
     subprocess.run(
         [sys.executable, "-c", EMIT, json.dumps(resource)], env=env, cwd=PROJECT_ROOT, check=True, timeout=120
     )

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
 
-from mlstack.data import LOAN_APPLICATIONS_FILE, generate_data
-from mlstack.features import BATCH_VIEWS, apply_features, feast_environment, get_store
-from mlstack.online_store import RedisTarget, make_client
+from mlstack.data.generator import LOAN_APPLICATIONS_FILE, generate_data
+from mlstack.features.online_store import RedisTarget, make_client
+from mlstack.features.store import BATCH_VIEWS, apply_features, feast_environment, get_store
 from mlstack.settings import Settings
 from tests.conftest import _DBS, make_settings
 

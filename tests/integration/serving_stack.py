@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlstack import trainer
-from mlstack.data import generate_data
-from mlstack.features import BATCH_VIEWS, apply_features, get_store, materialize_view
-from mlstack.local_service import LocalService, start_service, stop_service
-from mlstack.online_store import EmbeddedRedis, RedisTarget
+from mlstack.data.generator import generate_data
+from mlstack.features.online_store import EmbeddedRedis, RedisTarget
+from mlstack.features.store import BATCH_VIEWS, apply_features, get_store, materialize_view
 from mlstack.settings import Settings
+from mlstack.stack.service import LocalService, start_service, stop_service
+from mlstack.training import steps as training_steps
 from tests.conftest import _url, make_settings
 
 GOOD = {"customer_id": 1, "zipcode": "00000", "loan_amount": 12000.0, "loan_term_months": 36, "loan_purpose": "car"}
@@ -52,7 +52,7 @@ def build_serving_stack(state: Path, customers: int = 1500) -> ServingStack:
         apply_features(store, settings.feature_repo)
         for view in BATCH_VIEWS:
             materialize_view(store, view, datetime.now(UTC))
-        outcome = trainer.run_training(settings, progress=lambda _: None)
+        outcome = training_steps.run_training(settings, progress=lambda _: None)
         if not outcome.promoted:
             raise AssertionError(f"the serving stack's first model was not promoted: {outcome.summary()}")
         profile = pd.read_parquet(settings.data_dir / "customer_profile.parquet", filters=[("customer_id", "==", 1)])

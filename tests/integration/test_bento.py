@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from mlstack import registry
-from mlstack.bento import MODEL_DIR_NAME, build_bento, load_bundled_model
-from mlstack.local_service import start_service, stop_service
+from mlstack.serving.bento import MODEL_DIR_NAME, build_bento, load_bundled_model
+from mlstack.stack.service import start_service, stop_service
+from mlstack.training import registry
 from tests.integration.services import free_port
 from tests.integration.serving_stack import build_serving_stack
 

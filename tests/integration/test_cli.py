@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mlstack.online_store import make_client
+from mlstack.features.online_store import make_client
 from mlstack.settings import PROJECT_ROOT, Settings
 from tests.conftest import _url
 

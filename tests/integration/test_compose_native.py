@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import redis
 
-from mlstack.online_store import make_client, parse_redis_url
+from mlstack.features.online_store import make_client, parse_redis_url
 from mlstack.settings import Settings
 from tests.integration import compose_native as native
 

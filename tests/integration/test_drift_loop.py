@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from mlstack import data, model_input, monitoring, profiling, registry, trainer
-from mlstack.drift import PREDICTION
-from mlstack.local_service import start_service, stop_service
-from mlstack.traffic import run_traffic
-from mlstack.traffic_profiles import FsspecProfileSink, ProfileWindow
+from mlstack.data import generator, profiles
+from mlstack.monitoring import steps as monitoring_steps
+from mlstack.monitoring.drift import PREDICTION
+from mlstack.monitoring.live_profiles import FsspecProfileSink, ProfileWindow
+from mlstack.simulation.traffic import run_traffic
+from mlstack.stack.service import start_service, stop_service
+from mlstack.training import model_input, registry
+from mlstack.training import steps as training_steps
 from tests.integration.serving_stack import build_serving_stack
 
 pytestmark = pytest.mark.integration
@@ -34,17 +37,17 @@ def traffic_then_judge(stack, service, scenario: str):
     run = run_traffic(stack.settings, scenario, url=service.url, rate=60, duration=timedelta(seconds=6), seed=5)
     time.sleep(WINDOW_SECONDS + 2.5)  # the service closes a window once the clock passes its end
     window = (run.started - timedelta(seconds=1), datetime.now(UTC))
-    version = monitoring.monitored_version(stack.settings, None)
-    reference = monitoring.load_reference(stack.settings, version)
-    gathered = monitoring.gather(stack.settings, version, window)
-    return run, monitoring.judge(stack.settings, gathered, reference, version, window)
+    version = monitoring_steps.monitored_version(stack.settings, None)
+    reference = monitoring_steps.load_reference(stack.settings, version)
+    gathered = monitoring_steps.gather(stack.settings, version, window)
+    return run, monitoring_steps.judge(stack.settings, gathered, reference, version, window)
 
 
 def test_monitor_clean_windows_of_the_training_distribution_rarely_alarm(served, tmp_path):
     stack, _ = served
     settings = stack.settings.model_copy(update={"profile_store": str(tmp_path / "profiles")})
-    parts = trainer.split(settings, trainer.load_training_set(settings, None, None))
-    version = monitoring.monitored_version(settings, None)
+    parts = training_steps.split(settings, training_steps.load_training_set(settings, None, None))
+    version = monitoring_steps.monitored_version(settings, None)
     booster, _ = registry.load_booster(settings, "@champion")
     rows = parts.train[list(model_input.FEATURES)].copy()
     rows[PREDICTION] = booster.predict(model_input.encode(rows))
@@ -55,12 +58,13 @@ def test_monitor_clean_windows_of_the_training_distribution_rarely_alarm(served,
         sample = rows.sample(300, random_state=i)
         begins, ends = start + timedelta(minutes=5 * i), start + timedelta(minutes=5 * (i + 1))
         window = ProfileWindow(version, begins, ends, rows=len(sample))
-        window.profile = profiling._whylogs().log(pandas=sample).profile()
+        window.profile = profiles._whylogs().log(pandas=sample).profile()
         sink.write(window)
         windows.append((begins, ends))
-    reference = monitoring.load_reference(settings, version)
+    reference = monitoring_steps.load_reference(settings, version)
     reports = [
-        monitoring.judge(settings, monitoring.gather(settings, version, w), reference, version, w) for w in windows
+        monitoring_steps.judge(settings, monitoring_steps.gather(settings, version, w), reference, version, w)
+        for w in windows
     ]
     assert [r.rows for r in reports] == [300] * 20
     alarms = [r.summary() for r in reports if r.verdict == "drift"]
@@ -69,12 +73,14 @@ def test_monitor_clean_windows_of_the_training_distribution_rarely_alarm(served,
 
 def test_monitor_normal_traffic_is_not_drift_and_outcomes_are_written(served):
     stack, service = served
-    before = len(pd.read_parquet(stack.settings.data_dir / data.LOAN_APPLICATIONS_FILE, columns=["application_id"]))
+    before = len(
+        pd.read_parquet(stack.settings.data_dir / generator.LOAN_APPLICATIONS_FILE, columns=["application_id"])
+    )
     run, report = traffic_then_judge(stack, service, "normal")
     assert run.result.ok == run.result.sent > 300
     assert report.rows == run.result.ok
     assert report.verdict == "no_drift", report.summary()
-    after = pd.read_parquet(stack.settings.data_dir / data.LOAN_APPLICATIONS_FILE)
+    after = pd.read_parquet(stack.settings.data_dir / generator.LOAN_APPLICATIONS_FILE)
     assert len(after) == before + run.labelled == before + run.result.ok
     assert after["application_id"].is_unique
     assert (after.tail(run.labelled)["event_timestamp"] >= pd.Timestamp(run.started)).all()
@@ -83,7 +89,7 @@ def test_monitor_normal_traffic_is_not_drift_and_outcomes_are_written(served):
 def test_monitor_recession_traffic_is_drift_led_by_unemployment(served):
     stack, service = served
     run, report = traffic_then_judge(stack, service, "recession")
-    assert run.snapshots_written[data.ZIPCODE_STATS_FILE] > 0
+    assert run.snapshots_written[generator.ZIPCODE_STATS_FILE] > 0
     assert report.verdict == "drift", report.summary()
     assert "unemployment_rate" in report.drifted_features[:3], report.drifted_features
     assert run.default_rate > 0.15  # the same features mean more risk in the recession regime

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from mlstack.online_store import (
+from mlstack.features.online_store import (
     EmbeddedRedis,
     OnlineStoreError,
     RedisTarget,

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from mlstack.data import generate_data
-from mlstack.features import BATCH_VIEWS, apply_features, get_online_features, get_store, materialize_view
-from mlstack.online_store import EmbeddedRedis, RedisTarget, make_client
+from mlstack.data.generator import generate_data
+from mlstack.features.online_store import EmbeddedRedis, RedisTarget, make_client
+from mlstack.features.store import BATCH_VIEWS, apply_features, get_online_features, get_store, materialize_view
 from mlstack.settings import PROJECT_ROOT, Settings
 from tests.conftest import _url, fresh_db, make_settings
 
@@ -71,7 +71,7 @@ def test_materialize_interrupted_run_completes_on_rerun(tmp_path, redis_server, 
     script = textwrap.dedent(
         """
         from datetime import UTC, datetime
-        from mlstack.features import apply_features, get_store, materialize_view
+        from mlstack.features.store import apply_features, get_store, materialize_view
         from mlstack.settings import get_settings
 
         settings = get_settings()

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack.features import BATCH_VIEWS, MaterializeResult, get_online_features, materialize_view
-from mlstack.online_store import RedisTarget
+from mlstack.features.online_store import RedisTarget
+from mlstack.features.store import BATCH_VIEWS, MaterializeResult, get_online_features, materialize_view
 from tests.integration.feast_fixtures import (
     RESTATED_CUSTOMERS,
     FeastRepo,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack.features import BATCH_VIEWS, get_historical_features
-from mlstack.online_store import RedisTarget
+from mlstack.features.online_store import RedisTarget
+from mlstack.features.store import BATCH_VIEWS, get_historical_features
 from tests.integration.feast_fixtures import (
     FeastRepo,
     applied_repo,

@@ -21,13 +21,13 @@ import pytest
 from mlflow import MlflowClient
 from scipy.stats import rankdata
 
-from mlstack import registry
-from mlstack.evaluation import Metrics
-from mlstack.profiling import profile_frame, read_profile, write_profile
-from mlstack.promotion import Decision, decide, floors_from
-from mlstack.registry import NoPreviousChampionError, RegistryError
+from mlstack.data.profiles import profile_frame, read_profile, write_profile
 from mlstack.settings import Settings
-from mlstack.training import Split, TrainingSet
+from mlstack.training import registry
+from mlstack.training.dataset import Split, TrainingSet
+from mlstack.training.evaluation import Metrics
+from mlstack.training.promotion import Decision, decide, floors_from
+from mlstack.training.registry import NoPreviousChampionError, RegistryError
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

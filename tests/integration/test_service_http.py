@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mlstack.online_store import process_alive
+from mlstack.features.online_store import process_alive
+from mlstack.monitoring.live_profiles import count_profiled_rows
 from mlstack.settings import get_settings
-from mlstack.traffic_profiles import count_profiled_rows
 from tests.integration.serving_stack import GOOD, build_serving_stack
 
 pytestmark = pytest.mark.integration
@@ -115,7 +115,7 @@ def test_service_answers_503_with_cause_when_redis_is_hung_and_recovers(served):
 
 def test_runtime_close_flushes_profiles_with_every_scored_request(served):
     """The flush the service's shutdown hook calls (a second ASGI app cannot share this process's metrics)."""
-    from mlstack.serving import ServingRuntime
+    from mlstack.serving.runtime import ServingRuntime
 
     _, stack = served
     settings, known = stack.settings, stack.known
@@ -175,7 +175,7 @@ def test_concurrent_requests_get_the_answers_they_get_alone(served):
 
 def _batcher_with_gate(predict):
     """A RequestBatcher whose first predict call waits for `gate`: later requests pile up behind it."""
-    from mlstack.serving import RequestBatcher
+    from mlstack.serving.runtime import RequestBatcher
 
     calls: list[int] = []
     gate = asyncio.Event()
@@ -201,7 +201,7 @@ async def _submit_behind_a_running_batch(make_batcher, first, later):
 
 
 def test_batcher_scores_waiting_requests_in_one_call_in_order(served):
-    from mlstack.serving import ServingRuntime
+    from mlstack.serving.runtime import ServingRuntime
 
     _, stack = served
     runtime = ServingRuntime.from_settings(stack.settings, profile=False)
@@ -218,7 +218,7 @@ def test_batcher_scores_waiting_requests_in_one_call_in_order(served):
 
 
 def test_batcher_isolates_a_request_that_breaks_the_batch_and_fails_all_on_an_outage():
-    from mlstack.scoring import FeatureStoreUnavailable
+    from mlstack.serving.scoring import FeatureStoreUnavailable
 
     async def predict(rows):
         if any(row["customer_id"] == 13 for row in rows):

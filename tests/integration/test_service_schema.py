@@ -15,7 +15,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from mlstack.scoring import MAX_CUSTOMER_ID
+from mlstack.serving.scoring import MAX_CUSTOMER_ID
 from tests.integration.serving_stack import GOOD, background_service
 
 pytestmark = pytest.mark.integration

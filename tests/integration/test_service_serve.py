@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from mlstack.local_service import running_service, start_service
-from mlstack.online_store import process_alive
-from mlstack.traffic_profiles import count_profiled_rows
+from mlstack.features.online_store import process_alive
+from mlstack.monitoring.live_profiles import count_profiled_rows
+from mlstack.stack.service import running_service, start_service
 from tests.integration.serving_stack import GOOD, background_service
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ import psutil
 import pytest
 import yaml
 
-from mlstack import stack
-from mlstack.online_store import EmbeddedRedis
+from mlstack.features.online_store import EmbeddedRedis
 from mlstack.settings import PROJECT_ROOT, Settings
+from mlstack.stack import local as local_stack
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,18 @@ def _mlstack(*args: str, env: dict[str, str], timeout: float = 400) -> subproces
 @pytest.fixture
 def isolated_stack(tmp_path: Path):
     """Environment and settings of a stack in its own state dir on free ports; everything stopped after."""
-    ports = {"prefect_port": stack.free_port(), "mlflow_port": stack.free_port(), "service_port": stack.free_port()}
+    ports = {
+        "prefect_port": local_stack.free_port(),
+        "mlflow_port": local_stack.free_port(),
+        "service_port": local_stack.free_port(),
+    }
     settings = Settings(state_dir=tmp_path / "state", **ports)
     env = {
         "MLSTACK_STATE_DIR": str(settings.state_dir),
         **{f"MLSTACK_{key.upper()}": str(port) for key, port in ports.items()},
     }
     yield env, settings
-    stack.stop_stack(settings)  # whatever a failed assertion left running
+    local_stack.stop_stack(settings)  # whatever a failed assertion left running
 
 
 def _state(settings: Settings, name: str) -> dict:
@@ -140,7 +144,7 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
     for pid in [*pids.values(), redis_pid]:
         assert _gone(pid), pid
     for port in (settings.prefect_port, settings.mlflow_port):
-        assert stack.port_free(port), port
+        assert local_stack.port_free(port), port
     assert not list((settings.state_dir / "stack").glob("*.json"))
 
     twice = _mlstack("down", env=env)
@@ -178,17 +182,17 @@ def test_stop_kills_a_process_group_that_ignores_sigterm(tmp_path):
         "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)']); time.sleep(600)"
     )
-    process = stack.launch_process(settings, "stubborn", [sys.executable, "-c", code], "-")
+    process = local_stack.launch_process(settings, "stubborn", [sys.executable, "-c", code], "-")
     deadline = time.monotonic() + 30
     while len(psutil.Process(process.pid).children()) < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     child = psutil.Process(process.pid).children()[0].pid
-    assert stack.running_process(settings, "stubborn") == process
+    assert local_stack.running_process(settings, "stubborn") == process
 
-    assert stack.stop_process(settings, "stubborn", timeout=1) is True
+    assert local_stack.stop_process(settings, "stubborn", timeout=1) is True
     assert _gone(process.pid) and _gone(child)
-    assert stack.running_process(settings, "stubborn") is None
-    assert stack.stop_process(settings, "stubborn") is False  # idempotent
+    assert local_stack.running_process(settings, "stubborn") is None
+    assert local_stack.stop_process(settings, "stubborn") is False  # idempotent
 
 
 def test_a_recorded_pid_reused_by_another_process_is_not_the_component(tmp_path):
@@ -197,5 +201,5 @@ def test_a_recorded_pid_reused_by_another_process_is_not_the_component(tmp_path)
     # Our own pid is alive but was not started by the stack: its start time differs from the record.
     record = {"pid": os.getpid(), "url": "-", "log": "-", "started_at": "-", "create_time": 1.0}
     (tmp_path / "stack" / "ghost.json").write_text(json.dumps(record))
-    assert stack.running_process(settings, "ghost") is None
-    assert stack.stop_process(settings, "ghost", sig=signal.SIGTERM) is False  # never signals a stranger
+    assert local_stack.running_process(settings, "ghost") is None
+    assert local_stack.stop_process(settings, "ghost", sig=signal.SIGTERM) is False  # never signals a stranger

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mlstack import trainer
-from mlstack.data import generate_data
-from mlstack.features import apply_features, get_store
+from mlstack.data.generator import generate_data
+from mlstack.features.store import apply_features, get_store
+from mlstack.training import steps as training_steps
 from tests.conftest import fresh_db, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,7 +29,7 @@ def test_first_training_is_promoted_with_the_same_metrics_on_any_end_date(tmp_pa
         settings = make_settings(tmp_path / end.date().isoformat(), fresh_db(redis_server), data_end=end.date())
         generate_data(settings.data_dir, customers=1500, months=18, end=end, seed=21)
         apply_features(get_store(settings), settings.feature_repo)
-        outcome = trainer.run_training(settings, progress=lambda _: None)
+        outcome = training_steps.run_training(settings, progress=lambda _: None)
         assert outcome.promoted, f"{end.date()}: {outcome.summary()}"
         seen[end.date()] = (tuple(outcome.rows.items()), outcome.metrics.roc_auc, outcome.metrics.log_loss)
     assert len(set(seen.values())) == 1, seen

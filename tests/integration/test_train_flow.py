@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from mlstack import evaluation, registry, trainer
-from mlstack.data import generate_data
-from mlstack.features import apply_features, get_store
+from mlstack.data.generator import generate_data
+from mlstack.features.store import apply_features, get_store
 from mlstack.settings import get_settings
-from mlstack.training import TrainingDataError, TrainingSet
+from mlstack.training import evaluation, registry
+from mlstack.training import steps as training_steps
+from mlstack.training.dataset import TrainingDataError, TrainingSet
 from tests.conftest import fresh_db, make_settings
 
 pytestmark = pytest.mark.integration
@@ -88,13 +89,13 @@ def test_train_model_flow_promotes_first_model_and_refuses_identical_retrain(sta
 def _ensure_champion(settings) -> None:
     """Tests below need a champion; the flow test makes one, but they must not depend on its order."""
     if registry.champion_version(settings) is None:
-        assert trainer.run_training(settings).promoted
+        assert training_steps.run_training(settings).promoted
 
 
 def test_registered_champion_reproduces_logged_holdout_metric_exactly(stack_env):
     _ensure_champion(stack_env)
-    training_set = trainer.load_training_set(stack_env, None, None)
-    parts = trainer.split(stack_env, training_set)
+    training_set = training_steps.load_training_set(stack_env, None, None)
+    parts = training_steps.split(stack_env, training_set)
     booster, version = registry.load_booster(stack_env, "@champion")
     assert type(booster).__name__ == "Booster"
     metrics = evaluation.evaluate(booster, parts.holdout, stack_env.decision_threshold)
@@ -106,20 +107,20 @@ def test_registered_champion_reproduces_logged_holdout_metric_exactly(stack_env)
 def test_model_trained_on_shuffled_labels_is_never_promoted(stack_env):
     _ensure_champion(stack_env)
     champion_before = registry.champion_version(stack_env).version
-    real = trainer.load_training_set(stack_env, None, None)
+    real = training_steps.load_training_set(stack_env, None, None)
     frame = real.frame.copy()
     frame["defaulted"] = np.random.default_rng(0).permutation(frame["defaulted"].to_numpy())
     shuffled = TrainingSet(
         frame, real.feature_service, real.feature_refs, real.window_start, real.window_end, "shuffled"
     )
-    parts = trainer.split(stack_env, shuffled)
-    booster = trainer.train(stack_env, parts)
-    metrics = trainer.evaluate_challenger(stack_env, booster, parts)
-    leakage = trainer.check_leakage(stack_env, metrics, parts)
-    champion = trainer.score_champion(stack_env, parts)
-    artifacts = trainer.write_artifacts(booster, parts, trainer.run_directory(stack_env))
-    registered = trainer.register(stack_env, booster, shuffled, parts, metrics, artifacts, leakage)
-    decision = trainer.gate(stack_env, metrics, champion, leakage)
+    parts = training_steps.split(stack_env, shuffled)
+    booster = training_steps.train(stack_env, parts)
+    metrics = training_steps.evaluate_challenger(stack_env, booster, parts)
+    leakage = training_steps.check_leakage(stack_env, metrics, parts)
+    champion = training_steps.score_champion(stack_env, parts)
+    artifacts = training_steps.write_artifacts(booster, parts, training_steps.run_directory(stack_env))
+    registered = training_steps.register(stack_env, booster, shuffled, parts, metrics, artifacts, leakage)
+    decision = training_steps.gate(stack_env, metrics, champion, leakage)
 
     assert not decision.promote
     assert registry.promote(stack_env, registered.version, decision) is False

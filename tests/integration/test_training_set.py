@@ -20,14 +20,12 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from mlstack import evaluation
-from mlstack.data import LOAN_APPLICATIONS_FILE, generate_data
-from mlstack.evaluation import evaluate, leakage_warnings, univariate_auc, write_plots
-from mlstack.features import apply_features, get_store
-from mlstack.model_input import FEATURES
-from mlstack.online_store import RedisTarget
+from mlstack.data.generator import LOAN_APPLICATIONS_FILE, generate_data
+from mlstack.features.online_store import RedisTarget
+from mlstack.features.store import apply_features, get_store
 from mlstack.settings import Settings
-from mlstack.training import (
+from mlstack.training import evaluation
+from mlstack.training.dataset import (
     Split,
     TrainingSet,
     build_training_set,
@@ -35,6 +33,8 @@ from mlstack.training import (
     train_booster,
     training_params,
 )
+from mlstack.training.evaluation import evaluate, leakage_warnings, univariate_auc, write_plots
+from mlstack.training.model_input import FEATURES
 from tests.conftest import _DBS, make_settings
 from tests.integration.feast_fixtures import (
     ViewSpec,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlstack.bento import BentoError, _redact, bento_version, load_bundled_model
+from mlstack.serving.bento import BentoError, _redact, bento_version, load_bundled_model
 
 
 def test_bento_version_names_the_registry_version_and_the_bytes():

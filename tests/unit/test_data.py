@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlstack.data import (
+from mlstack.data.generator import (
     CREDIT_HISTORY_FILE,
     CUSTOMER_PROFILE_FILE,
     LOAN_APPLICATIONS_FILE,

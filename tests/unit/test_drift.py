@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack import drift, monitoring, profiling
-from mlstack.drift import DriftThresholds, GatheredProfiles
+from mlstack.data import profiles
+from mlstack.monitoring import drift
+from mlstack.monitoring import steps as monitoring_steps
+from mlstack.monitoring.drift import DriftThresholds, GatheredProfiles
 from mlstack.settings import Settings
 
 WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 1, tzinfo=UTC))
@@ -31,11 +33,11 @@ def population(n: int, seed: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def reference():
-    return profiling.profile_frame(population(20_000, seed=0))
+    return profiles.profile_frame(population(20_000, seed=0))
 
 
 def judge(frame: pd.DataFrame, reference, min_rows: int = 200) -> drift.DriftReport:
-    gathered = GatheredProfiles(profiling.profile_frame(frame), 1, len(frame))
+    gathered = GatheredProfiles(profiles.profile_frame(frame), 1, len(frame))
     return drift.assess_drift(
         gathered,
         reference,
@@ -104,7 +106,7 @@ def test_drift_no_profiles_is_not_judged(reference):
 
 def test_drift_column_absent_from_reference_is_listed_not_scored(reference):
     frame = population(500, seed=11).assign(extra=1.0)
-    gathered = GatheredProfiles(profiling.profile_frame(frame), 1, 500)
+    gathered = GatheredProfiles(profiles.profile_frame(frame), 1, 500)
     report = drift.assess_drift(
         gathered,
         reference,
@@ -146,15 +148,17 @@ def test_should_emit_respects_the_cooldown():
 def test_claim_drift_event_once_per_version_within_cooldown(tmp_path):
     settings = Settings(state_dir=tmp_path, drift_event_cooldown_minutes=30)
     now = datetime(2026, 1, 1, 12, tzinfo=UTC)
-    assert monitoring.claim_drift_event(settings, "3", now)
-    assert not monitoring.claim_drift_event(settings, "3", now + timedelta(minutes=5))
-    assert monitoring.claim_drift_event(settings, "4", now + timedelta(minutes=5))  # another version: its own clock
-    assert monitoring.claim_drift_event(settings, "3", now + timedelta(minutes=31))
+    assert monitoring_steps.claim_drift_event(settings, "3", now)
+    assert not monitoring_steps.claim_drift_event(settings, "3", now + timedelta(minutes=5))
+    assert monitoring_steps.claim_drift_event(
+        settings, "4", now + timedelta(minutes=5)
+    )  # another version: its own clock
+    assert monitoring_steps.claim_drift_event(settings, "3", now + timedelta(minutes=31))
 
 
 def test_resolve_window_defaults_to_lookback_and_rejects_inverted_bounds(tmp_path):
     settings = Settings(state_dir=tmp_path, monitor_lookback_minutes=60)
     end = datetime(2026, 1, 1, 12, tzinfo=UTC)
-    assert monitoring.resolve_window(settings, None, end, None) == (end - timedelta(minutes=60), end)
-    with pytest.raises(monitoring.MonitorError, match="before end"):
-        monitoring.resolve_window(settings, end, end - timedelta(minutes=1), None)
+    assert monitoring_steps.resolve_window(settings, None, end, None) == (end - timedelta(minutes=60), end)
+    with pytest.raises(monitoring_steps.MonitorError, match="before end"):
+        monitoring_steps.resolve_window(settings, end, end - timedelta(minutes=1), None)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack.evaluation import (
+from mlstack.training.dataset import split_by_time, train_booster
+from mlstack.training.evaluation import (
     UNIVARIATE_AUC_CEILING,
     Metrics,
     calibration_error_noise,
@@ -22,8 +23,7 @@ from mlstack.evaluation import (
     univariate_auc,
     write_plots,
 )
-from mlstack.model_input import FEATURES
-from mlstack.training import split_by_time, train_booster
+from mlstack.training.model_input import FEATURES
 from tests.unit.test_training import FAST_PARAMS, synthetic_applications
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlstack.online_store import OnlineStoreError, RedisTarget, feast_connection_string, parse_redis_url
+from mlstack.features.online_store import OnlineStoreError, RedisTarget, feast_connection_string, parse_redis_url
 from mlstack.settings import Settings
 
 

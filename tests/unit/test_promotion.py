@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from mlstack.evaluation import Metrics
-from mlstack.promotion import (
+from mlstack.settings import Settings
+from mlstack.training.evaluation import Metrics
+from mlstack.training.promotion import (
     Floors,
     decide,
     floors_from,
@@ -16,7 +17,6 @@ from mlstack.promotion import (
     history_after_rollback,
     plan_rollback,
 )
-from mlstack.settings import Settings
 
 FLOORS = Floors(min_auc=0.65, max_calibration_error=0.05)
 MARGIN = 0.002

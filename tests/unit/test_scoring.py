@@ -14,11 +14,10 @@ import pydantic
 import pytest
 import redis
 
-from mlstack import scoring
-from mlstack.data import LOAN_PURPOSES, LOAN_TERMS_MONTHS
-from mlstack.model_input import FEATURES, categorical_indices, encode_row
-from mlstack.online_store import OnlineStoreError
-from mlstack.scoring import (
+from mlstack.data.generator import LOAN_PURPOSES, LOAN_TERMS_MONTHS
+from mlstack.features.online_store import OnlineStoreError
+from mlstack.serving import scoring
+from mlstack.serving.scoring import (
     MAX_BATCH,
     BatchRequest,
     FeatureStoreUnavailable,
@@ -31,6 +30,7 @@ from mlstack.scoring import (
     load_feature_ttls,
     parse_online_response,
 )
+from mlstack.training.model_input import FEATURES, categorical_indices, encode_row
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CUSTOMER = ("age", "annual_income", "employment_length_years", "home_ownership")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mlstack.profiling import read_profile
-from mlstack.traffic_profiles import ProfileBuffer, ProfileWindow, count_profiled_rows
+from mlstack.data.profiles import read_profile
+from mlstack.monitoring.live_profiles import ProfileBuffer, ProfileWindow, count_profiled_rows
 
 
 class FakeClock:

@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mlstack import model_input, training
-from mlstack.data import HOME_OWNERSHIP, LOAN_APPLICATIONS_FILE, LOAN_PURPOSES
-from mlstack.model_input import CATEGORICAL, FEATURES, ModelInputError, categorical_indices, encode, encode_row
-from mlstack.training import (
+from mlstack.data.generator import HOME_OWNERSHIP, LOAN_APPLICATIONS_FILE, LOAN_PURPOSES
+from mlstack.training import dataset, model_input
+from mlstack.training.dataset import (
     Split,
     TrainingDataError,
     TrainingParams,
@@ -24,6 +23,7 @@ from mlstack.training import (
     train_booster,
     training_params,
 )
+from mlstack.training.model_input import CATEGORICAL, FEATURES, ModelInputError, categorical_indices, encode, encode_row
 from tests.conftest import make_settings
 
 START = pd.Timestamp("2025-01-01", tz="UTC")
@@ -169,7 +169,7 @@ def write_applications(settings_dir: Path, frame: pd.DataFrame) -> None:
 
 @pytest.fixture
 def applications_dir(tmp_path: Path) -> Path:
-    frame = synthetic_applications(200)[[*training.ENTITY_COLUMNS, *training.REQUEST_COLUMNS, "defaulted"]].sample(
+    frame = synthetic_applications(200)[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]].sample(
         frac=1, random_state=1
     )
     frame["default_timestamp"] = frame["event_timestamp"] + pd.Timedelta(days=90)
@@ -181,7 +181,7 @@ def test_labelled_applications_default_to_all_before_data_end(applications_dir: 
     settings = make_settings(applications_dir, data_end=date(2026, 1, 1))
     frame = labelled_applications(settings)
     assert len(frame) == 200
-    assert list(frame.columns) == [*training.ENTITY_COLUMNS, *training.REQUEST_COLUMNS, "defaulted"]
+    assert list(frame.columns) == [*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]
     assert frame["event_timestamp"].is_monotonic_increasing
 
 
@@ -221,14 +221,14 @@ def test_labelled_applications_raise_on_bad_window_or_missing_file(applications_
 
 
 def test_labelled_applications_raise_on_repeated_application_id(tmp_path: Path) -> None:
-    frame = synthetic_applications(10)[[*training.ENTITY_COLUMNS, *training.REQUEST_COLUMNS, "defaulted"]]
+    frame = synthetic_applications(10)[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]]
     write_applications(tmp_path, pd.concat([frame, frame.head(1)]))
     with pytest.raises(TrainingDataError, match="application_id must be unique"):
         labelled_applications(make_settings(tmp_path, data_end=date(2026, 1, 1)))
 
 
 def test_labelled_applications_raise_naming_a_missing_column(tmp_path: Path) -> None:
-    frame = synthetic_applications(10)[[*training.ENTITY_COLUMNS, *training.REQUEST_COLUMNS]]
+    frame = synthetic_applications(10)[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS]]
     write_applications(tmp_path, frame)
     with pytest.raises(TrainingDataError, match=r"lack column\(s\) \['defaulted'\]"):
         labelled_applications(make_settings(tmp_path, data_end=date(2026, 1, 1)))
@@ -236,17 +236,17 @@ def test_labelled_applications_raise_naming_a_missing_column(tmp_path: Path) -> 
 
 def test_one_row_per_application_guard_rejects_repeated_or_lost_rows() -> None:
     frame = synthetic_applications(10)
-    applications = frame[[*training.ENTITY_COLUMNS, *training.REQUEST_COLUMNS, "defaulted"]]
+    applications = frame[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]]
     joined = frame.sample(frac=1, random_state=2)
-    ordered = training._one_row_per_application(applications, joined, "svc")
+    ordered = dataset._one_row_per_application(applications, joined, "svc")
     assert ordered["application_id"].tolist() == applications["application_id"].tolist()
     assert ordered.columns[-1] == "defaulted"
     with pytest.raises(TrainingDataError, match=r"one row per application: got 11 rows for 10.*repeated.*\[1\]"):
-        training._one_row_per_application(applications, pd.concat([frame, frame.head(1)]), "svc")
+        dataset._one_row_per_application(applications, pd.concat([frame, frame.head(1)]), "svc")
     with pytest.raises(TrainingDataError, match=r"got 9 rows for 10.*missing: \[10\]"):
-        training._one_row_per_application(applications, frame.head(9), "svc")
+        dataset._one_row_per_application(applications, frame.head(9), "svc")
     with pytest.raises(TrainingDataError, match="did not return model input"):
-        training._one_row_per_application(applications, frame.drop(columns=["age"]), "svc")
+        dataset._one_row_per_application(applications, frame.drop(columns=["age"]), "svc")
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -373,8 +373,8 @@ def test_requested_window_recent_and_window_days_end_now_and_plain_bounds_pass_t
 
     settings = Settings(state_dir=tmp_path, retrain_window_days=14)
     now = datetime(2026, 1, 31, 12, tzinfo=UTC)
-    assert training.requested_window(settings, None, None, now=now) == (None, None)
-    assert training.requested_window(settings, None, None, recent=True, now=now) == (now - timedelta(days=14), now)
-    assert training.requested_window(settings, None, None, 30, recent=True, now=now) == (now - timedelta(days=30), now)
+    assert dataset.requested_window(settings, None, None, now=now) == (None, None)
+    assert dataset.requested_window(settings, None, None, recent=True, now=now) == (now - timedelta(days=14), now)
+    assert dataset.requested_window(settings, None, None, 30, recent=True, now=now) == (now - timedelta(days=30), now)
     end = datetime(2026, 1, 10, tzinfo=UTC)
-    assert training.requested_window(settings, None, end, 5, now=now) == (end - timedelta(days=5), end)
+    assert dataset.requested_window(settings, None, end, 5, now=now) == (end - timedelta(days=5), end)

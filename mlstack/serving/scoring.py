@@ -33,9 +33,9 @@ import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlstack import model_input
 from mlstack.errors import StackError
-from mlstack.online_store import OnlineStoreError
+from mlstack.features.online_store import OnlineStoreError
+from mlstack.training import model_input
 
 if TYPE_CHECKING:
     import lightgbm
@@ -499,7 +499,7 @@ def _online_store_cause(exc: BaseException) -> str | None:
 
 
 def _default_feature_service() -> str:
-    from mlstack.features import FEATURE_SERVICE  # imported late: importing Feast takes seconds
+    from mlstack.features.store import FEATURE_SERVICE  # imported late: importing Feast takes seconds
 
     return FEATURE_SERVICE
 

@@ -40,7 +40,7 @@ import psutil
 from pydantic import SecretStr
 
 from mlstack.errors import StackError
-from mlstack.online_store import process_alive
+from mlstack.features.online_store import process_alive
 from mlstack.settings import PROJECT_ROOT, Settings, stack_environment
 
 PREFECT_SERVER = "prefect-server"
@@ -615,7 +615,7 @@ def _absolute(settings: Settings) -> Settings:
 
 def ensure_redis(settings: Settings) -> ComponentStatus:
     """The configured Redis checked reachable, or the embedded one started or reused."""
-    from mlstack.online_store import EmbeddedRedis, check_reachable, parse_redis_url
+    from mlstack.features.online_store import EmbeddedRedis, check_reachable, parse_redis_url
 
     if settings.redis_url:
         target = parse_redis_url(settings.redis_url)
@@ -631,7 +631,7 @@ def champion_note(settings: Settings) -> str | None:
     """None if MLflow has a `@champion`; else why the service cannot start (what to run first)."""
     if not mlflow_is_remote(settings) and not (settings.mlflow_dir / "mlflow.db").is_file():
         return "no model yet"
-    from mlstack.registry import RegistryError, champion_version
+    from mlstack.training.registry import RegistryError, champion_version
 
     try:
         return None if champion_version(settings) is not None else "no @champion yet"
@@ -709,7 +709,7 @@ def _start_service(
     settings: Settings, wanted: bool, notes: list[str], progress: Callable[[str], None]
 ) -> ComponentStatus:
     """The service, started on `service_port` when wanted and a champion exists; never raises for it."""
-    from mlstack.local_service import ServiceError, running_service, start_service
+    from mlstack.stack.service import ServiceError, running_service, start_service
 
     running = running_service(settings)
     if running is not None:
@@ -740,8 +740,8 @@ def stop_stack(settings: Settings) -> list[tuple[str, bool]]:
 
     Returns (component, was running) in that order; stopping what is not running is not an error.
     """
-    from mlstack.local_service import stop_service
-    from mlstack.online_store import EmbeddedRedis
+    from mlstack.features.online_store import EmbeddedRedis
+    from mlstack.stack.service import stop_service
 
     settings = _absolute(settings)
     stopped = [
@@ -760,8 +760,8 @@ stop_all = stop_stack
 
 def stack_status(settings: Settings) -> list[ComponentStatus]:
     """Each component: running or not, healthy or not (HTTP/PING probes with short timeouts), where."""
-    from mlstack.local_service import running_service
-    from mlstack.online_store import EmbeddedRedis, OnlineStoreError, check_reachable, parse_redis_url
+    from mlstack.features.online_store import EmbeddedRedis, OnlineStoreError, check_reachable, parse_redis_url
+    from mlstack.stack.service import running_service
 
     settings = _absolute(settings)
     rows: list[ComponentStatus] = []

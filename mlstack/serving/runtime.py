@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from mlstack import registry, scoring
-from mlstack.bento import load_bundled_model
-from mlstack.features import FEATURE_SERVICE, get_store
-from mlstack.scoring import Prediction, Scorer
+from mlstack.features.store import FEATURE_SERVICE, get_store
+from mlstack.monitoring.live_profiles import ProfileBuffer
+from mlstack.serving import scoring
+from mlstack.serving.bento import load_bundled_model
+from mlstack.serving.scoring import Prediction, Scorer
 from mlstack.settings import Settings
-from mlstack.traffic_profiles import ProfileBuffer
+from mlstack.training import registry
 
 
 def load_model(settings: Settings) -> tuple[Any, str, str]:

@@ -22,7 +22,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from mlstack import model_input
+from mlstack.training import model_input
 
 
 @dataclass(frozen=True)

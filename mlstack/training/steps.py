@@ -17,11 +17,19 @@ from pathlib import Path
 import lightgbm
 import pandas as pd
 
-from mlstack import evaluation, model_input, profiling, promotion, registry
-from mlstack.evaluation import Metrics
-from mlstack.features import FEATURE_SERVICE, get_store
+from mlstack.data import profiles
+from mlstack.features.store import FEATURE_SERVICE, get_store
 from mlstack.settings import PROJECT_ROOT, Settings
-from mlstack.training import Split, TrainingSet, build_training_set, split_by_time, train_booster, training_params
+from mlstack.training import evaluation, model_input, promotion, registry
+from mlstack.training.dataset import (
+    Split,
+    TrainingSet,
+    build_training_set,
+    split_by_time,
+    train_booster,
+    training_params,
+)
+from mlstack.training.evaluation import Metrics
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,8 @@ def write_artifacts(booster: lightgbm.Booster, parts: Split, directory: Path) ->
     plots = evaluation.write_plots(booster, parts.holdout, directory / "plots")
     inputs = parts.train[list(model_input.FEATURES)].copy()
     inputs[PREDICTION_COLUMN] = booster.predict(model_input.encode(inputs))
-    reference = profiling.profile_frame(inputs)
-    return RunArtifacts(plots, profiling.write_profile(reference, directory / "reference_profile.bin"))
+    reference = profiles.profile_frame(inputs)
+    return RunArtifacts(plots, profiles.write_profile(reference, directory / "reference_profile.bin"))
 
 
 def register(

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlstack.errors import StackError
-from mlstack.online_store import process_alive
+from mlstack.features.online_store import process_alive
 from mlstack.settings import PROJECT_ROOT, Settings, stack_environment
-from mlstack.stack import free_port as _free_port
-from mlstack.stack import stop_process_group
+from mlstack.stack.local import free_port as _free_port
+from mlstack.stack.local import stop_process_group
 
 SERVICE = "services.credit_risk:CreditRisk"
 

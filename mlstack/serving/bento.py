@@ -22,9 +22,9 @@ from pathlib import Path
 
 import lightgbm
 
-from mlstack import registry
 from mlstack.errors import StackError
 from mlstack.settings import PROJECT_ROOT, Settings, stack_environment
+from mlstack.training import registry
 
 BENTO_NAME = "credit-risk"
 BENTOFILE = PROJECT_ROOT / "services" / "bentofile.yaml"

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mlstack.data import HOME_OWNERSHIP, LOAN_PURPOSES
+from mlstack.data.generator import HOME_OWNERSHIP, LOAN_PURPOSES
 
 # Order matters: it is the column order of the matrix the booster was trained on.
 FEATURES: tuple[str, ...] = (

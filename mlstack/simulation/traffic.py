@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlstack import data
+from mlstack.data import generator
 from mlstack.errors import StackError
 from mlstack.settings import Settings
 
@@ -117,7 +117,8 @@ _KEYS = ("customer_id", "customer_id", "zipcode")
 def latest_snapshots(data_dir: Path) -> Snapshots:
     """Each customer's latest profile and credit snapshot (inner join), and each zipcode's latest stats."""
     paths = [
-        data_dir / name for name in (data.CUSTOMER_PROFILE_FILE, data.CREDIT_HISTORY_FILE, data.ZIPCODE_STATS_FILE)
+        data_dir / name
+        for name in (generator.CUSTOMER_PROFILE_FILE, generator.CREDIT_HISTORY_FILE, generator.ZIPCODE_STATS_FILE)
     ]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
@@ -162,9 +163,9 @@ def shift_snapshots(snapshots: Snapshots, scenario: Scenario, at: datetime, seed
 def append_snapshots(data_dir: Path, snapshots: Snapshots) -> dict[str, int]:
     """Append new snapshots to the three feature tables (each file replaced atomically); rows per file."""
     tables = {
-        data.CUSTOMER_PROFILE_FILE: (snapshots.customers, data.CUSTOMER_PROFILE_SCHEMA),
-        data.CREDIT_HISTORY_FILE: (snapshots.customers, data.CREDIT_HISTORY_SCHEMA),
-        data.ZIPCODE_STATS_FILE: (snapshots.zipcodes, data.ZIPCODE_STATS_SCHEMA),
+        generator.CUSTOMER_PROFILE_FILE: (snapshots.customers, generator.CUSTOMER_PROFILE_SCHEMA),
+        generator.CREDIT_HISTORY_FILE: (snapshots.customers, generator.CREDIT_HISTORY_SCHEMA),
+        generator.ZIPCODE_STATS_FILE: (snapshots.zipcodes, generator.ZIPCODE_STATS_SCHEMA),
     }
     return {name: _append(data_dir / name, frame, schema) for name, (frame, schema) in tables.items()}
 
@@ -195,7 +196,7 @@ def draw_applications(snapshots: Snapshots, scenario: Scenario, n: int, seed: in
     amount = income * np.exp(rng.normal(np.log(0.25), 0.5, n)) * scenario.amount_factor
     amount = np.clip(np.round(amount, -1), 1_000, 100_000)
     term = np.where(rng.random(n) < 0.25 + 0.2 * (amount > 25_000), 60, 36)
-    purpose = np.array(data.LOAN_PURPOSES)[rng.choice(len(data.LOAN_PURPOSES), size=n, p=PURPOSE_WEIGHTS)]
+    purpose = np.array(generator.LOAN_PURPOSES)[rng.choice(len(generator.LOAN_PURPOSES), size=n, p=PURPOSE_WEIGHTS)]
     return pd.DataFrame(
         {
             "customer_id": chosen["customer_id"].to_numpy(),
@@ -214,7 +215,7 @@ def default_logit(applications: pd.DataFrame, snapshots: Snapshots, scenario: Sc
     ).merge(snapshots.zipcodes[["zipcode", "unemployment_rate"]], on="zipcode", how="left")
     unemployment = frame["unemployment_rate"].fillna(snapshots.zipcodes["unemployment_rate"].median()).to_numpy()
     loan_to_income = np.log(frame["loan_amount"].to_numpy() / frame["annual_income"].to_numpy())
-    base = data.latent_logit(
+    base = generator.latent_logit(
         credit_utilisation=frame["credit_utilisation"],
         delinquencies_2y=frame["delinquencies_2y"],
         bureau_score=frame["bureau_score"],
@@ -228,24 +229,24 @@ def default_logit(applications: pd.DataFrame, snapshots: Snapshots, scenario: Sc
     return (
         base
         + scenario.logit_shift
-        + (scenario.unemployment_coef_factor - 1) * data.COEF_UNEMPLOYMENT * unemployment
-        + (scenario.loan_to_income_coef_factor - 1) * data.COEF_LOAN_TO_INCOME * loan_to_income
+        + (scenario.unemployment_coef_factor - 1) * generator.COEF_UNEMPLOYMENT * unemployment
+        + (scenario.loan_to_income_coef_factor - 1) * generator.COEF_LOAN_TO_INCOME * loan_to_income
     )
 
 
 def realise_outcomes(
     answered: pd.DataFrame, snapshots: Snapshots, scenario: Scenario, first_id: int, seed: int
 ) -> pd.DataFrame:
-    """Labelled applications (data.LOAN_APPLICATIONS_SCHEMA columns) for the answered ones.
+    """Labelled applications (generator.LOAN_APPLICATIONS_SCHEMA columns) for the answered ones.
 
     `answered` holds the application columns plus `sent_at` (UTC). A default happens 2-12 months
     after the application, in simulated time.
     """
     rng = np.random.default_rng(seed)
     n = len(answered)
-    logit = default_logit(answered, snapshots, scenario) + rng.normal(0.0, data.LOGIT_NOISE_SD, n)
+    logit = default_logit(answered, snapshots, scenario) + rng.normal(0.0, generator.LOGIT_NOISE_SD, n)
     defaulted = rng.random(n) < 1 / (1 + np.exp(-logit))
-    delay = pd.to_timedelta(rng.uniform(*data.DEFAULT_DELAY_MONTHS, n) * 30.4375, unit="D")
+    delay = pd.to_timedelta(rng.uniform(*generator.DEFAULT_DELAY_MONTHS, n) * 30.4375, unit="D")
     sent_at = pd.to_datetime(answered["sent_at"], utc=True).dt.as_unit("us")
     return pd.DataFrame(
         {
@@ -264,7 +265,7 @@ def realise_outcomes(
 
 def next_application_id(data_dir: Path) -> int:
     """One more than the largest application id in the labelled applications."""
-    table = pq.read_table(data_dir / data.LOAN_APPLICATIONS_FILE, columns=["application_id"])
+    table = pq.read_table(data_dir / generator.LOAN_APPLICATIONS_FILE, columns=["application_id"])
     return int(pa.compute.max(table["application_id"]).as_py() or 0) + 1
 
 
@@ -273,7 +274,7 @@ def append_applications(data_dir: Path, outcomes: pd.DataFrame) -> int:
     frame = outcomes.copy()
     for column in ("event_timestamp", "default_timestamp"):
         frame[column] = pd.to_datetime(frame[column], utc=True).dt.as_unit("us")
-    return _append(data_dir / data.LOAN_APPLICATIONS_FILE, frame, data.LOAN_APPLICATIONS_SCHEMA)
+    return _append(data_dir / generator.LOAN_APPLICATIONS_FILE, frame, generator.LOAN_APPLICATIONS_SCHEMA)
 
 
 @dataclass
@@ -429,7 +430,7 @@ def run_traffic(
 
     `progress(stage, done, total)` is called as work advances.
     """
-    from mlstack.features import BATCH_VIEWS, materialize_feature_view
+    from mlstack.features.store import BATCH_VIEWS, materialize_feature_view
 
     scenario = get_scenario(scenario_name)
     seed = int(time.time()) if seed is None else seed

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import fsspec
 import pandas as pd
 
-from mlstack import profiling
+from mlstack.data import profiles
 
 if TYPE_CHECKING:
     from whylogs.core import DatasetProfile
@@ -96,16 +96,16 @@ class FsspecProfileSink:
         directory = f"{self.root.rstrip('/')}/{_safe_name(window.model_version)}"
         base = f"{directory}/{window.start.strftime('%Y%m%dT%H%M%SZ')}"
         stem, segment = base, 0
-        while self.fs.exists(stem + profiling.PROFILE_SUFFIX):
+        while self.fs.exists(stem + profiles.PROFILE_SUFFIX):
             segment += 1
             stem = f"{base}.{segment}"
         sidecar = {**window.metadata(), "rows": window.rows, "written_at": datetime.now(UTC).isoformat()}
         if self.local:
-            profiling.write_profile(window.view(), Path(stem + profiling.PROFILE_SUFFIX))
-            profiling.write_bytes_atomic(Path(stem + SIDECAR_SUFFIX), json.dumps(sidecar, indent=2).encode())
+            profiles.write_profile(window.view(), Path(stem + profiles.PROFILE_SUFFIX))
+            profiles.write_bytes_atomic(Path(stem + SIDECAR_SUFFIX), json.dumps(sidecar, indent=2).encode())
         else:
             self.fs.makedirs(directory, exist_ok=True)
-            self.fs.pipe_file(stem + profiling.PROFILE_SUFFIX, window.view().serialize())
+            self.fs.pipe_file(stem + profiles.PROFILE_SUFFIX, window.view().serialize())
             self.fs.pipe_file(stem + SIDECAR_SUFFIX, json.dumps(sidecar, indent=2).encode())
 
 
@@ -139,7 +139,7 @@ def stored_windows(store_url: str | Path, model_version: str | None = None) -> l
     if not fs.exists(root):
         return []
     return [
-        StoredWindow(json.loads(fs.cat_file(path)), path[: -len(SIDECAR_SUFFIX)] + profiling.PROFILE_SUFFIX, fs)
+        StoredWindow(json.loads(fs.cat_file(path)), path[: -len(SIDECAR_SUFFIX)] + profiles.PROFILE_SUFFIX, fs)
         for path in sorted(fs.glob(f"{directory}/*{SIDECAR_SUFFIX}"))
     ]
 
@@ -356,7 +356,7 @@ class _InlineTracker:
     def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None:
         frame = pd.DataFrame.from_records(rows).drop(columns=[VERSION_KEY], errors="ignore")
         if window.profile is None:
-            profiling._whylogs()  # telemetry off before whylogs is imported
+            profiles._whylogs()  # telemetry off before whylogs is imported
             from whylogs.core import DatasetProfile
 
             window.profile = DatasetProfile(dataset_timestamp=window.start)

@@ -59,8 +59,8 @@ def data_generate(
 
 
 def _generate(settings: Settings) -> None:
-    from mlstack.data import generate_data
-    from mlstack.features import reset_feature_state
+    from mlstack.data.generator import generate_data
+    from mlstack.features.store import reset_feature_state
 
     if (settings.data_dir / "loan_applications.parquet").is_file() and reset_feature_state(settings):
         console.print("existing data replaced: cleared the Feast registry and this project's online rows")
@@ -96,7 +96,7 @@ def _generate(settings: Settings) -> None:
 @features_app.command("apply")
 def features_apply() -> None:
     """Register the Feast repo (entities, views, feature services): `feast apply` for this stack."""
-    from mlstack.features import apply_repo
+    from mlstack.features.store import apply_repo
 
     result = apply_repo(get_settings())
     console.print(
@@ -146,7 +146,7 @@ def features_show(
     loan_purpose: Annotated[str, typer.Option()] = "debt_consolidation",
 ) -> None:
     """Read online feature vectors (credit_risk_v1) from Redis for some customers."""
-    from mlstack.features import get_online_features, get_store, sample_entity_rows
+    from mlstack.features.store import get_online_features, get_store, sample_entity_rows
 
     settings = get_settings()
     rows = sample_entity_rows(settings, customer_ids=customer_id)
@@ -188,7 +188,7 @@ def _run_train_flow(start: datetime | None, end: datetime | None):  # type: igno
 
 
 def _print_training(outcome, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    from mlstack.registry import champion_version
+    from mlstack.training.registry import champion_version
 
     metrics = outcome.metrics
     champion = champion_version(settings)
@@ -220,7 +220,7 @@ def bento_build() -> None:
 
 
 def _build_bento(settings: Settings):  # type: ignore[no-untyped-def]
-    from mlstack.bento import build_bento
+    from mlstack.serving.bento import build_bento
 
     with console.status("bentoml build (champion pulled from MLflow by alias)..."):
         built = build_bento(settings)
@@ -243,8 +243,8 @@ def traffic(
 def _run_traffic(settings: Settings, scenario: str, rate: float, duration: float, url: str | None, seed: int | None):  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from mlstack.local_service import running_service
-    from mlstack.traffic import TrafficError, get_scenario, run_traffic
+    from mlstack.simulation.traffic import TrafficError, get_scenario, run_traffic
+    from mlstack.stack.service import running_service
 
     chosen = get_scenario(scenario)
     if url is None:
@@ -312,7 +312,7 @@ def serve(
     bento: Annotated[str | None, typer.Option(help="Serve this bento tag instead of the source tree.")] = None,
 ) -> None:
     """Start `bentoml serve` for the credit-risk service in the background (stop it with `mlstack down`)."""
-    from mlstack.local_service import SERVICE, start_service
+    from mlstack.stack.service import SERVICE, start_service
 
     service = start_service(get_settings(), {}, port, target=bento or SERVICE)
     console.print(f"credit-risk service ({service.target}) at {service.url} (pid {service.pid}, log {service.log})")
@@ -330,7 +330,7 @@ def _score_examples(settings: Settings, url: str) -> None:
     import urllib.error
     import urllib.request
 
-    from mlstack.features import sample_entity_rows
+    from mlstack.features.store import sample_entity_rows
 
     applications = [
         {**row, "loan_amount": amount, "loan_term_months": 36, "loan_purpose": "debt_consolidation"}
@@ -369,7 +369,7 @@ def _score_examples(settings: Settings, url: str) -> None:
 @model_app.command("show")
 def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias.")] = "@champion") -> None:
     """Print a model version's lineage: feature service, training window, fingerprint, commit, metrics."""
-    from mlstack.registry import describe
+    from mlstack.training.registry import describe
 
     info = describe(get_settings(), ref)
     table = Table(title=f"{get_settings().model_name} {ref}", show_header=False)
@@ -383,7 +383,7 @@ def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias
 @model_app.command("rollback")
 def model_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on both versions.")]) -> None:
     """Move @champion back to the previous champion and record why."""
-    from mlstack.registry import rollback
+    from mlstack.training.registry import rollback
 
     previous, now = rollback(get_settings(), reason)
     console.print(f"@champion moved from version {previous} back to version {now}")
@@ -395,24 +395,24 @@ def demo(
     reuse_data: Annotated[bool, typer.Option(help="Keep the offline data of an earlier run (default: fresh).")] = False,
 ) -> None:
     """The whole loop as a story: data, features, train, bento, serve, traffic, drift, event, retrain, new champion."""
-    from mlstack import demo as story
-    from mlstack import stack
-    from mlstack.local_service import running_service, start_service, stop_service
-    from mlstack.online_store import resolve_redis
+    from mlstack.features.online_store import resolve_redis
+    from mlstack.simulation import demo as story
+    from mlstack.stack import local as local_stack
+    from mlstack.stack.service import running_service, start_service, stop_service
 
     started = time.monotonic()
     settings = story.demo_settings(_settings(customers=customers))
-    os.environ.update(stack.settings_environment(settings))  # in-process flows and every child see the same
+    os.environ.update(local_stack.settings_environment(settings))  # in-process flows and every child see the same
     get_settings.cache_clear()
     notes = story.DemoStory()
 
     console.rule("[bold]1. orchestration: a local Prefect server, the deployments of prefect.yaml, a worker")
-    api_url = stack.start_prefect_server(settings)
+    api_url = local_stack.start_prefect_server(settings)
     os.environ["PREFECT_API_URL"] = api_url  # the flows below run in this process and report to it
-    stack.ensure_work_pool(settings, api_url)
+    local_stack.ensure_work_pool(settings, api_url)
     with console.status("prefect deploy --all (imports each flow)..."):
-        deployments = stack.deploy_flows(settings, api_url)
-    worker = stack.start_worker(settings, api_url)
+        deployments = local_stack.deploy_flows(settings, api_url)
+    worker = local_stack.start_worker(settings, api_url)
     console.print(f"Prefect UI {api_url.removesuffix('/api')}; deployments: {', '.join(deployments)}")
     console.print(f"process worker on pool {settings.work_pool!r} (log {worker.log})")
 
@@ -435,7 +435,7 @@ def demo(
     console.rule("[bold]5. package the champion (bentoml build) and serve the bento")
     built = _build_bento(settings)
     stop_service(settings)  # a service left by an earlier run would serve an older model
-    service = start_service(settings, stack.settings_environment(settings), target=built.tag)
+    service = start_service(settings, local_stack.settings_environment(settings), target=built.tag)
     console.print(f"credit-risk service ({built.tag}) at {service.url} (log {service.log})")
     _score_examples(settings, service.url)
 
@@ -525,7 +525,7 @@ def bootstrap(
         console.print(f"reusing data in {settings.data_dir}")
     _print_materialized(_run_materialize_flow(None, None))
     if skip_training_if_champion:
-        from mlstack.registry import champion_version
+        from mlstack.training.registry import champion_version
 
         champion = champion_version(settings)
         if champion is not None:
@@ -541,7 +541,7 @@ def up(
 ) -> None:
     """Start the local stack natively: Redis, MLflow server, Prefect server + worker + deployments, the service."""
     from mlstack.errors import StackError
-    from mlstack.stack import start_stack
+    from mlstack.stack.local import start_stack
 
     settings = get_settings()
     started = time.perf_counter()
@@ -588,7 +588,7 @@ def _print_components(title: str, rows) -> None:  # type: ignore[no-untyped-def]
 @app.command()
 def down() -> None:
     """Stop the local stack: the service (flushing its profiles), worker, Prefect server, MLflow server, Redis."""
-    from mlstack.stack import stop_stack
+    from mlstack.stack.local import stop_stack
 
     settings = get_settings()
     for name, was_running in stop_stack(settings):
@@ -600,7 +600,7 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Show what the local stack runs and whether it is healthy; its data, Feast registry and MLflow champion."""
-    from mlstack.stack import stack_status
+    from mlstack.stack.local import stack_status
 
     settings = get_settings()
     console.print(f"state dir: {settings.state_dir}")
@@ -612,7 +612,7 @@ def status() -> None:
     else:
         console.print("feast registry: none yet (mlstack features apply)")
     if settings.mlflow_tracking_uri or (settings.mlflow_dir / "mlflow.db").is_file():
-        from mlstack.registry import RegistryError, champion_version
+        from mlstack.training.registry import RegistryError, champion_version
 
         try:
             champion = champion_version(settings)
@@ -634,7 +634,7 @@ def main() -> None:
     if "PREFECT_API_URL" not in os.environ:
         # With `mlstack up` running, CLI flow runs report to its Prefect server (the UI shows them)
         # instead of a temporary server on the same database.
-        from mlstack.stack import running_prefect_api_url
+        from mlstack.stack.local import running_prefect_api_url
 
         local = running_prefect_api_url(get_settings())
         if local:

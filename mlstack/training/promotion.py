@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from mlstack.evaluation import Metrics
 from mlstack.settings import Settings
+from mlstack.training.evaluation import Metrics
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mlstack import model_input
-from mlstack.data import LOAN_APPLICATIONS_FILE
+from mlstack.data.generator import LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
-from mlstack.model_input import LABEL
 from mlstack.settings import Settings
+from mlstack.training import model_input
+from mlstack.training.model_input import LABEL
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -129,13 +129,15 @@ def build_training_set(
     settings: Settings, store: FeatureStore, start: datetime | None = None, end: datetime | None = None
 ) -> TrainingSet:
     """Join the window's labelled applications point-in-time with the feature service (one row per application)."""
-    from mlstack import features  # Why here: `import feast` costs seconds that splitting and training never need
+    from mlstack.features import (
+        store as feature_store,  # Why here: `import feast` costs seconds that splitting and training never need
+    )
 
     window_start, window_end = training_window(settings, start, end)
     applications = labelled_applications(settings, window_start, window_end)
-    joined = features.get_historical_features(store, applications)
-    frame = _one_row_per_application(applications, joined, features.FEATURE_SERVICE)
-    service = store.get_feature_service(features.FEATURE_SERVICE)
+    joined = feature_store.get_historical_features(store, applications)
+    frame = _one_row_per_application(applications, joined, feature_store.FEATURE_SERVICE)
+    service = store.get_feature_service(feature_store.FEATURE_SERVICE)
     feature_refs = [
         f"{projection.name_to_use()}:{feature.name}"
         for projection in service.feature_view_projections

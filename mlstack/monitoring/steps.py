@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlstack import drift, profiling, registry
-from mlstack.drift import DriftReport, DriftThresholds, GatheredProfiles
+from mlstack.data import profiles
 from mlstack.errors import StackError
+from mlstack.monitoring import drift
+from mlstack.monitoring.drift import DriftReport, DriftThresholds, GatheredProfiles
 from mlstack.settings import Settings
+from mlstack.training import registry
 
 if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
@@ -61,7 +63,7 @@ def monitored_version(settings: Settings, model_version: str | None) -> str:
 def load_reference(settings: Settings, version: str) -> DatasetProfileView:
     """The training reference profile of `version`, from its MLflow run."""
     with tempfile.TemporaryDirectory(prefix="mlstack-reference-") as tmp:
-        return profiling.read_profile(registry.download_reference_profile(settings, version, Path(tmp)))
+        return profiles.read_profile(registry.download_reference_profile(settings, version, Path(tmp)))
 
 
 def gather(settings: Settings, version: str, window: tuple[datetime, datetime]) -> GatheredProfiles:
@@ -129,7 +131,7 @@ def claim_drift_event(settings: Settings, version: str, now: datetime | None = N
     if not drift.should_emit(last, now, timedelta(minutes=settings.drift_event_cooldown_minutes)):
         return False
     emitted[version] = now.isoformat()
-    profiling.write_bytes_atomic(path, json.dumps(emitted, indent=2).encode())
+    profiles.write_bytes_atomic(path, json.dumps(emitted, indent=2).encode())
     return True
 
 

@@ -24,9 +24,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlstack import model_input, profiling
+from mlstack.data import profiles
 from mlstack.errors import StackError
-from mlstack.traffic_profiles import stored_windows
+from mlstack.monitoring.live_profiles import stored_windows
+from mlstack.training import model_input
 
 if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
@@ -159,7 +160,7 @@ def gather_profiles(store_url: str | Path, model_version: str, start: datetime, 
     for window in stored_windows(store_url, model_version):
         if not window.overlaps(start, end):
             continue
-        view = profiling.deserialize_profile(window.read_bytes(), window.profile_path)
+        view = profiles.deserialize_profile(window.read_bytes(), window.profile_path)
         merged = view if merged is None else merged.merge(view)
         windows += 1
         rows += window.rows
@@ -170,7 +171,7 @@ def score_columns(
     current: DatasetProfileView, reference: DatasetProfileView, columns: Iterable[str], thresholds: DriftThresholds
 ) -> tuple[list[ColumnDrift], list[str]]:
     """Score each of `columns` present in both profiles; returns (scores, columns missing from either)."""
-    profiling._whylogs()
+    profiles._whylogs()
     from whylogs.viz.drift.column_drift_algorithms import ChiSquare, Hellinger
     from whylogs.viz.drift.configs import HellingerConfig
 

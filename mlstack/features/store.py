@@ -19,7 +19,7 @@ from feast import FeatureStore
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
 from mlstack.errors import StackError
-from mlstack.online_store import RedisTarget, feast_connection_string, resolve_redis
+from mlstack.features.online_store import RedisTarget, feast_connection_string, resolve_redis
 from mlstack.settings import Settings
 
 log = logging.getLogger(__name__)

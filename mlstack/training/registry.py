@@ -38,10 +38,10 @@ from mlflow.models import Model, infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from mlstack.errors import StackError
-from mlstack.evaluation import Metrics
-from mlstack.promotion import Decision, history_after_promotion, history_after_rollback, plan_rollback
 from mlstack.settings import Settings
-from mlstack.training import Split, TrainingSet
+from mlstack.training.dataset import Split, TrainingSet
+from mlstack.training.evaluation import Metrics
+from mlstack.training.promotion import Decision, history_after_promotion, history_after_rollback, plan_rollback
 
 logger = logging.getLogger(__name__)
 

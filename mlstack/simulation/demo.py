@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mlstack import registry
 from mlstack.errors import StackError
 from mlstack.settings import Settings
-from mlstack.stack import request_json
+from mlstack.stack.local import request_json
+from mlstack.training import registry
 
 RETRAIN_DEPLOYMENT = "weekly-and-on-drift"
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

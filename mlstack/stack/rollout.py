@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from mlstack.bento import BuiltBento, build_bento
 from mlstack.errors import StackError
-from mlstack.local_service import LocalService, running_service, start_service, stop_service
+from mlstack.serving.bento import BuiltBento, build_bento
 from mlstack.settings import Settings
+from mlstack.stack.service import LocalService, running_service, start_service, stop_service
 
 SERVICE_IMAGE = "mlstack/credit-risk"
 

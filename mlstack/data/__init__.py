@@ -1,0 +1,1 @@
+"""Data: table schemas and vocabularies, the seeded synthetic generator, whylogs profiles of frames."""

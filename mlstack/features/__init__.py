@@ -1,0 +1,1 @@
+"""Features: Feast store access (apply, materialise, online reads) and the Redis online store."""

@@ -1,0 +1,1 @@
+"""Monitoring: live-traffic profiles, drift scoring, the monitor's steps."""

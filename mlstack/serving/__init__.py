@@ -1,0 +1,1 @@
+"""Serving: the scoring core, the worker runtime, bento packaging."""

@@ -1,0 +1,1 @@
+"""Simulation: traffic scenarios with delayed outcomes, and the demo story."""

@@ -1,0 +1,1 @@
+"""The local stack: Prefect and MLflow servers, the background service, rollout of a new champion."""

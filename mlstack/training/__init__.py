@@ -1,0 +1,1 @@
+"""Training: the model input contract, point-in-time datasets, evaluation, the gate, the MLflow registry."""
