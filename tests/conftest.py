@@ -6,20 +6,17 @@ Redis: MLSTACK_TEST_REDIS_URL if set, otherwise the suite starts its own redis-s
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget, make_client, parse_redis_url
-from mlstack.settings import PROJECT_ROOT, Settings
+from mlstack.settings import Settings
+from tests.support.factories import fresh_db
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-
-_DBS = itertools.cycle(range(1, 16))  # DB 0 is left to whoever owns an external server
 
 
 @pytest.fixture(scope="session")
@@ -35,29 +32,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTarg
     server.stop()
 
 
-def make_settings(state_dir: Path, target: RedisTarget | None = None, **overrides: object) -> Settings:
-    """Settings isolated in ``state_dir``; pointing at ``target`` when given."""
-    values: dict[str, object] = {
-        "state_dir": state_dir,
-        "feature_repo": PROJECT_ROOT / "feature_store",
-        "redis_url": _url(target) if target else None,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def _url(target: RedisTarget) -> str:
-    auth = f"{target.username or ''}:{target.password}@" if target.password else ""
-    return f"{'rediss' if target.ssl else 'redis'}://{auth}{target.host}:{target.port}/{target.db}"
-
-
-def fresh_db(redis_server: RedisTarget) -> RedisTarget:
-    """The next logical DB of the cycle, flushed: for tests that need more than one."""
-    target = redis_server.with_db(next(_DBS))
-    make_client(target, Settings()).flushdb()
-    return target
-
-
 @pytest.fixture
 def redis_db(redis_server: RedisTarget) -> Iterator[RedisTarget]:
     """The session Redis, on a logical DB of this test's own, empty before and flushed after."""
@@ -66,7 +40,7 @@ def redis_db(redis_server: RedisTarget) -> Iterator[RedisTarget]:
     make_client(target, Settings()).flushdb()
 
 
-# --- PostgreSQL and MLflow server (see tests/integration/services.py) ---
+# --- PostgreSQL and MLflow server (see tests/support/services.py) ---
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow reads it at import and ignores DO_NOT_TRACK=1
 os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
@@ -75,7 +49,7 @@ os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """libpq URL of a PostgreSQL maintenance DB: MLSTACK_TEST_POSTGRES_URL, or a throwaway cluster of our own."""
-    from tests.integration import services
+    from tests.support import services
 
     url = os.environ.get("MLSTACK_TEST_POSTGRES_URL")
     if url:
@@ -95,7 +69,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def postgres_db(postgres_url: str) -> Iterator[str]:
     """A fresh, empty database of this test's own (libpq URL), dropped after."""
-    from tests.integration import services
+    from tests.support import services
 
     url = services.create_database(postgres_url)
     yield url
@@ -109,7 +83,7 @@ def mlflow_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -
     Module scope: start-up (imports + schema migrations) takes ~15 s. Tests keep apart by using
     their own registered-model and experiment names.
     """
-    from tests.integration import services
+    from tests.support import services
 
     database = services.create_database(postgres_url)
     try:

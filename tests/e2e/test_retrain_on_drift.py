@@ -24,8 +24,8 @@ from mlstack.simulation.demo import RETRAIN_DEPLOYMENT, deployment_runs, version
 from mlstack.stack import local as stack_local
 from mlstack.stack.service import running_service, start_service, stop_service
 from mlstack.training import registry
-from tests.integration.services import free_port
-from tests.integration.serving_stack import build_serving_stack
+from tests.support.services import free_port
+from tests.support.serving_stack import build_serving_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

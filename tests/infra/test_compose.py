@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.integration.compose_native import (
+from tests.support.compose_native import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
     REPO,
@@ -291,7 +291,7 @@ def test_healthcheck_script_exits_nonzero_when_unreachable(unused_port: int):
 
 @pytest.fixture
 def unused_port() -> int:
-    from tests.integration.services import free_port
+    from tests.support.services import free_port
 
     return free_port()
 

@@ -12,8 +12,8 @@ import yaml
 from mlstack.serving.bento import MODEL_DIR_NAME, build_bento, load_bundled_model
 from mlstack.stack.service import start_service, stop_service
 from mlstack.training import registry
-from tests.integration.services import free_port
-from tests.integration.serving_stack import build_serving_stack
+from tests.support.services import free_port
+from tests.support.serving_stack import build_serving_stack
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 
 from mlstack.features.online_store import make_client
 from mlstack.settings import PROJECT_ROOT, Settings
-from tests.conftest import _url
+from tests.support.factories import redis_url
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def _mlstack(*args: str, env: dict[str, str], timeout: float = 300) -> subproces
 
 
 def test_cli_generates_and_materializes_through_the_prefect_flow(tmp_path, redis_db):
-    env = {"MLSTACK_STATE_DIR": str(tmp_path / "state"), "MLSTACK_REDIS_URL": _url(redis_db)}
+    env = {"MLSTACK_STATE_DIR": str(tmp_path / "state"), "MLSTACK_REDIS_URL": redis_url(redis_db)}
     generated = _mlstack("data", "generate", "--customers", "400", "--months", "12", env=env)
     assert generated.returncode == 0, generated.stderr
     assert "loan_applications" in generated.stdout
@@ -71,7 +71,7 @@ def test_cli_reports_dead_redis_clearly_and_fast(tmp_path):
 
 def test_cli_names_the_missing_step_without_data(tmp_path, redis_db):
     result = _mlstack(
-        "features", "apply", env={"MLSTACK_STATE_DIR": str(tmp_path), "MLSTACK_REDIS_URL": _url(redis_db)}
+        "features", "apply", env={"MLSTACK_STATE_DIR": str(tmp_path), "MLSTACK_REDIS_URL": redis_url(redis_db)}
     )
     assert result.returncode == 1
     assert "mlstack data generate" in result.stderr

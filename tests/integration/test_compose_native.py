@@ -26,7 +26,7 @@ import redis
 
 from mlstack.features.online_store import make_client, parse_redis_url
 from mlstack.settings import Settings
-from tests.integration import compose_native as native
+from tests.support import compose_native as native
 
 pytestmark = pytest.mark.integration
 

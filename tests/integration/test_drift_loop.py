@@ -16,7 +16,7 @@ from mlstack.simulation.traffic import run_traffic
 from mlstack.stack.service import start_service, stop_service
 from mlstack.training import model_input, registry
 from mlstack.training import steps as training_steps
-from tests.integration.serving_stack import build_serving_stack
+from tests.support.serving_stack import build_serving_stack
 
 pytestmark = pytest.mark.integration
 WINDOW_SECONDS = 4

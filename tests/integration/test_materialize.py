@@ -17,7 +17,7 @@ from mlstack.data.generator import generate_data
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget, make_client
 from mlstack.features.store import BATCH_VIEWS, apply_features, get_online_features, get_store, materialize_view
 from mlstack.settings import PROJECT_ROOT, Settings
-from tests.conftest import _url, fresh_db, make_settings
+from tests.support.factories import fresh_db, make_settings, redis_url
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_materialize_interrupted_run_completes_on_rerun(tmp_path, redis_server, 
     env = {
         **os.environ,
         "MLSTACK_STATE_DIR": str(settings.state_dir),
-        "MLSTACK_REDIS_URL": _url(interrupted),
+        "MLSTACK_REDIS_URL": redis_url(interrupted),
         "MLSTACK_MATERIALIZE_BATCH_SIZE": "25",  # a settings field: small batches to interrupt,
     }
     proc = subprocess.Popen(
@@ -111,7 +111,7 @@ def test_materialize_interrupted_run_completes_on_rerun(tmp_path, redis_server, 
 
     start, stop = store.get_feature_view("customer_profile").materialization_intervals[-1]
     assert stop == end and start < end - timedelta(days=80)
-    clean_settings = settings.model_copy(update={"redis_url": _url(reference)})
+    clean_settings = settings.model_copy(update={"redis_url": redis_url(reference)})
     clean = get_store(clean_settings, reference)
     clean.materialize(start_date=start, end_date=stop, feature_views=["customer_profile"])
     assert _dump(interrupted) == _dump(reference)

@@ -11,7 +11,7 @@ import pytest
 
 from mlstack.features.online_store import RedisTarget
 from mlstack.features.store import BATCH_VIEWS, MaterializeResult, get_online_features, materialize_view
-from tests.integration.feast_fixtures import (
+from tests.support.feast_repo import (
     RESTATED_CUSTOMERS,
     FeastRepo,
     applied_repo,

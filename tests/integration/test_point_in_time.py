@@ -11,7 +11,7 @@ import pytest
 
 from mlstack.features.online_store import RedisTarget
 from mlstack.features.store import BATCH_VIEWS, get_historical_features
-from tests.integration.feast_fixtures import (
+from tests.support.feast_repo import (
     FeastRepo,
     applied_repo,
     expected_loan_ratios,

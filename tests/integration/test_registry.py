@@ -28,7 +28,7 @@ from mlstack.training.dataset import Split, TrainingSet
 from mlstack.training.evaluation import Metrics
 from mlstack.training.promotion import Decision, decide, floors_from
 from mlstack.training.registry import NoPreviousChampionError, RegistryError
-from tests.conftest import make_settings
+from tests.support.factories import make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 from mlstack.features.online_store import process_alive
 from mlstack.monitoring.live_profiles import count_profiled_rows
 from mlstack.settings import get_settings
-from tests.integration.serving_stack import GOOD, build_serving_stack
+from tests.support.serving_stack import GOOD, build_serving_stack
 
 pytestmark = pytest.mark.integration
 

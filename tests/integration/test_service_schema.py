@@ -16,7 +16,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from mlstack.serving.scoring import MAX_CUSTOMER_ID
-from tests.integration.serving_stack import GOOD, background_service
+from tests.support.serving_stack import GOOD, background_service
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 60  # per operation and generation mode: about a minute in all on a busy 2-core machine

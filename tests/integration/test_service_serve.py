@@ -13,7 +13,7 @@ import pytest
 from mlstack.features.online_store import process_alive
 from mlstack.monitoring.live_profiles import count_profiled_rows
 from mlstack.stack.service import running_service, start_service
-from tests.integration.serving_stack import GOOD, background_service
+from tests.support.serving_stack import GOOD, background_service
 
 pytestmark = pytest.mark.integration
 TOKEN = "serve-test-token"

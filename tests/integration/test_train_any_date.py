@@ -15,7 +15,7 @@ import pytest
 from mlstack.data.generator import generate_data
 from mlstack.features.store import apply_features, get_store
 from mlstack.training import steps as training_steps
-from tests.conftest import fresh_db, make_settings
+from tests.support.factories import fresh_db, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from mlstack.settings import get_settings
 from mlstack.training import evaluation, registry
 from mlstack.training import steps as training_steps
 from mlstack.training.dataset import TrainingDataError, TrainingSet
-from tests.conftest import fresh_db, make_settings
+from tests.support.factories import fresh_db, make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -35,8 +35,8 @@ from mlstack.training.dataset import (
 )
 from mlstack.training.evaluation import evaluate, leakage_warnings, univariate_auc, write_plots
 from mlstack.training.model_input import FEATURES
-from tests.conftest import _DBS, make_settings
-from tests.integration.feast_fixtures import (
+from tests.support.factories import DBS, make_settings
+from tests.support.feast_repo import (
     ViewSpec,
     expected_loan_ratios,
     future_peeking_join,
@@ -87,7 +87,7 @@ class TrainingRepo:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisTarget) -> Iterator[TrainingRepo]:
     """Generated data and the real repo applied against it, on a Redis logical DB held for the module."""
-    target = redis_server.with_db(next(_DBS))
+    target = redis_server.with_db(next(DBS))
     settings = make_settings(tmp_path_factory.mktemp("training-state"), target, data_end=DATA_END.date(), seed=SEED)
     with held_db_and_environment(settings, target):
         generate_data(settings.data_dir, customers=CUSTOMERS, months=MONTHS, end=DATA_END, seed=SEED)

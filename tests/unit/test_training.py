@@ -24,7 +24,7 @@ from mlstack.training.dataset import (
     training_params,
 )
 from mlstack.training.model_input import CATEGORICAL, FEATURES, ModelInputError, categorical_indices, encode, encode_row
-from tests.conftest import make_settings
+from tests.support.factories import make_settings
 
 START = pd.Timestamp("2025-01-01", tz="UTC")
 

@@ -53,7 +53,7 @@ import psycopg2
 import yaml
 from psycopg2 import sql
 
-from tests.integration import services as test_services
+from tests.support import services as test_services
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

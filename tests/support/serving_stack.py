@@ -16,7 +16,7 @@ from mlstack.features.store import BATCH_VIEWS, apply_features, get_store, mater
 from mlstack.settings import Settings
 from mlstack.stack.service import LocalService, start_service, stop_service
 from mlstack.training import steps as training_steps
-from tests.conftest import _url, make_settings
+from tests.support.factories import make_settings, redis_url
 
 GOOD = {"customer_id": 1, "zipcode": "00000", "loan_amount": 12000.0, "loan_term_months": 36, "loan_purpose": "car"}
 
@@ -34,7 +34,7 @@ class ServingStack:
         """The MLSTACK_* variables that make `get_settings()` in a service process see this stack."""
         return {
             "MLSTACK_STATE_DIR": str(self.settings.state_dir),
-            "MLSTACK_REDIS_URL": _url(self.target),
+            "MLSTACK_REDIS_URL": redis_url(self.target),
             "MLSTACK_DATA_END": self.settings.data_end.isoformat(),
             "MLSTACK_PROFILE_WINDOW_SECONDS": str(self.settings.profile_window_seconds),
         }

@@ -26,7 +26,7 @@ from mlstack.data.generator import LOAN_APPLICATIONS_FILE, generate_data
 from mlstack.features.online_store import RedisTarget, make_client
 from mlstack.features.store import BATCH_VIEWS, apply_features, feast_environment, get_store
 from mlstack.settings import Settings
-from tests.conftest import _DBS, make_settings
+from tests.support.factories import DBS, make_settings
 
 CUSTOMERS = 1500
 MONTHS = 12
@@ -98,7 +98,7 @@ def view_specs(store: FeatureStore, data_dir: Path) -> dict[str, ViewSpec]:
 def applied_repo(state_dir: Path, redis_server: RedisTarget) -> Iterator[FeastRepo]:
     """Generate data, apply the real repo, and hold an emptied Redis DB until the block exits."""
     # A logical DB from the same cycle as conftest's `redis_db`, held for a whole module.
-    target = redis_server.with_db(next(_DBS))
+    target = redis_server.with_db(next(DBS))
     settings = make_settings(state_dir, target)
     with held_db_and_environment(settings, target):
         data_end = utc_midnight_today()
