@@ -51,7 +51,7 @@ class Timing:
 
 def run_stack(settings: Settings, target: RedisTarget, end: datetime, label: str) -> Timing:
     """Fresh registry and empty DB, apply (untimed), then time materialising both customer views."""
-    shutil.rmtree(settings.state_dir / "feast", ignore_errors=True)
+    shutil.rmtree(settings.feast_dir, ignore_errors=True)
     admin_client(target, settings).flushdb()
     store = get_store(settings, target)
     apply_features(store, settings.feature_repo)

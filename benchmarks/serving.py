@@ -154,7 +154,7 @@ def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
     feast_bin = str(Path(sys.executable).with_name("feast"))
 
     def bentoml(name: str, target: str, extra: dict[str, str]) -> Server:
-        profiles = {"MLSTACK_PROFILE_STORE": str(settings.state_dir / "profiles" / name)}
+        profiles = {"MLSTACK_PROFILE_STORE": str(settings.profiles_dir / name)}
         command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(ports[name])]
         return start_server(name, command, {**base, **profiles, **extra}, PROJECT_ROOT, ports[name], "/readyz", logs)
 

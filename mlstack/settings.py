@@ -154,7 +154,7 @@ class Settings(BaseSettings):
 
     def profile_store_url(self) -> str:
         """Where the service writes its whylogs profiles."""
-        return self.profile_store or str(self.state_dir / "profiles")
+        return self.profile_store or str(self.profiles_dir)
 
     def data_end_datetime(self) -> datetime:
         """The end of generated history as a tz-aware UTC midnight."""
@@ -171,14 +171,68 @@ class Settings(BaseSettings):
         """Directory of the local MLflow store (SQLite database and artifacts)."""
         return self.state_dir / "mlflow"
 
+    @property
+    def mlflow_db_path(self) -> Path:
+        """The local MLflow tracking and registry database (SQLite), used when no tracking URI is set."""
+        return self.mlflow_dir / "mlflow.db"
+
     def tracking_uri(self) -> str:
         """The MLflow tracking URI in force: the setting, or SQLite under the state dir."""
-        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_db_path}"
 
     @property
     def redis_dir(self) -> Path:
         """Directory of the embedded Redis server (data, pid, config, password)."""
         return self.state_dir / "redis"
+
+    @property
+    def feast_dir(self) -> Path:
+        """Directory of Feast's local state (the SQLite registry)."""
+        return self.state_dir / "feast"
+
+    @property
+    def feast_registry_path(self) -> Path:
+        """The local Feast SQL registry (SQLite), used when no registry URL is set."""
+        return self.feast_dir / "registry.db"
+
+    def feast_registry(self) -> str:
+        """The Feast registry URL in force: the setting, or SQLite under the state dir."""
+        return self.feast_registry_url or f"sqlite:///{self.feast_registry_path}"
+
+    @property
+    def profiles_dir(self) -> Path:
+        """Default live-traffic profile store (when ``profile_store`` is unset)."""
+        return self.state_dir / "profiles"
+
+    @property
+    def monitor_dir(self) -> Path:
+        """The monitor's reports and its drift-event cooldown record."""
+        return self.state_dir / "monitor"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Scratch files of training runs (plots, reference profiles) before they go to MLflow."""
+        return self.state_dir / "runs"
+
+    @property
+    def stack_dir(self) -> Path:
+        """State files (pid, start time) and logs of the processes `mlstack up` runs."""
+        return self.state_dir / "stack"
+
+    @property
+    def service_dir(self) -> Path:
+        """State file and log of the background credit-risk service."""
+        return self.state_dir / "service"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BentoML's bento and model store."""
+        return self.state_dir / "bentoml"
+
+    @property
+    def prefect_home(self) -> Path:
+        """Prefect's home (ephemeral database, profiles) when no PREFECT_HOME is set."""
+        return self.state_dir / "prefect"
 
 
 @lru_cache(maxsize=1)
@@ -201,7 +255,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         "WHYLOGS_NO_ANALYTICS": "True",
     }
     bentoml_defaults = {  # BentoML's bento/model store lives with the rest of the local state
-        "BENTOML_HOME": str(settings.state_dir / "bentoml"),
+        "BENTOML_HOME": str(settings.bentoml_home),
         "BENTOML_DO_NOT_TRACK": "True",
     }
     return {
@@ -217,7 +271,7 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
     Values already set in the environment (e.g. PREFECT_API_URL of a real server) win.
     """
     defaults = {
-        "PREFECT_HOME": str(settings.state_dir / "prefect"),
+        "PREFECT_HOME": str(settings.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

@@ -606,12 +606,12 @@ def status() -> None:
     console.print(f"state dir: {settings.state_dir}")
     _print_components("local stack (`mlstack up` starts it, `mlstack down` stops it)", stack_status(settings))
     console.print(f"data: {'present' if (settings.data_dir / 'loan_applications.parquet').is_file() else 'missing'}")
-    registry_file = settings.state_dir / "feast" / "registry.db"
+    registry_file = settings.feast_registry_path
     if settings.feast_registry_url or registry_file.is_file():
         console.print(f"feast registry: {settings.feast_registry_url or registry_file}")
     else:
         console.print("feast registry: none yet (mlstack features apply)")
-    if settings.mlflow_tracking_uri or (settings.mlflow_dir / "mlflow.db").is_file():
+    if settings.mlflow_tracking_uri or settings.mlflow_db_path.is_file():
         from mlstack.training.registry import RegistryError, champion_version
 
         try:

@@ -38,8 +38,7 @@ def feast_environment(settings: Settings, target: RedisTarget) -> dict[str, str]
     Not ``MLSTACK_*``: settings would read them back as their own fields in the next Settings().
     """
     return {
-        "FEAST_MLSTACK_REGISTRY_URL": settings.feast_registry_url
-        or f"sqlite:///{settings.state_dir / 'feast' / 'registry.db'}",
+        "FEAST_MLSTACK_REGISTRY_URL": settings.feast_registry(),
         "FEAST_MLSTACK_DATA_DIR": str(settings.data_dir),
         "FEAST_MLSTACK_REDIS_CONNECTION": feast_connection_string(target, settings),
         "FEAST_MLSTACK_SKIP_DEDUP": "true" if settings.materialize_skip_dedup else "false",
@@ -55,7 +54,7 @@ def get_store(settings: Settings, target: RedisTarget | None = None) -> FeatureS
     """
     target = target or resolve_redis(settings)
     os.environ.update(feast_environment(settings, target))
-    (settings.state_dir / "feast").mkdir(parents=True, exist_ok=True)
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(settings.feature_repo))
 
 
@@ -102,7 +101,7 @@ def reset_feature_state(settings: Settings) -> bool:
     Needed when the offline data is regenerated: incremental windows recorded for the old data would
     otherwise skip the new data's history, and Redis would keep the old data's vectors.
     """
-    registry_file = settings.state_dir / "feast" / "registry.db"
+    registry_file = settings.feast_registry_path
     if settings.feast_registry_url is None and not registry_file.exists():
         return False
     store = get_store(settings)

@@ -95,7 +95,7 @@ class RecordedDrift:
 
 def record(settings: Settings, report: DriftReport) -> RecordedDrift:
     """Log the scores (and the chart and table) to MLflow against the monitored version."""
-    directory = settings.state_dir / "monitor" / report.window_end.strftime("%Y%m%dT%H%M%SZ")
+    directory = settings.monitor_dir / report.window_end.strftime("%Y%m%dT%H%M%SZ")
     directory.mkdir(parents=True, exist_ok=True)
     markdown = directory / "drift.md"
     markdown.write_text(drift.drift_markdown(report))
@@ -113,7 +113,7 @@ def record(settings: Settings, report: DriftReport) -> RecordedDrift:
 
 
 def _cooldown_file(settings: Settings) -> Path:
-    return settings.state_dir / "monitor" / "drift_events.json"
+    return settings.monitor_dir / "drift_events.json"
 
 
 def claim_drift_event(settings: Settings, version: str, now: datetime | None = None) -> bool:

@@ -102,7 +102,7 @@ class StackReport:
 
 def stack_dir(settings: Settings) -> Path:
     """Directory of the stack's state files and logs."""
-    return settings.state_dir / "stack"
+    return settings.stack_dir
 
 
 def _state_file(settings: Settings, name: str) -> Path:
@@ -629,7 +629,7 @@ def ensure_redis(settings: Settings) -> ComponentStatus:
 
 def champion_note(settings: Settings) -> str | None:
     """None if MLflow has a `@champion`; else why the service cannot start (what to run first)."""
-    if not mlflow_is_remote(settings) and not (settings.mlflow_dir / "mlflow.db").is_file():
+    if not mlflow_is_remote(settings) and not settings.mlflow_db_path.is_file():
         return "no model yet"
     from mlstack.training.registry import RegistryError, champion_version
 

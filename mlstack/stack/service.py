@@ -36,7 +36,7 @@ class LocalService:
 
 
 def _state_file(settings: Settings) -> Path:
-    return settings.state_dir / "service" / "service.json"
+    return settings.service_dir / "service.json"
 
 
 def running_service(settings: Settings) -> LocalService | None:
@@ -61,7 +61,7 @@ def start_service(
     current = running_service(settings)
     if current is not None:
         return current
-    directory = settings.state_dir / "service"
+    directory = settings.service_dir
     directory.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     log = directory / "serve.log"

@@ -232,7 +232,7 @@ def run_training(
 def run_directory(settings: Settings) -> Path:
     """A fresh local directory for one run's artifact files before they are logged."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    root = settings.state_dir / "runs"
+    root = settings.runs_dir
     root.mkdir(exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="train-", dir=root))
 
