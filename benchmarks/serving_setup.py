@@ -63,7 +63,13 @@ def prepare_serving(customers: int, root: Path = BENCH_ROOT, sample: int = 500) 
 
 def _build(settings: Settings, target: RedisTarget, customers: int, today: datetime) -> None:
     """Fresh data, features and champion in the benchmark's state dir."""
-    for directory in (settings.data_dir, settings.feast_dir, settings.mlflow_dir, settings.profiles_dir, settings.runs_dir):
+    for directory in (
+        settings.data_dir,
+        settings.feast_dir,
+        settings.mlflow_dir,
+        settings.profiles_dir,
+        settings.runs_dir,
+    ):
         shutil.rmtree(directory, ignore_errors=True)
     make_client(target, settings).flushdb()
     generate_data(settings.data_dir, customers=customers, months=settings.months, end=today, seed=settings.seed)
