@@ -48,7 +48,7 @@ from pathlib import Path
 from benchmarks.common import BENCH_ROOT
 from benchmarks.serving_setup import BenchStack, prepare_serving
 from mlstack.features.store import feast_environment
-from mlstack.settings import PROJECT_ROOT, stack_environment
+from mlstack.settings import PROJECT_ROOT, TELEMETRY_OFF, stack_environment
 from mlstack.stack.service import stop_process_group
 
 LUA = Path(__file__).with_name("serving_wrk.lua")
@@ -146,9 +146,7 @@ def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
     base = {
         **stack_environment(settings),
         **stack.environment(),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
+        **TELEMETRY_OFF,
     }
     ports = {name: free_port() for name in ("main", "noprof", "pyfunc", "feast", "peer")}
     feast_bin = str(Path(sys.executable).with_name("feast"))

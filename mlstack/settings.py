@@ -235,6 +235,22 @@ class Settings(BaseSettings):
         return self.state_dir / "prefect"
 
 
+# Usage telemetry of every library the stack drives, off: offline, their heartbeats hang or hold
+# locks, and a reference stack has no business phoning home. The one list; everything imports it.
+TELEMETRY_OFF: dict[str, str] = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow reads it at import and ignores DO_NOT_TRACK
+    "BENTOML_DO_NOT_TRACK": "True",
+    "WHYLOGS_NO_ANALYTICS": "True",
+}
+
+
+def telemetry_off_environment() -> dict[str, str]:
+    """TELEMETRY_OFF, except where the environment already says otherwise."""
+    return {key: os.environ.get(key, value) for key, value in TELEMETRY_OFF.items()}
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Build the settings once per process (never at import time)."""
@@ -248,16 +264,11 @@ def stack_environment(settings: Settings) -> dict[str, str]:
     unreachable tracking server fails in seconds rather than minutes.
     """
     mlflow_defaults = {
-        "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-        "WHYLOGS_NO_ANALYTICS": "True",
     }
-    bentoml_defaults = {  # BentoML's bento/model store lives with the rest of the local state
-        "BENTOML_HOME": str(settings.bentoml_home),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
+    bentoml_defaults = {"BENTOML_HOME": str(settings.bentoml_home)}  # the bento store lives with the local state
     return {
         **{key: os.environ.get(key, value) for key, value in {**mlflow_defaults, **bentoml_defaults}.items()},
         **prefect_environment(settings),
@@ -272,11 +283,9 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
     """
     defaults = {
         "PREFECT_HOME": str(settings.prefect_home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     }
-    return {key: os.environ.get(key, value) for key, value in defaults.items()}
+    return {**telemetry_off_environment(), **{key: os.environ.get(key, value) for key, value in defaults.items()}}
 
 
 def settings_reference_markdown() -> str:

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget, make_client, parse_redis_url
-from mlstack.settings import Settings
+from mlstack.settings import TELEMETRY_OFF, Settings
 from tests.support.factories import fresh_db
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+for _name, _value in TELEMETRY_OFF.items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +41,6 @@ def redis_db(redis_server: RedisTarget) -> Iterator[RedisTarget]:
 
 
 # --- PostgreSQL and MLflow server (see tests/support/services.py) ---
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow reads it at import and ignores DO_NOT_TRACK=1
-os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 
 
 @pytest.fixture(scope="session")

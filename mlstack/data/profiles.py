@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from mlstack.errors import StackError
+from mlstack.settings import TELEMETRY_OFF
 
 if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
@@ -23,7 +24,7 @@ class ProfileError(StackError):
 
 def _whylogs():  # type: ignore[no-untyped-def]
     """Import whylogs lazily (slow import) with its usage telemetry off: offline, it would hang at exit."""
-    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", TELEMETRY_OFF["WHYLOGS_NO_ANALYTICS"])
     import whylogs
 
     return whylogs

@@ -12,6 +12,7 @@ import pytest
 
 from mlstack.features.online_store import process_alive
 from mlstack.monitoring.live_profiles import count_profiled_rows
+from mlstack.settings import TELEMETRY_OFF
 from mlstack.stack.service import running_service, start_service
 from tests.support.serving_stack import GOOD, background_service
 
@@ -25,7 +26,7 @@ def service(tmp_path_factory):
     env = {"MLSTACK_SERVICE_API_TOKEN": TOKEN}
     with background_service(tmp_path_factory.mktemp("serve"), env) as (started, stack):
         scored_before: list[int] = []  # 200s of earlier tests: their rows are in the same profile buffer
-        yield started, stack, scored_before, {**stack.environment(), "BENTOML_DO_NOT_TRACK": "true", **env}
+        yield started, stack, scored_before, {**stack.environment(), **TELEMETRY_OFF, **env}
 
 
 def test_serve_is_reused_while_running(service):

@@ -32,6 +32,8 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
+from mlstack.settings import TELEMETRY_OFF
+
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found on PATH or in /usr/lib/postgresql/*/bin. "
     "Install them (`apt-get install postgresql`) or point the suite at a server with "
@@ -211,8 +213,7 @@ def mlflow_server_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "1",
+            **TELEMETRY_OFF,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS": "false",
             "PYTHONUNBUFFERED": "1",

@@ -13,7 +13,7 @@ import pandas as pd
 from mlstack.data.generator import generate_data
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget
 from mlstack.features.store import BATCH_VIEWS, apply_features, get_store, materialize_view
-from mlstack.settings import Settings
+from mlstack.settings import TELEMETRY_OFF, Settings
 from mlstack.stack.service import LocalService, start_service, stop_service
 from mlstack.training import steps as training_steps
 from tests.support.factories import make_settings, redis_url
@@ -68,7 +68,7 @@ def background_service(state: Path, extra_env: dict[str, str]) -> Iterator[tuple
     """A servable stack and `bentoml serve` on it (mlstack's own start/stop), torn down after."""
     stack = build_serving_stack(state)
     try:
-        yield start_service(stack.settings, {**stack.environment(), "BENTOML_DO_NOT_TRACK": "true", **extra_env}), stack
+        yield start_service(stack.settings, {**stack.environment(), **TELEMETRY_OFF, **extra_env}), stack
     finally:
         stop_service(stack.settings, timeout=10)
         stack.server.stop()
