@@ -21,7 +21,7 @@ RUN := $(UV) run --frozen --python $(PYTHON)
 export MLSTACK_UV := $(abspath $(UV))
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test lint format bench down clean
+.PHONY: help install demo test lint docs format bench down clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,9 +40,15 @@ demo: install ## Run the whole loop on embedded defaults (no Docker, no system s
 test: install ## Run the test suite (starts its own Redis unless MLSTACK_TEST_REDIS_URL is set)
 	$(RUN) pytest $(PYTEST_ARGS)
 
-lint: install ## Lint and check formatting with ruff
+lint: install ## Lint: ruff, formatting, the layering contract (import-linter), types (mypy), declared dependencies (deptry)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) lint-imports
+	$(RUN) mypy
+	$(RUN) deptry .
+
+docs: install ## Regenerate the generated parts of the docs (the settings table in docs/configuration.md)
+	$(RUN) python -c 'from mlstack.settings import write_settings_reference; write_settings_reference()'
 
 format: install ## Format and auto-fix with ruff
 	$(RUN) ruff format .

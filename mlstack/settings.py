@@ -305,3 +305,14 @@ def settings_reference_markdown() -> str:
         kind = kind.replace(" | None", ", optional")
         rows.append(f"| `MLSTACK_{name.upper()}` | {kind} | {shown} | {field.description or ''} |")
     return "\n".join(rows)
+
+
+SETTINGS_TABLE_MARKERS = ("<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->")
+
+
+def write_settings_reference(path: Path = PROJECT_ROOT / "docs" / "configuration.md") -> None:
+    """Replace the settings table between its markers in ``path`` with ``settings_reference_markdown()``."""
+    start, end = SETTINGS_TABLE_MARKERS
+    head, rest = path.read_text().split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + start + settings_reference_markdown() + end + tail)

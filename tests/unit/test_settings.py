@@ -35,11 +35,12 @@ def test_prefect_environment_keeps_an_explicit_server(monkeypatch, tmp_path):
 
 
 def test_configuration_doc_lists_every_setting_as_the_code_does():
-    from mlstack.settings import PROJECT_ROOT, settings_reference_markdown
+    from mlstack.settings import PROJECT_ROOT, SETTINGS_TABLE_MARKERS, settings_reference_markdown
 
+    start, end = SETTINGS_TABLE_MARKERS
     doc = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
-    table = doc.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
-    assert table == settings_reference_markdown(), "docs/configuration.md is stale: regenerate its table"
+    table = doc.split(start, 1)[1].split(end, 1)[0]
+    assert table == settings_reference_markdown(), "docs/configuration.md is stale: run `make docs`"
 
 
 def test_env_example_lists_every_setting():
