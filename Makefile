@@ -21,10 +21,10 @@ RUN := $(UV) run --frozen --python $(PYTHON)
 export MLSTACK_UV := $(abspath $(UV))
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test lint docs format bench down clean
+.PHONY: help install demo test test-unit test-integration test-infra lint docs format bench down clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(TOOLS)/bin/uv:
 	@echo "uv not found: installing it into $(TOOLS) (a private venv)"
@@ -39,6 +39,15 @@ demo: install ## Run the whole loop on embedded defaults (no Docker, no system s
 
 test: install ## Run the test suite (starts its own Redis unless MLSTACK_TEST_REDIS_URL is set)
 	$(RUN) pytest $(PYTEST_ARGS)
+
+test-unit: install ## Run the unit tier only: hermetic (no Redis, no servers), under a minute
+	$(RUN) pytest -m unit tests/unit $(PYTEST_ARGS)
+
+test-integration: install ## Run the integration and e2e tiers: real Redis, PostgreSQL, MLflow, Prefect, bentoml serve
+	$(RUN) pytest -m "integration or e2e" tests/integration tests/e2e $(PYTEST_ARGS)
+
+test-infra: install ## Run the infra tier only: static checks of compose, Dockerfiles, k8s and dashboards
+	$(RUN) pytest -m infra tests/infra $(PYTEST_ARGS)
 
 lint: install ## Lint: ruff, formatting, the layering contract (import-linter), types (mypy), declared dependencies (deptry)
 	$(RUN) ruff check .

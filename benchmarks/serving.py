@@ -32,13 +32,11 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,9 +45,10 @@ from pathlib import Path
 
 from benchmarks.common import BENCH_ROOT
 from benchmarks.serving_setup import BenchStack, prepare_serving
+from mlstack import processes
 from mlstack.features.store import feast_environment
+from mlstack.processes import ProcessRecord, free_port
 from mlstack.settings import PROJECT_ROOT, TELEMETRY_OFF, stack_environment
-from mlstack.stack.service import stop_process_group
 
 LUA = Path(__file__).with_name("serving_wrk.lua")
 BENCH_SERVICE = "benchmarks.serving_service:CreditRiskBench"
@@ -61,7 +60,7 @@ class Server:
     """A background server process of this run."""
 
     name: str
-    process: subprocess.Popen
+    process: ProcessRecord
     url: str
     ready_path: str
     log: Path
@@ -102,42 +101,23 @@ class Variant:
 def start_server(
     name: str, command: list[str], env: dict[str, str], cwd: Path, port: int, ready: str, logs: Path
 ) -> Server:
-    """Start a server in its own process group, logging to `logs/<name>.log`."""
+    """Start a server in its own process group (the stack's supervisor), logging to `logs/<name>.log`."""
     log = logs / f"{name}.log"
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env={**os.environ, **env},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return Server(name, process, f"http://127.0.0.1:{port}", ready, log)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    url = f"http://127.0.0.1:{port}"
+    process = processes.launch(name, command, log=log, env={**os.environ, **env}, cwd=cwd, url=url)
+    return Server(name, process, url, ready, log)
 
 
 def wait_ready(servers: list[Server], timeout: float = 300) -> None:
-    """Wait until every server answers 200 on its readiness path."""
+    """Wait until every server answers 2xx on its readiness path (they start in parallel: one deadline)."""
     deadline = time.monotonic() + timeout
-    pending = list(servers)
-    while pending:
-        for server in list(pending):
-            if server.process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited with {server.process.returncode}; see {server.log}")
-            try:
-                with urllib.request.urlopen(server.url + server.ready_path, timeout=2) as response:
-                    if response.status == 200:
-                        pending.remove(server)
-            except (urllib.error.URLError, OSError):
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not ready within {timeout:.0f}s: {[server.name for server in pending]}")
-        time.sleep(0.5)
+    for server in servers:
+
+        def ready(_: ProcessRecord, server: Server = server) -> bool:
+            return processes.http_ok(server.url + server.ready_path)
+
+        left = max(0.0, deadline - time.monotonic())
+        processes.wait_healthy(server.process, ready, left, error=RuntimeError)
 
 
 def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
@@ -184,7 +164,7 @@ def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
 
 def stop_servers(servers: list[Server]) -> None:
     for server in servers:
-        stop_process_group(server.process.pid, timeout=20)
+        processes.stop(server.process, timeout=20)
 
 
 def wrk(url: str, path: str, bodies: Path, clients: int, seconds: int) -> Run:
@@ -255,7 +235,7 @@ def build_floor(stack: BenchStack) -> tuple[Callable[[dict], float], str]:
 
     settings = stack.settings
     store = get_store(settings, stack.target)
-    booster, _, _ = load_model(settings)
+    booster = load_model(settings).booster
     client = make_client(stack.target, settings)
     version = store.config.entity_key_serialization_version
     project = store.project.encode()

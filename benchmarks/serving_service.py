@@ -156,12 +156,12 @@ class CreditRiskPeer(CreditRisk.inner):
     """The real service with its features read from `feast serve` over HTTP instead of from Redis directly."""
 
     def load_runtime(self, settings: Settings, observer: ServiceMetrics) -> ServingRuntime:
-        booster, model_name, model_version = load_model(settings)
+        model = load_model(settings)
         ttls = scoring.load_feature_ttls(get_store(settings))  # start-up only: the TTLs are in the registry
         scorer = Scorer(
-            booster,
-            model_name=model_name,
-            model_version=model_version,
+            model.booster,
+            model_name=model.name,
+            model_version=model.version,
             threshold=settings.decision_threshold,
             feature_ttls=ttls,
         )

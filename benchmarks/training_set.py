@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import BENCH_ROOT, prepare
+from mlstack.data.schema import LOAN_APPLICATIONS_FILE
 from mlstack.features.store import apply_features, get_historical_features, get_store
 from mlstack.settings import Settings
 
@@ -50,7 +51,7 @@ VIEWS = {  # view -> (join key, ttl days, feature columns); as in feature_store/
 
 def entity_frame(settings: Settings) -> pd.DataFrame:
     """Every labelled application: the entity rows of the training set."""
-    return pd.read_parquet(settings.data_dir / "loan_applications.parquet", columns=ENTITY_COLUMNS)
+    return pd.read_parquet(settings.data_dir / LOAN_APPLICATIONS_FILE, columns=ENTITY_COLUMNS)
 
 
 def merge_asof_join(settings: Settings, entities: pd.DataFrame) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -11,13 +12,19 @@ from prefect.events import emit_event
 
 from mlstack.monitoring import drift
 from mlstack.monitoring import steps as monitoring_steps
+from mlstack.monitoring.drift import DriftReport, GatheredProfiles
 from mlstack.settings import get_settings
+
+if TYPE_CHECKING:  # whylogs is a slow import: the steps import it when they need it
+    from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
 step = task(cache_policy=NO_CACHE)
 
 
 @step
-def resolve_window(start: datetime | None, end: datetime | None, lookback_minutes: float | None):  # type: ignore[no-untyped-def]
+def resolve_window(
+    start: datetime | None, end: datetime | None, lookback_minutes: float | None
+) -> tuple[datetime, datetime]:
     return monitoring_steps.resolve_window(get_settings(), start, end, lookback_minutes)
 
 
@@ -27,27 +34,29 @@ def monitored_version(model_version: str | None) -> str:
 
 
 @step
-def load_reference(version: str):  # type: ignore[no-untyped-def]
+def load_reference(version: str) -> DatasetProfileView:
     return monitoring_steps.load_reference(get_settings(), version)
 
 
 @step
-def gather_profiles(version: str, window):  # type: ignore[no-untyped-def]
+def gather_profiles(version: str, window: tuple[datetime, datetime]) -> GatheredProfiles:
     return monitoring_steps.gather(get_settings(), version, window)
 
 
 @step
-def judge_drift(gathered, reference, version: str, window):  # type: ignore[no-untyped-def]
+def judge_drift(
+    gathered: GatheredProfiles, reference: DatasetProfileView, version: str, window: tuple[datetime, datetime]
+) -> DriftReport:
     return monitoring_steps.judge(get_settings(), gathered, reference, version, window)
 
 
 @step
-def record_in_mlflow(report):  # type: ignore[no-untyped-def]
+def record_in_mlflow(report: DriftReport) -> monitoring_steps.RecordedDrift:
     return monitoring_steps.record(get_settings(), report)
 
 
 @step
-def publish_artifacts(report, recorded) -> None:  # type: ignore[no-untyped-def]
+def publish_artifacts(report: DriftReport, recorded: monitoring_steps.RecordedDrift) -> None:
     key = f"drift-{get_settings().model_name}".lower()
     create_markdown_artifact(key=f"{key}-report", markdown=drift.drift_markdown(report), description=report.summary())
     if report.verdict != "insufficient_data":
@@ -63,7 +72,7 @@ def publish_artifacts(report, recorded) -> None:  # type: ignore[no-untyped-def]
 
 
 @step
-def emit_drift_event(report) -> bool:  # type: ignore[no-untyped-def]
+def emit_drift_event(report: DriftReport) -> bool:
     settings = get_settings()
     if not monitoring_steps.claim_drift_event(settings, report.model_version):
         get_run_logger().info(

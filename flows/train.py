@@ -4,77 +4,87 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import lightgbm
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mlstack.settings import get_settings
-from mlstack.stack.rollout import roll_out
+from mlstack.stack.rollout import Rollout, roll_out
 from mlstack.training import registry
 from mlstack.training import steps as training_steps
-from mlstack.training.dataset import requested_window
+from mlstack.training.dataset import Split, TrainingSet, requested_window
+from mlstack.training.evaluation import Metrics
+from mlstack.training.promotion import Decision
 
 # Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
 step = task(cache_policy=NO_CACHE)
 
 
 @step
-def build_training_set(start: datetime | None, end: datetime | None):  # type: ignore[no-untyped-def]
+def build_training_set(start: datetime | None, end: datetime | None) -> TrainingSet:
     return training_steps.load_training_set(get_settings(), start, end)
 
 
 @step
-def split_by_time(training_set):  # type: ignore[no-untyped-def]
+def split_by_time(training_set: TrainingSet) -> Split:
     return training_steps.split(get_settings(), training_set)
 
 
 @step
-def train_lightgbm(parts):  # type: ignore[no-untyped-def]
+def train_lightgbm(parts: Split) -> lightgbm.Booster:
     return training_steps.train(get_settings(), parts)
 
 
 @step
-def evaluate_holdout(booster, parts):  # type: ignore[no-untyped-def]
+def evaluate_holdout(booster: lightgbm.Booster, parts: Split) -> Metrics:
     return training_steps.evaluate_challenger(get_settings(), booster, parts)
 
 
 @step
-def check_leakage(metrics, parts):  # type: ignore[no-untyped-def]
+def check_leakage(metrics: Metrics, parts: Split) -> list[str]:
     return training_steps.check_leakage(get_settings(), metrics, parts)
 
 
 @step
-def score_champion(parts):  # type: ignore[no-untyped-def]
+def score_champion(parts: Split) -> training_steps.ChampionScore:
     return training_steps.score_champion(get_settings(), parts)
 
 
 @step
-def write_artifacts(booster, parts):  # type: ignore[no-untyped-def]
+def write_artifacts(booster: lightgbm.Booster, parts: Split) -> training_steps.RunArtifacts:
     return training_steps.write_artifacts(booster, parts, training_steps.run_directory(get_settings()))
 
 
 @step
-def log_and_register(booster, training_set, parts, metrics, artifacts, leakage):  # type: ignore[no-untyped-def]
+def log_and_register(
+    booster: lightgbm.Booster,
+    training_set: TrainingSet,
+    parts: Split,
+    metrics: Metrics,
+    artifacts: training_steps.RunArtifacts,
+    leakage: list[str],
+) -> registry.RegisteredVersion:
     return training_steps.register(get_settings(), booster, training_set, parts, metrics, artifacts, leakage)
 
 
 @step
-def decide_promotion(metrics, champion, leakage):  # type: ignore[no-untyped-def]
+def decide_promotion(metrics: Metrics, champion: training_steps.ChampionScore, leakage: list[str]) -> Decision:
     return training_steps.gate(get_settings(), metrics, champion, leakage)
 
 
 @step
-def move_champion_alias(version: str, decision) -> bool:  # type: ignore[no-untyped-def]
+def move_champion_alias(version: str, decision: Decision) -> bool:
     return registry.promote(get_settings(), version, decision)
 
 
 @step
-def publish_report(outcome) -> None:  # type: ignore[no-untyped-def]
+def publish_report(outcome: training_steps.TrainingOutcome) -> None:
     create_markdown_artifact(key="train-model-report", markdown=training_steps.training_markdown(outcome))
 
 
 @step
-def roll_out_champion():  # type: ignore[no-untyped-def]
+def roll_out_champion() -> Rollout:
     return roll_out(get_settings())
 
 

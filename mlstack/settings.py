@@ -6,6 +6,7 @@ import os
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,13 @@ class Settings(BaseSettings):
         description=(
             "Skip Feast's read of stored timestamps before each write (~20% faster). Safe while the "
             "incremental flow is the only writer, as its windows only move forward; set false to backfill."
+        ),
+    )
+    materialize_writer: Literal["arrow", "feast"] = Field(
+        default="arrow",
+        description=(
+            "How materialisation writes Redis: `arrow` (mlstack's ArrowRedisOnlineStore: whole Arrow columns, "
+            "the same bytes as Feast) or `feast` (Feast's engine and writer). Reads are Feast's either way."
         ),
     )
 

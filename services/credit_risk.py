@@ -1,7 +1,7 @@
 """BentoML service `credit-risk`: scores loan applications with the @champion Booster on online features.
 
 Run: `bentoml serve services.credit_risk:CreditRisk`. Request/response models, scoring and error
-mapping live in mlstack.scoring; this module adapts HTTP to them.
+mapping live in mlstack.serving.scoring; this module adapts HTTP to them.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ logger = logging.getLogger("mlstack.service")
 
 
 def _error_response(exc: BaseException) -> JSONResponse:
-    status, cause, message = classify_error(exc)
-    if status >= 500 and cause == "internal":  # the client gets no details: the log must have them
+    answer = classify_error(exc)
+    if answer.cause == "internal":  # the client gets no details: the log must have them
         logger.error("scoring failed", exc_info=exc)
-    service_metrics().error(cause)
-    return JSONResponse({"error": message, "cause": cause}, status_code=status)
+    service_metrics().error(answer.cause)
+    return JSONResponse(answer.body(), status_code=answer.status)
 
 
 @bentoml.service(name="credit-risk", traffic={"timeout": 10, "max_concurrency": 64})
@@ -80,5 +80,6 @@ class CreditRisk:
         self.runtime.close()
 
 
-CreditRisk.add_asgi_middleware(RequestGuard)
-CreditRisk.add_asgi_middleware(OpenAPIDocument, service=CreditRisk)
+# Why the ignores: @bentoml.service turns the class into a Service object, which mypy cannot see.
+CreditRisk.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]
+CreditRisk.add_asgi_middleware(OpenAPIDocument, service=CreditRisk)  # type: ignore[attr-defined]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from typing import Any, Literal
 
 from mlstack.settings import get_settings
 
 Scope = dict[str, Any]
+GuardCause = Literal["unauthorized", "payload_too_large", "unsupported_media_type"]
 PROTECTED_PATHS = frozenset({"/predict", "/predict_batch"})
 # Media types BentoML would decode as something other than JSON (forms, pickle): the scoring API takes JSON only.
 # A malformed multipart body made BentoML answer a bare 500, and its 415 for pickle is a JSON array, not an object.
@@ -58,7 +59,8 @@ class RequestGuard:
 
 
 async def _read_body(receive: Any, limit: int) -> tuple[bytes, bool]:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -85,7 +87,7 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-async def _json(send: Any, status: int, message: str, cause: str, extra: dict[str, str] | None = None) -> None:
+async def _json(send: Any, status: int, message: str, cause: GuardCause, extra: dict[str, str] | None = None) -> None:
     payload = json.dumps({"error": message, "cause": cause}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     headers += [(key.encode(), value.encode()) for key, value in (extra or {}).items()]

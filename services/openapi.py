@@ -16,9 +16,13 @@ where it is served).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
+
+from mlstack.serving.scoring import ErrorCause
+from services.guards import GuardCause
 
 REF = "#/components/schemas/{}"
+CAUSES = (*get_args(GuardCause), *get_args(ErrorCause))  # every cause the service itself answers with
 
 ERROR_BODY = {
     "type": "object",
@@ -30,8 +34,7 @@ ERROR_BODY = {
         "cause": {
             "type": "string",
             "title": "Cause",
-            "description": "unauthorized, payload_too_large, unsupported_media_type, online_store_unavailable, "
-            "online_store_timeout, invalid_request or internal.",
+            "description": f"{', '.join(CAUSES[:-1])} or {CAUSES[-1]}.",
         },
     },
 }

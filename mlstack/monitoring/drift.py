@@ -28,11 +28,11 @@ from mlstack.data import profiles
 from mlstack.errors import StackError
 from mlstack.monitoring.live_profiles import stored_windows
 from mlstack.training import model_input
+from mlstack.training.model_input import PREDICTION
 
 if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
-PREDICTION = "default_probability"
 # Coarse histograms on purpose: zipcode-level features take only as many distinct values in a window
 # as there are zipcodes in it, and at whylogs' default 30 buckets that lumpiness alone read as drift
 # (normal traffic: regional_default_rate 0.42 at 30 buckets, 0.25 at 10; a recession: 0.73 at 10).
@@ -219,10 +219,13 @@ def assess_drift(
     model_version: str,
     window: tuple[datetime, datetime],
     thresholds: DriftThresholds,
-    features: Sequence[str] = model_input.FEATURES,
+    columns: Sequence[str] = model_input.PROFILE_COLUMNS,
 ) -> DriftReport:
-    """The report for a gathered window: insufficient data, no drift, or drift (any feature or the prediction)."""
-    base = dict(
+    """The report for a gathered window: insufficient data, no drift, or drift (any column scored).
+
+    `columns` are scored; the one named `PREDICTION`, if among them, is reported as the prediction drift.
+    """
+    base: dict[str, Any] = dict(
         model_name=model_name,
         model_version=model_version,
         window_start=window[0],
@@ -233,7 +236,7 @@ def assess_drift(
     )
     if gathered.view is None or gathered.rows < thresholds.min_rows:
         return DriftReport(**base, verdict="insufficient_data")
-    scored, missing = score_columns(gathered.view, reference, [*features, PREDICTION], thresholds)
+    scored, missing = score_columns(gathered.view, reference, columns, thresholds)
     prediction = next((c for c in scored if c.column == PREDICTION), None)
     feature_scores = tuple(c for c in scored if c.column != PREDICTION)
     drifted = any(c.drifted for c in feature_scores) or bool(prediction and prediction.drifted)

@@ -79,12 +79,13 @@ def load_bundled_model(directory: Path | None = None) -> BundledModel | None:
 
 def export_champion(settings: Settings, destination: Path) -> dict[str, str]:
     """Write @champion's Booster (text format) and lineage into `destination`; returns the lineage."""
-    booster, version = registry.load_booster(settings, "@champion")
+    champion = registry.load_booster(settings, "@champion")
+    version = champion.model_version
     destination.mkdir(parents=True, exist_ok=True)
-    booster.save_model(str(destination / BOOSTER_FILE))
+    champion.booster.save_model(str(destination / BOOSTER_FILE))
     info = {
         "model_name": settings.model_name,
-        "model_version": str(version.version),
+        "model_version": champion.version,
         "run_id": version.run_id or "",
         "source": _redact(settings.tracking_uri()),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -109,12 +110,25 @@ def stage_context(settings: Settings, context: Path) -> dict[str, str]:
     if context.exists():
         shutil.rmtree(context)
     context.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "data", "*.db")
     for package in PACKAGES:
-        shutil.copytree(PROJECT_ROOT / package, context / package, ignore=ignore)
+        shutil.copytree(PROJECT_ROOT / package, context / package, ignore=_not_shipped)
     shutil.copy2(BENTOFILE, context / "bentofile.yaml")
     (context / "requirements.txt").write_text(_locked_requirements())
     return export_champion(settings, context / MODEL_DIR_NAME)
+
+
+_CACHES_AND_STATE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.db", "*.parquet")
+
+
+def _not_shipped(directory: str, names: list[str]) -> set[str]:
+    """What `copytree` leaves out of the build context: caches and local state, e.g. a `data` dir of parquet.
+
+    A `data` directory that is a package (`mlstack/data`) is code and is shipped.
+    """
+    ignored = set(_CACHES_AND_STATE(directory, names))
+    return ignored | {
+        name for name in names if name == "data" and not (Path(directory) / name / "__init__.py").is_file()
+    }
 
 
 def _locked_requirements() -> str:

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mlstack.features.store import FEATURE_SERVICE, get_store
 from mlstack.monitoring.live_profiles import ProfileBuffer
@@ -22,14 +22,26 @@ from mlstack.serving.scoring import Prediction, Scorer
 from mlstack.settings import Settings
 from mlstack.training import registry
 
+if TYPE_CHECKING:
+    import lightgbm
 
-def load_model(settings: Settings) -> tuple[Any, str, str]:
-    """(Booster, model name, version): the one shipped in the bento if any (immutable), else @champion."""
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The Booster a worker serves, with its registered name and version."""
+
+    booster: lightgbm.Booster
+    name: str
+    version: str
+
+
+def load_model(settings: Settings) -> ServedModel:
+    """The model to serve: the one shipped in the bento if any (immutable), else @champion from MLflow."""
     bundled = load_bundled_model()
     if bundled is not None:
-        return bundled.booster, bundled.name, bundled.version
-    booster, version = registry.load_booster(settings, "@champion")
-    return booster, settings.model_name, str(version.version)
+        return ServedModel(bundled.booster, bundled.name, bundled.version)
+    champion = registry.load_booster(settings, "@champion")
+    return ServedModel(champion.booster, settings.model_name, champion.version)
 
 
 class ServingObserver(Protocol):
@@ -59,12 +71,12 @@ class ServingRuntime:
         cls, settings: Settings, *, profile: bool = True, observer: ServingObserver | None = None
     ) -> ServingRuntime:
         """Load the model (the bento's own, else @champion from MLflow), connect Feast, start the profiler."""
-        booster, model_name, model_version = load_model(settings)
+        model = load_model(settings)
         store = get_store(settings)
         scorer = Scorer(
-            booster,
-            model_name=model_name,
-            model_version=model_version,
+            model.booster,
+            model_name=model.name,
+            model_version=model.version,
             threshold=settings.decision_threshold,
             feature_ttls=scoring.load_feature_ttls(store),
         )
@@ -165,7 +177,7 @@ class RequestBatcher:
                 future.cancel()
             raise
         except Exception as exc:
-            if len(jobs) == 1 or scoring.classify_error(exc)[0] == 503:
+            if len(jobs) == 1 or scoring.classify_error(exc).is_outage:
                 for _, future in jobs:
                     _settle(future, exception=exc)
                 return

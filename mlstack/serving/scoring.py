@@ -33,22 +33,23 @@ import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlstack.data.schema import LOAN_AMOUNT_RANGE, REQUEST_FIELDS, LoanPurpose, LoanTerm
 from mlstack.errors import StackError
 from mlstack.features.online_store import OnlineStoreError
+from mlstack.monitoring.live_profiles import VERSION_KEY
 from mlstack.training import model_input
 
 if TYPE_CHECKING:
     import lightgbm
 
 MAX_BATCH = 256
-# The generator draws loan amounts in 1,000-100,000 (data.py, rounded to 10). The service accepts down
-# to 500: small loans are real and the trees treat amounts below the trained range as the lowest leaf.
+# Training amounts are drawn in LOAN_AMOUNT_RANGE (1,000-100,000). The service accepts down to 500:
+# small loans are real and the trees treat amounts below the trained range as the lowest leaf.
 MIN_LOAN_AMOUNT = 500.0
-MAX_LOAN_AMOUNT = 100_000.0
+MAX_LOAN_AMOUNT = LOAN_AMOUNT_RANGE[1]
 # Feast's `customer` entity is INT64: a larger id cannot even be encoded as a key (protobuf raises ValueError).
 MAX_CUSTOMER_ID = 2**63 - 1
 TIMESTAMP_SUFFIX = "__ts"  # feast.online_response.TIMESTAMP_POSTFIX
-REQUEST_FIELDS = ("loan_amount", "loan_term_months", "loan_purpose")
 ENTITY_KEYS = ("customer_id", "zipcode")
 # On-demand features and the stored features they are computed from (feature_store/on_demand_features.py).
 DERIVED_FEATURE_INPUTS: dict[str, tuple[str, ...]] = {
@@ -56,12 +57,9 @@ DERIVED_FEATURE_INPUTS: dict[str, tuple[str, ...]] = {
     "payment_to_income": ("annual_income", "monthly_debt_payments"),
 }
 
-# Spelled out so the OpenAPI schema lists them; a unit test keeps them equal to data.LOAN_PURPOSES / LOAN_TERMS_MONTHS.
-LoanPurpose = Literal[
-    "debt_consolidation", "credit_card", "home_improvement", "car", "medical", "small_business", "other"
-]
-LoanTerm = Literal[36, 60]
 Decision = Literal["approve", "decline"]
+OutageCause = Literal["online_store_unavailable", "online_store_timeout"]
+ErrorCause = Literal[OutageCause, "invalid_request", "internal"]
 
 
 class LoanApplication(BaseModel):
@@ -90,7 +88,10 @@ class LoanApplication(BaseModel):
         ge=MIN_LOAN_AMOUNT,
         le=MAX_LOAN_AMOUNT,
         allow_inf_nan=False,
-        description=f"Requested principal, {MIN_LOAN_AMOUNT:,.0f}-{MAX_LOAN_AMOUNT:,.0f} (trained on 1,000-100,000).",
+        description=(
+            f"Requested principal, {MIN_LOAN_AMOUNT:,.0f}-{MAX_LOAN_AMOUNT:,.0f} "
+            f"(trained on {LOAN_AMOUNT_RANGE[0]:,.0f}-{LOAN_AMOUNT_RANGE[1]:,.0f})."
+        ),
     )
     loan_term_months: LoanTerm = Field(description="Repayment term in months.")
     loan_purpose: LoanPurpose = Field(description="What the loan is for.")
@@ -135,7 +136,7 @@ class BatchResponse(BaseModel):
 class FeatureStoreUnavailable(StackError):
     """The online store could not be read; ``cause`` is the machine-readable reason."""
 
-    def __init__(self, message: str, cause: str = "online_store_unavailable") -> None:
+    def __init__(self, message: str, cause: OutageCause = "online_store_unavailable") -> None:
         super().__init__(message)
         self.cause = cause
 
@@ -318,12 +319,12 @@ class ScoredApplication:
     inputs: dict[str, Any]
 
     def profile_row(self) -> dict[str, Any]:
-        """A flat row for live-traffic profiling: model inputs, probability, decision and model version."""
+        """A flat row for live-traffic profiling: ``model_input.PROFILE_COLUMNS``, the decision, the model version."""
         return {
             **self.inputs,
-            "default_probability": self.prediction.default_probability,
+            model_input.PREDICTION: self.prediction.default_probability,
             "decision": self.prediction.decision,
-            "model_version": self.prediction.model_version,
+            VERSION_KEY: self.prediction.model_version,
         }
 
 
@@ -455,21 +456,39 @@ def _is_missing(value: object) -> bool:
 # --- Error mapping -----------------------------------------------------------------------------
 
 
-def classify_error(exc: BaseException) -> tuple[int, str, str]:
-    """(HTTP status, cause code, message) for an exception raised while serving a request.
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """How the service answers a failed request: HTTP status, machine-readable cause, message for the client."""
+
+    status: int
+    cause: ErrorCause
+    message: str
+
+    @property
+    def is_outage(self) -> bool:
+        """The online store is down or hung (503): retrying the same rows would fail the same way."""
+        return self.status == 503
+
+    def body(self) -> dict[str, str]:
+        """The JSON error body: ``{"error": message, "cause": cause}``."""
+        return {"error": self.message, "cause": self.cause}
+
+
+def classify_error(exc: BaseException) -> ErrorAnswer:
+    """The answer to an exception raised while serving a request.
 
     Online store down -> 503 ``online_store_unavailable``; timed out -> 503 ``online_store_timeout``;
     invalid request -> 422 ``invalid_request`` naming the fields; anything else -> 500 ``internal``
     (details stay in the log, not in the response).
     """
     if isinstance(exc, FeatureStoreUnavailable):
-        return 503, exc.cause, str(exc)
+        return ErrorAnswer(503, exc.cause, str(exc))
     if isinstance(exc, pydantic.ValidationError):
-        return 422, "invalid_request", validation_message(exc)
+        return ErrorAnswer(422, "invalid_request", validation_message(exc))
     cause = _online_store_cause(exc)
     if cause is not None:
-        return 503, cause, f"online feature store: {_describe(exc)}"
-    return 500, "internal", f"internal error ({type(exc).__name__}); see the service log"
+        return ErrorAnswer(503, cause, f"online feature store: {_describe(exc)}")
+    return ErrorAnswer(500, "internal", f"internal error ({type(exc).__name__}); see the service log")
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:
@@ -481,7 +500,7 @@ def validation_message(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _online_store_cause(exc: BaseException) -> str | None:
+def _online_store_cause(exc: BaseException) -> OutageCause | None:
     """The 503 cause code if ``exc`` (or an exception it wraps) is an online-store outage, else None."""
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -4,44 +4,348 @@ data -> features -> train -> bento -> serve -> normal traffic -> monitor (no dri
 traffic -> monitor (drift) -> Prefect event -> retraining deployment (on a real local Prefect server
 and process worker) -> new champion -> the service answers with the new model version.
 
-The steps print as they go; `DemoStory` collects the numbers for the closing summary.
+`run_demo` tells the story; what it shows goes to a `DemoView` (the CLI renders it), the Prefect flows
+it runs in this process come in as `DemoFlows` (only the CLI imports `flows`), and it returns a
+`DemoSummary` with the numbers of the closing summary.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+from mlstack.data.generator import DataSummary, generate_data
+from mlstack.data.schema import LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
-from mlstack.settings import Settings
-from mlstack.stack.local import request_json
+from mlstack.features.online_store import resolve_redis
+from mlstack.features.store import MaterializeResult, reset_feature_state
+from mlstack.monitoring.drift import DriftReport
+from mlstack.serving.bento import BuiltBento, build_bento
+from mlstack.serving.client import ScoredApplication, score_examples, service_token
+from mlstack.settings import Settings, get_settings
+from mlstack.simulation.traffic import Scenario, TrafficRun, get_scenario, run_traffic
+from mlstack.stack.components import settings_environment
+from mlstack.stack.prefect import deploy_flows, ensure_work_pool, request_json, start_prefect_server, start_worker
+from mlstack.stack.service import LocalService, running_service, start_service, stop_service
 from mlstack.training import registry
+from mlstack.training.steps import TrainingOutcome
 
 RETRAIN_DEPLOYMENT = "weekly-and-on-drift"
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RETRAIN_TIMEOUT_SECONDS = 900.0
 
 
 class DemoError(StackError):
     """A demo step failed; the message says which and where its log is."""
 
 
-@dataclass
-class DemoStory:
-    """The numbers the closing summary prints."""
+@dataclass(frozen=True)
+class TrafficPlan:
+    """One burst of the story's traffic: scenario, applications per second, seconds, seed."""
 
-    lines: list[str] = field(default_factory=list)
+    scenario: str
+    rate: float
+    duration_seconds: float
+    seed: int
 
-    def add(self, line: str) -> None:
-        """Remember one line of the story."""
-        self.lines.append(line)
+
+NORMAL_TRAFFIC = TrafficPlan("normal", rate=40.0, duration_seconds=20.0, seed=1)
+RECESSION_TRAFFIC = TrafficPlan("recession", rate=60.0, duration_seconds=50.0, seed=2)
+
+
+@dataclass(frozen=True)
+class DemoFlows:
+    """The Prefect flows the story runs in this process, passed in by the CLI (the only importer of `flows`)."""
+
+    materialize: Callable[[], Sequence[MaterializeResult]]
+    train: Callable[[], TrainingOutcome]
+    monitor: Callable[[datetime, datetime], DriftReport]
+
+
+@dataclass(frozen=True)
+class FreshData:
+    """Newly generated offline data: its summary, how long it took, and whether old feature state was cleared."""
+
+    directory: Path
+    summary: DataSummary
+    seconds: float
+    cleared_feature_state: bool
+
+
+class DemoView(Protocol):
+    """Where the story shows itself as it goes (the CLI renders to the terminal)."""
+
+    def chapter(self, title: str) -> None:
+        """A new step of the story begins."""
+
+    def say(self, text: str) -> None:
+        """One plain line."""
+
+    def waiting(self, text: str) -> AbstractContextManager[Callable[[str], None]]:
+        """While something runs: a spinner whose text the yielded callable replaces."""
+
+    def generating(self, total: int) -> AbstractContextManager[Callable[[int, int], None]]:
+        """While data is generated: a progress callable (customers done, total)."""
+
+    def data_generated(self, data: FreshData) -> None:
+        """The offline data was generated."""
+
+    def materialized(self, results: Sequence[MaterializeResult]) -> None:
+        """Feature views were materialised into Redis."""
+
+    def trained(self, settings: Settings, outcome: TrainingOutcome, champion: str | None) -> None:
+        """A training run finished; `champion` is the @champion version afterwards."""
+
+    def bento_built(self, built: BuiltBento) -> None:
+        """A bento was built."""
+
+    def scored(self, url: str, answers: Sequence[ScoredApplication]) -> None:
+        """The service answered the example applications."""
+
+    def sending(self, scenario: Scenario, url: str) -> AbstractContextManager[Callable[[str, int, int], None]]:
+        """While traffic runs: a progress callable (stage, done, total), as `run_traffic` calls it."""
+
+    def traffic_sent(self, run: TrafficRun) -> None:
+        """A traffic run finished and its outcomes were written."""
+
+    def drift_judged(self, report: DriftReport) -> None:
+        """The monitor judged a window."""
+
+
+@dataclass(frozen=True)
+class Orchestration:
+    """The local Prefect server the story runs on, its deployments, and the process worker's log."""
+
+    api_url: str
+    deployments: list[str]
+    worker_log: Path
+
+    @property
+    def ui_url(self) -> str:
+        """The Prefect UI (the API URL without /api)."""
+        return self.api_url.removesuffix("/api")
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """The retraining run the drift event triggered, and the gate's record on the version it registered."""
+
+    run_name: str
+    state: str
+    version: str
+    decision: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the story showed: the first champion, both traffic windows and verdicts, the retraining, the end."""
+
+    first_champion: str
+    first_roc_auc: float
+    normal: TrafficRun
+    quiet: DriftReport
+    recession: TrafficRun
+    drifted: DriftReport
+    retraining: Retraining
+    retrain_window_days: int
+    final_champion: str
+    service: LocalService
+    prefect_ui: str
+    seconds: float
+
+    def lines(self) -> list[str]:
+        """The closing summary, one line per beat of the story."""
+        decision = self.retraining.decision
+        return [
+            f"first champion: v{self.first_champion} (holdout ROC AUC {self.first_roc_auc:.3f} on pre-drift data)",
+            f"normal traffic: {self.quiet.summary()}",
+            f"recession: realised default rate {self.recession.default_rate:.1%} "
+            f"(normal traffic: {self.normal.default_rate:.1%}); the champion approved "
+            f"{approval_rate(self.recession):.0%} of applications (normal: {approval_rate(self.normal):.0%})",
+            f"recession traffic: {self.drifted.summary()}",
+            f"retrained v{self.retraining.version} on the last {self.retrain_window_days} days (post-drift holdout): "
+            f"challenger ROC AUC {_auc(decision['challenger_roc_auc'])} vs champion "
+            f"v{decision['compared_with_version']} {_auc(decision['champion_roc_auc'])} -> "
+            f"{decision['promotion_outcome']}",
+            f"@champion is v{self.final_champion}; the service runs {self.service.target} at {self.service.url}",
+        ]
 
 
 def demo_settings(base: Settings) -> Settings:
     """The demo's settings: short profile windows (15 s) and a retraining window that the new labels dominate."""
     return base.model_copy(update={"profile_window_seconds": 15.0, "retrain_window_days": 14})
+
+
+def generate_fresh_data(settings: Settings, progress: Callable[[int, int], None] | None = None) -> FreshData:
+    """Generate the offline data; when it replaces earlier data, clear the Feast registry and online rows first."""
+    cleared = has_data(settings) and reset_feature_state(settings)
+    started = time.perf_counter()
+    summary = generate_data(
+        settings.data_dir,
+        customers=settings.customers,
+        months=settings.months,
+        end=settings.data_end_datetime(),
+        seed=settings.seed,
+        progress=progress,
+    )
+    return FreshData(settings.data_dir, summary, time.perf_counter() - started, cleared)
+
+
+def has_data(settings: Settings) -> bool:
+    """Whether the offline data exists under the state directory."""
+    return (settings.data_dir / LOAN_APPLICATIONS_FILE).is_file()
+
+
+def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bool = False) -> DemoSummary:
+    """Tell the whole story (steps 1-11) on `demo_settings(base)`; raise `DemoError` where it breaks."""
+    started = time.monotonic()
+    settings = demo_settings(base)
+    os.environ.update(settings_environment(settings))  # in-process flows and every child see the same
+    get_settings.cache_clear()
+
+    view.chapter("1. orchestration: a local Prefect server, the deployments of prefect.yaml, a worker")
+    orchestration = start_orchestration(settings, view)
+
+    view.chapter("2. synthetic data")
+    if reuse_data and has_data(settings):
+        view.say(f"reusing data in {settings.data_dir}")
+    else:
+        with view.generating(settings.customers) as progress:
+            fresh = generate_fresh_data(settings, progress)
+        view.data_generated(fresh)
+    view.chapter("3. online store, feast apply + materialise (flow materialize-features)")
+    target = resolve_redis(settings)
+    view.say(f"Redis online store: {target.describe()}" + ("" if settings.redis_url else " (embedded)"))
+    view.materialized(flows.materialize())
+
+    view.chapter("4. train, register in MLflow, champion/challenger gate (flow train-model)")
+    first = flows.train()
+    first_champion = _champion(settings)
+    view.trained(settings, first, first_champion)
+
+    view.chapter("5. package the champion (bentoml build) and serve the bento")
+    service = serve_champion(settings, view)
+
+    view.chapter("6. normal traffic (same distribution as training)")
+    normal = send(settings, view, NORMAL_TRAFFIC, service.url)
+    wait_for_window_close(settings, normal.finished)
+    view.chapter("7. monitor-drift on the normal window")
+    quiet = flows.monitor(normal.started - timedelta(seconds=1), datetime.now(UTC))
+    view.drift_judged(quiet)
+
+    view.chapter("8. recession traffic (features, loan sizes and the risk itself shift)")
+    recession = send(settings, view, RECESSION_TRAFFIC, service.url)
+    wait_for_window_close(settings, recession.finished)
+    since = since_now()
+    view.chapter("9. monitor-drift on the recession window -> event mlstack.drift.detected")
+    drifted = flows.monitor(recession.started - timedelta(seconds=1), datetime.now(UTC))
+    view.drift_judged(drifted)
+    if drifted.verdict != "drift":
+        raise DemoError(f"the recession was not detected ({drifted.summary()}); nothing would retrain")
+
+    view.chapter(f"10. the event triggers deployment train-model/{RETRAIN_DEPLOYMENT} on the worker")
+    retraining = await_retraining(settings, view, orchestration, since)
+
+    view.chapter("11. the service now")
+    current = running_service(settings)
+    if current is None:
+        raise DemoError("the local service is not running after the rollout; see the worker's log")
+    view.scored(current.url, score_examples(settings, current.url))
+    return DemoSummary(
+        first_champion=first_champion or "(none)",
+        first_roc_auc=first.metrics.roc_auc,
+        normal=normal,
+        quiet=quiet,
+        recession=recession,
+        drifted=drifted,
+        retraining=retraining,
+        retrain_window_days=settings.retrain_window_days,
+        final_champion=_champion(settings) or "(none)",
+        service=current,
+        prefect_ui=orchestration.ui_url,
+        seconds=time.monotonic() - started,
+    )
+
+
+def start_orchestration(settings: Settings, view: DemoView) -> Orchestration:
+    """Start (or reuse) the local Prefect server, its work pool, the deployments and a process worker."""
+    api_url = start_prefect_server(settings)
+    os.environ["PREFECT_API_URL"] = api_url  # the flows of the story run in this process and report to it
+    ensure_work_pool(settings, api_url)
+    with view.waiting("prefect deploy --all (imports each flow)..."):
+        deployments = deploy_flows(settings, api_url)
+    worker = start_worker(settings, api_url)
+    orchestration = Orchestration(api_url, deployments, worker.log)
+    view.say(f"Prefect UI {orchestration.ui_url}; deployments: {', '.join(deployments)}")
+    view.say(f"process worker on pool {settings.work_pool!r} (log {worker.log})")
+    return orchestration
+
+
+def serve_champion(settings: Settings, view: DemoView) -> LocalService:
+    """Build the champion's bento and serve it in place of any earlier service; show its first answers."""
+    with view.waiting("bentoml build (champion pulled from MLflow by alias)..."):
+        built = build_bento(settings)
+    view.bento_built(built)
+    stop_service(settings)  # a service left by an earlier run would serve an older model
+    service = start_service(settings, settings_environment(settings), target=built.tag)
+    view.say(f"credit-risk service ({built.tag}) at {service.url} (log {service.log})")
+    view.scored(service.url, score_examples(settings, service.url))
+    return service
+
+
+def send(settings: Settings, view: DemoView, plan: TrafficPlan, url: str) -> TrafficRun:
+    """Run one burst of traffic against the service at `url` and write its outcomes."""
+    with view.sending(get_scenario(plan.scenario), url) as progress:
+        run = run_traffic(
+            settings,
+            plan.scenario,
+            url=url,
+            rate=plan.rate,
+            duration=timedelta(seconds=plan.duration_seconds),
+            seed=plan.seed,
+            token=service_token(settings),
+            progress=progress,
+        )
+    view.traffic_sent(run)
+    return run
+
+
+def await_retraining(settings: Settings, view: DemoView, orchestration: Orchestration, since: datetime) -> Retraining:
+    """Wait for the run the drift event triggered; raise unless it completed; the gate's record on its version."""
+    with view.waiting("waiting for the triggered retraining run...") as update:
+        run = wait_for_triggered_run(
+            orchestration.api_url, RETRAIN_DEPLOYMENT, since, timeout=RETRAIN_TIMEOUT_SECONDS, on_state=update
+        )
+    view.say(f"flow run {run['name']} finished: {run['state_type']} ({orchestration.ui_url}/runs)")
+    if run["state_type"] != "COMPLETED":
+        raise DemoError(f"the retraining run ended {run['state_type']}; see {orchestration.worker_log}")
+    newest = latest_version(settings)
+    return Retraining(str(run["name"]), str(run["state_type"]), newest, version_decision(settings, newest))
+
+
+def approval_rate(run: TrafficRun) -> float:
+    """Share of the run's answered applications the model approved (NaN if none was answered)."""
+    frame = run.result.answered_frame()
+    return float((frame["decision"] == "approve").mean()) if len(frame) else math.nan
+
+
+def _auc(value: str) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except ValueError:
+        return value
+
+
+def _champion(settings: Settings) -> str | None:
+    champion = registry.champion_version(settings)
+    return str(champion.version) if champion is not None else None
 
 
 def wait_for_window_close(settings: Settings, finished: datetime) -> None:

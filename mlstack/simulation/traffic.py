@@ -22,20 +22,23 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlstack.data import generator
+from mlstack.data import generator, schema
 from mlstack.errors import StackError
 from mlstack.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class TrafficError(StackError):
@@ -92,8 +95,6 @@ SCENARIOS: dict[str, Scenario] = {
     ),
 }
 
-PURPOSE_WEIGHTS = (0.35, 0.22, 0.12, 0.1, 0.06, 0.05, 0.1)  # as in mlstack.data's generator
-
 
 def get_scenario(name: str) -> Scenario:
     """The named scenario, or a TrafficError listing the known ones."""
@@ -118,7 +119,7 @@ def latest_snapshots(data_dir: Path) -> Snapshots:
     """Each customer's latest profile and credit snapshot (inner join), and each zipcode's latest stats."""
     paths = [
         data_dir / name
-        for name in (generator.CUSTOMER_PROFILE_FILE, generator.CREDIT_HISTORY_FILE, generator.ZIPCODE_STATS_FILE)
+        for name in (schema.CUSTOMER_PROFILE_FILE, schema.CREDIT_HISTORY_FILE, schema.ZIPCODE_STATS_FILE)
     ]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
@@ -163,17 +164,17 @@ def shift_snapshots(snapshots: Snapshots, scenario: Scenario, at: datetime, seed
 def append_snapshots(data_dir: Path, snapshots: Snapshots) -> dict[str, int]:
     """Append new snapshots to the three feature tables (each file replaced atomically); rows per file."""
     tables = {
-        generator.CUSTOMER_PROFILE_FILE: (snapshots.customers, generator.CUSTOMER_PROFILE_SCHEMA),
-        generator.CREDIT_HISTORY_FILE: (snapshots.customers, generator.CREDIT_HISTORY_SCHEMA),
-        generator.ZIPCODE_STATS_FILE: (snapshots.zipcodes, generator.ZIPCODE_STATS_SCHEMA),
+        schema.CUSTOMER_PROFILE_FILE: (snapshots.customers, schema.CUSTOMER_PROFILE_SCHEMA),
+        schema.CREDIT_HISTORY_FILE: (snapshots.customers, schema.CREDIT_HISTORY_SCHEMA),
+        schema.ZIPCODE_STATS_FILE: (snapshots.zipcodes, schema.ZIPCODE_STATS_SCHEMA),
     }
     return {name: _append(data_dir / name, frame, schema) for name, (frame, schema) in tables.items()}
 
 
-def _append(path: Path, frame: pd.DataFrame, schema: pa.Schema) -> int:
+def _append(path: Path, frame: pd.DataFrame, table_schema: pa.Schema) -> int:
     """Rewrite `path` with `frame`'s rows (only the schema's columns) appended; temp file + rename."""
-    new = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    combined = pa.concat_tables([pq.read_table(path, schema=schema), new])
+    new = pa.Table.from_pandas(frame[table_schema.names], schema=table_schema, preserve_index=False)
+    combined = pa.concat_tables([pq.read_table(path, schema=table_schema), new])
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         pq.write_table(combined, temporary)
@@ -184,7 +185,7 @@ def _append(path: Path, frame: pd.DataFrame, schema: pa.Schema) -> int:
 
 
 def draw_applications(snapshots: Snapshots, scenario: Scenario, n: int, seed: int) -> pd.DataFrame:
-    """`n` applications of random known customers, request fields drawn as in training (amounts scaled).
+    """`n` applications of random known customers, request fields drawn by the training rule (amounts scaled).
 
     Columns: customer_id, zipcode, loan_amount, loan_term_months, loan_purpose.
     """
@@ -192,18 +193,16 @@ def draw_applications(snapshots: Snapshots, scenario: Scenario, n: int, seed: in
         raise TrafficError(f"the number of applications must be at least 1, got {n}")
     rng = np.random.default_rng(seed)
     chosen = snapshots.customers.iloc[rng.integers(0, len(snapshots.customers), n)]
-    income = chosen["annual_income"].to_numpy()
-    amount = income * np.exp(rng.normal(np.log(0.25), 0.5, n)) * scenario.amount_factor
-    amount = np.clip(np.round(amount, -1), 1_000, 100_000)
-    term = np.where(rng.random(n) < 0.25 + 0.2 * (amount > 25_000), 60, 36)
-    purpose = np.array(generator.LOAN_PURPOSES)[rng.choice(len(generator.LOAN_PURPOSES), size=n, p=PURPOSE_WEIGHTS)]
+    request = schema.draw_request_fields(
+        rng, chosen["annual_income"].to_numpy(), n, amount_factor=scenario.amount_factor
+    )
     return pd.DataFrame(
         {
             "customer_id": chosen["customer_id"].to_numpy(),
             "zipcode": chosen["zipcode"].to_numpy(),
-            "loan_amount": amount,
-            "loan_term_months": term,
-            "loan_purpose": purpose,
+            "loan_amount": request.loan_amount,
+            "loan_term_months": request.loan_term_months,
+            "loan_purpose": request.loan_purpose,
         }
     )
 
@@ -237,7 +236,7 @@ def default_logit(applications: pd.DataFrame, snapshots: Snapshots, scenario: Sc
 def realise_outcomes(
     answered: pd.DataFrame, snapshots: Snapshots, scenario: Scenario, first_id: int, seed: int
 ) -> pd.DataFrame:
-    """Labelled applications (generator.LOAN_APPLICATIONS_SCHEMA columns) for the answered ones.
+    """Labelled applications (schema.LOAN_APPLICATIONS_SCHEMA columns) for the answered ones.
 
     `answered` holds the application columns plus `sent_at` (UTC). A default happens 2-12 months
     after the application, in simulated time.
@@ -246,7 +245,7 @@ def realise_outcomes(
     n = len(answered)
     logit = default_logit(answered, snapshots, scenario) + rng.normal(0.0, generator.LOGIT_NOISE_SD, n)
     defaulted = rng.random(n) < 1 / (1 + np.exp(-logit))
-    delay = pd.to_timedelta(rng.uniform(*generator.DEFAULT_DELAY_MONTHS, n) * 30.4375, unit="D")
+    delay = pd.to_timedelta(rng.uniform(*generator.DEFAULT_DELAY_MONTHS, n) * generator.DAYS_PER_MONTH, unit="D")
     sent_at = pd.to_datetime(answered["sent_at"], utc=True).dt.as_unit("us")
     return pd.DataFrame(
         {
@@ -265,7 +264,7 @@ def realise_outcomes(
 
 def next_application_id(data_dir: Path) -> int:
     """One more than the largest application id in the labelled applications."""
-    table = pq.read_table(data_dir / generator.LOAN_APPLICATIONS_FILE, columns=["application_id"])
+    table = pq.read_table(data_dir / schema.LOAN_APPLICATIONS_FILE, columns=["application_id"])
     return int(pa.compute.max(table["application_id"]).as_py() or 0) + 1
 
 
@@ -274,7 +273,7 @@ def append_applications(data_dir: Path, outcomes: pd.DataFrame) -> int:
     frame = outcomes.copy()
     for column in ("event_timestamp", "default_timestamp"):
         frame[column] = pd.to_datetime(frame[column], utc=True).dt.as_unit("us")
-    return _append(data_dir / generator.LOAN_APPLICATIONS_FILE, frame, generator.LOAN_APPLICATIONS_SCHEMA)
+    return _append(data_dir / schema.LOAN_APPLICATIONS_FILE, frame, schema.LOAN_APPLICATIONS_SCHEMA)
 
 
 @dataclass
@@ -313,6 +312,11 @@ class TrafficResult:
         )
 
 
+def due_offset(index: int, rate: float) -> float:
+    """Seconds after the start at which request `index` is due at `rate` per second (open loop)."""
+    return index / rate
+
+
 def send_traffic(
     url: str,
     applications: pd.DataFrame,
@@ -322,8 +326,15 @@ def send_traffic(
     workers: int = 8,
     timeout: float = 5.0,
     progress: Callable[[int], None] | None = None,
+    transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> TrafficResult:
-    """POST each application to `{url}/predict`, request i due at start + i / rate (open loop)."""
+    """POST each application to `{url}/predict`, request i due at start + `due_offset(i, rate)` (open loop).
+
+    A request is never sent before it is due, and a slow answer does not push the later ones back
+    (they go out as soon as a worker is free). `transport`, `clock` and `sleep` exist for tests.
+    """
     import httpx
 
     if rate <= 0:
@@ -333,18 +344,18 @@ def send_traffic(
     result = TrafficResult()
     lock = threading.Lock()
     cursor = iter(range(len(records)))
-    start = time.monotonic() + 0.05
+    start = clock() + 0.05
 
     def worker() -> None:
-        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport) as client:
             while True:
                 with lock:
                     index = next(cursor, None)
                 if index is None:
                     return
-                delay = start + index / rate - time.monotonic()
+                delay = start + due_offset(index, rate) - clock()
                 if delay > 0:
-                    time.sleep(delay)
+                    sleep(delay)
                 _send_one(client, records[index], result, lock)
                 if progress is not None:
                     progress(1)
@@ -357,10 +368,10 @@ def send_traffic(
     return result
 
 
-def _send_one(client: Any, application: dict[str, Any], result: TrafficResult, lock: threading.Lock) -> None:
+def _send_one(client: Any, application: Mapping[Hashable, Any], result: TrafficResult, lock: threading.Lock) -> None:
     import httpx
 
-    payload = {key: (value.item() if hasattr(value, "item") else value) for key, value in application.items()}
+    payload = {str(key): (value.item() if hasattr(value, "item") else value) for key, value in application.items()}
     sent_at = datetime.now(UTC)
     began = time.perf_counter()
     try:

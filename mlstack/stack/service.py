@@ -1,24 +1,25 @@
-"""The local `bentoml serve` process of the stack: start it in the background, wait until ready, stop it."""
+"""The local `bentoml serve` process of the stack: start it in the background, wait until ready, stop it.
+
+Recorded by the process supervisor in ``<state_dir>/service/service.json`` (pid, start time, url, log,
+target) as soon as it is launched, so `mlstack down` can stop a start that was interrupted; its output
+goes to ``<state_dir>/service/serve.log``.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlstack import processes
 from mlstack.errors import StackError
-from mlstack.features.online_store import process_alive
-from mlstack.settings import PROJECT_ROOT, Settings, stack_environment
-from mlstack.stack.local import free_port as _free_port
-from mlstack.stack.local import stop_process_group
+from mlstack.processes import ProcessRecord
+from mlstack.settings import PROJECT_ROOT, Settings
+from mlstack.stack.components import child_environment
 
 SERVICE = "services.credit_risk:CreditRisk"
+SCORING_SERVICE = "service"
 
 
 class ServiceError(StackError):
@@ -34,72 +35,65 @@ class LocalService:
     log: Path
     target: str = SERVICE
 
+    @classmethod
+    def from_record(cls, record: ProcessRecord) -> LocalService:
+        """The service a supervisor record describes."""
+        return cls(record.pid, record.url, record.log, record.extra.get("target", SERVICE))
+
 
 def _state_file(settings: Settings) -> Path:
     return settings.service_dir / "service.json"
 
 
 def running_service(settings: Settings) -> LocalService | None:
-    """The recorded service, if its process is alive."""
-    try:
-        state = json.loads(_state_file(settings).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if not process_alive(int(state["pid"])):
-        return None
-    return LocalService(int(state["pid"]), state["url"], Path(state["log"]), state.get("target", SERVICE))
+    """The recorded service, if its process still runs (and its pid was not reused by another process)."""
+    record = processes.running_record(_state_file(settings))
+    return LocalService.from_record(record) if record is not None else None
 
 
 def start_service(
-    settings: Settings, env: dict[str, str], port: int | None = None, timeout: float = 300, target: str = SERVICE
+    settings: Settings,
+    env: Mapping[str, str],
+    port: int | None = None,
+    timeout: float = 300,
+    target: str = SERVICE,
 ) -> LocalService:
     """Start `bentoml serve <target>` in the background (reusing a running one) and wait for /readyz.
 
-    `target` is the service in source (default) or a bento tag (`credit-risk:mlflow-v3-…`). The state
-    dir is passed explicitly: a bento runs from its own directory, where the default would differ.
+    `target` is the service in source (default) or a bento tag (`credit-risk:mlflow-v3-…`). The settings
+    are passed explicitly (``MLSTACK_*``, absolute paths), then `env`: a bento runs from its own
+    directory, where the defaults would differ.
     """
     current = running_service(settings)
     if current is not None:
         return current
-    directory = settings.service_dir
-    directory.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
-    log = directory / "serve.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+    port = port or processes.free_port()
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    record = processes.launch(
+        SCORING_SERVICE,
+        command,
+        log=settings.service_dir / "serve.log",
+        env=child_environment(settings, env),
         cwd=PROJECT_ROOT,
-        env={**os.environ, **stack_environment(settings), "MLSTACK_STATE_DIR": str(settings.state_dir), **env},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # `mlstack down` stops the whole process group
+        state_file=_state_file(settings),
+        url=f"http://127.0.0.1:{port}",
+        extra={"target": target},
     )
-    service = LocalService(process.pid, f"http://127.0.0.1:{port}", log, target)
-    deadline = time.monotonic() + timeout
-    while not _ready(service.url):
-        if process.poll() is not None:
-            raise ServiceError(f"bentoml serve exited with {process.returncode}; see {log}")
-        if time.monotonic() > deadline:
-            stop_process_group(process.pid)
-            raise ServiceError(f"bentoml serve was not ready within {timeout:.0f}s; see {log}")
-        time.sleep(0.5)
-    state = {"pid": service.pid, "url": service.url, "log": str(log), "target": target}
-    _state_file(settings).write_text(json.dumps(state))
-    return service
+    ready = processes.wait_healthy(
+        record,
+        lambda launched: service_ready(launched.url),
+        timeout,
+        state_file=_state_file(settings),
+        error=ServiceError,
+    )
+    return LocalService.from_record(ready)
+
+
+def service_ready(url: str) -> bool:
+    """True if the service at `url` answers ``/readyz`` (model loaded, online store reachable)."""
+    return processes.http_ok(f"{url}/readyz")
 
 
 def stop_service(settings: Settings, timeout: float = 30) -> bool:
-    """SIGTERM the service (it flushes its profiles), SIGKILL after `timeout`; True if one was running."""
-    service = running_service(settings)
-    _state_file(settings).unlink(missing_ok=True)
-    if service is None:
-        return False
-    stop_process_group(service.pid, timeout)
-    return True
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    """SIGTERM the service's group (it flushes its profiles), SIGKILL after `timeout`; True if one was running."""
+    return processes.stop_recorded(_state_file(settings), timeout)

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mlstack.data.generator import LOAN_APPLICATIONS_FILE
+from mlstack.data.schema import LOAN_APPLICATIONS_FILE, REQUEST_FIELDS
 from mlstack.errors import StackError
 from mlstack.settings import Settings
 from mlstack.training import model_input
@@ -53,7 +53,6 @@ class TrainingDataError(StackError):
 
 
 ENTITY_COLUMNS = ("application_id", "customer_id", "zipcode", "event_timestamp")
-REQUEST_COLUMNS = ("loan_amount", "loan_term_months", "loan_purpose")
 
 
 def training_window(
@@ -104,7 +103,7 @@ def labelled_applications(
     path = settings.data_dir / LOAN_APPLICATIONS_FILE
     if not path.is_file():
         raise TrainingDataError(f"labelled applications not found at {path}. Run `mlstack data generate` first.")
-    columns = [*ENTITY_COLUMNS, *REQUEST_COLUMNS, LABEL]
+    columns = [*ENTITY_COLUMNS, *REQUEST_FIELDS, LABEL]
     absent = [name for name in columns if name not in pq.read_schema(path).names]
     if absent:
         raise TrainingDataError(f"labelled applications in {path} lack column(s) {absent}")
@@ -302,8 +301,8 @@ def _one_row_per_application(applications: pd.DataFrame, joined: pd.DataFrame, s
             f"feature service {service!r} did not return model input(s) {absent}; "
             "the service and mlstack.model_input.FEATURES disagree"
         )
-    served = [name for name in model_input.FEATURES if name not in REQUEST_COLUMNS]
-    columns = [*ENTITY_COLUMNS, *REQUEST_COLUMNS, *served, LABEL]
+    served = [name for name in model_input.FEATURES if name not in REQUEST_FIELDS]
+    columns = [*ENTITY_COLUMNS, *REQUEST_FIELDS, *served, LABEL]
     extra = [name for name in joined.columns if name not in columns]
     ordered = joined.set_index("application_id").loc[applications["application_id"]].reset_index()
     return ordered[[*columns, *extra]]

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mlstack.data.generator import HOME_OWNERSHIP, LOAN_PURPOSES
+from mlstack.data.schema import HOME_OWNERSHIP, LOAN_PURPOSES
 
 # Order matters: it is the column order of the matrix the booster was trained on.
 FEATURES: tuple[str, ...] = (
@@ -50,6 +50,10 @@ CATEGORICAL: dict[str, tuple[str, ...]] = {
 }
 
 LABEL = "defaulted"
+PREDICTION = "default_probability"  # the model's output, as profiled (and as the service's response names it)
+# What is profiled with whylogs: the training reference profile, each live-traffic window (which adds
+# the decision), and so what drift compares. The prediction's drift is the model's own.
+PROFILE_COLUMNS: tuple[str, ...] = (*FEATURES, PREDICTION)
 
 _INDEX = {name: i for i, name in enumerate(FEATURES)}
 _VOCAB_INDEX = {name: {value: float(i) for i, value in enumerate(vocab)} for name, vocab in CATEGORICAL.items()}

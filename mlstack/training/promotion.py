@@ -8,7 +8,10 @@ so the registry can refuse the promotion if the champion changed in the meantime
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mlstack.settings import Settings
@@ -56,23 +59,76 @@ class Decision:
         )
 
     def to_tags(self) -> dict[str, str]:
-        """The decision as MLflow tags (string values; floats in full precision)."""
+        """The decision as MLflow tags (string values; floats in full precision); `from_tags` reads them back.
+
+        Every metric of both models is a `challenger_<metric>` / `champion_<metric>` tag (`none`
+        without a champion); reasons are joined with "; " (the gate's reasons never contain it).
+        """
         tags = {
             "promotion_decision": "promote" if self.promote else "reject",
-            "promotion_reasons": "; ".join(self.reasons),
+            "promotion_reasons": REASON_SEPARATOR.join(self.reasons),
             "promotion_summary": self.summary(),
-            "promotion_margin": repr(self.margin),
-            "compared_with_version": self.champion_version or "none",
-            "challenger_roc_auc": repr(self.challenger.roc_auc),
-            "challenger_calibration_error": repr(self.challenger.calibration_error),
-            "challenger_calibration_error_noise": repr(self.challenger.calibration_error_noise),
-            "challenger_nan_predictions": str(self.challenger.nan_predictions),
-            "champion_roc_auc": repr(self.champion.roc_auc) if self.champion is not None else "none",
+            "promotion_margin": repr(float(self.margin)),
+            "compared_with_version": self.champion_version or NONE,
         }
+        for name, kind in _METRIC_FIELDS.items():
+            tags[f"challenger_{name}"] = _format(kind, getattr(self.challenger, name))
+            tags[f"champion_{name}"] = NONE if self.champion is None else _format(kind, getattr(self.champion, name))
         if self.floors is not None:
-            tags["floor_min_auc"] = repr(self.floors.min_auc)
-            tags["floor_max_calibration_error"] = repr(self.floors.max_calibration_error)
+            tags["floor_min_auc"] = repr(float(self.floors.min_auc))
+            tags["floor_max_calibration_error"] = repr(float(self.floors.max_calibration_error))
         return tags
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Decision:
+        """The decision recorded by `to_tags` (other tags are ignored); ValueError names a missing or bad tag."""
+        verdict = _tag(tags, "promotion_decision")
+        if verdict not in ("promote", "reject"):
+            raise ValueError(f"tag promotion_decision must be 'promote' or 'reject', got {verdict!r}")
+        reasons = _tag(tags, "promotion_reasons")
+        champion_version = _tag(tags, "compared_with_version")
+        has_champion = _tag(tags, "champion_roc_auc") != NONE
+        floors = None
+        if "floor_min_auc" in tags or "floor_max_calibration_error" in tags:
+            floors = Floors(_parse(float, tags, "floor_min_auc"), _parse(float, tags, "floor_max_calibration_error"))
+        return cls(
+            promote=verdict == "promote",
+            reasons=reasons.split(REASON_SEPARATOR) if reasons else [],
+            challenger=_metrics_from(tags, "challenger_"),
+            champion=_metrics_from(tags, "champion_") if has_champion else None,
+            margin=_parse(float, tags, "promotion_margin"),
+            champion_version=None if champion_version == NONE else champion_version,
+            floors=floors,
+        )
+
+
+NONE = "none"  # a tag's value for "no champion"
+REASON_SEPARATOR = "; "
+# Metrics field -> its type (int or float), in declaration order.
+_METRIC_FIELDS: dict[str, type] = {f.name: typing.get_type_hints(Metrics)[f.name] for f in dataclasses.fields(Metrics)}
+
+
+def _format(kind: type, value: float) -> str:
+    return str(int(value)) if kind is int else repr(float(value))
+
+
+def _tag(tags: Mapping[str, str], key: str) -> str:
+    try:
+        return tags[key]
+    except KeyError:
+        raise ValueError(f"promotion tags lack {key!r} (recorded by an older version?)") from None
+
+
+def _parse(kind: type, tags: Mapping[str, str], key: str) -> typing.Any:
+    raw = _tag(tags, key)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"tag {key} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+
+
+def _metrics_from(tags: Mapping[str, str], prefix: str) -> Metrics:
+    return Metrics(**{name: _parse(kind, tags, prefix + name) for name, kind in _METRIC_FIELDS.items()})
 
 
 def check_floors(metrics: Metrics, floors: Floors) -> list[str]:

@@ -75,6 +75,27 @@ class RegisteredVersion:
     model_uri: str  # models:/<name>/<version>
 
 
+@dataclass(frozen=True)
+class LoadedBooster:
+    """A registered version's native Booster and its registry record (`load_booster`)."""
+
+    booster: lightgbm.Booster
+    model_version: ModelVersion
+
+    @property
+    def version(self) -> str:
+        """The version number as a string ("3")."""
+        return str(self.model_version.version)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """A finished `rollback`: the champion it moved away from (None: there was none) and the one restored."""
+
+    previous: str | None
+    restored: str
+
+
 def tracking(settings: Settings) -> MlflowClient:
     """Point MLflow (tracking + registry) at the settings' URI, get or create the experiment; return a client."""
     uri = settings.tracking_uri()
@@ -253,7 +274,7 @@ def _missing(exc: MlflowException) -> bool:
     return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 
 
-def load_booster(settings: Settings, ref: str) -> tuple[lightgbm.Booster, ModelVersion]:
+def load_booster(settings: Settings, ref: str) -> LoadedBooster:
     """The native Booster of version `ref` ("3" or "@champion") and its ModelVersion.
 
     Only a model logged as a Booster (LightGBM text format) is loaded: anything else would be
@@ -272,7 +293,7 @@ def load_booster(settings: Settings, ref: str) -> tuple[lightgbm.Booster, ModelV
                     f"(flavor {flavor or 'missing'}); refusing to load it"
                 )
             booster = lightgbm.Booster(model_file=os.path.join(local, flavor["data"]))
-    return booster, version
+    return LoadedBooster(booster, version)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -411,8 +432,8 @@ def _changed(decided: str | None, current: str | None) -> str:
     )
 
 
-def rollback(settings: Settings, reason: str) -> tuple[str | None, str | None]:
-    """Move `@champion` back to the previous champion; returns (from, to) versions and records why."""
+def rollback(settings: Settings, reason: str) -> Rollback:
+    """Move `@champion` back to the previous champion, recording why on both versions."""
     if not reason or not reason.strip():
         raise RegistryError("a rollback needs a reason (it is recorded on both versions)")
     name = settings.model_name
@@ -444,7 +465,7 @@ def rollback(settings: Settings, reason: str) -> tuple[str | None, str | None]:
             client, name, target, {"restored_at": at, "restore_reason": reason, "restored_from": current or "none"}
         )
     logger.warning("rolled back %s @%s from %s to %s: %s", name, CHAMPION, current, target, reason)
-    return current, target
+    return Rollback(current, target)
 
 
 def describe(settings: Settings, ref: str) -> dict[str, str]:

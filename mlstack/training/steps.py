@@ -100,24 +100,22 @@ def score_champion(settings: Settings, parts: Split) -> ChampionScore:
     """Re-evaluate the current @champion on this run's holdout, so the gate compares like with like."""
     if registry.champion_version(settings) is None:
         return ChampionScore(None, None)
-    booster, version = registry.load_booster(settings, "@champion")
-    metrics = evaluation.evaluate(booster, parts.holdout, settings.decision_threshold)
-    return ChampionScore(str(version.version), metrics)
-
-
-PREDICTION_COLUMN = "default_probability"  # the live profiles' name for the model output
+    champion = registry.load_booster(settings, "@champion")
+    metrics = evaluation.evaluate(champion.booster, parts.holdout, settings.decision_threshold)
+    return ChampionScore(champion.version, metrics)
 
 
 def write_artifacts(booster: lightgbm.Booster, parts: Split, directory: Path) -> RunArtifacts:
     """Holdout plots and the reference profile under `directory`.
 
-    The reference profile holds the training rows' model inputs and the model's own predictions on
-    them (`default_probability`), so the monitor can compare live inputs and live predictions.
+    The reference profile holds `model_input.PROFILE_COLUMNS` of the training rows: their model
+    inputs and the model's own predictions on them, so the monitor can compare live inputs and live
+    predictions.
     """
     plots = evaluation.write_plots(booster, parts.holdout, directory / "plots")
-    inputs = parts.train[list(model_input.FEATURES)].copy()
-    inputs[PREDICTION_COLUMN] = booster.predict(model_input.encode(inputs))
-    reference = profiles.profile_frame(inputs)
+    rows = parts.train[list(model_input.FEATURES)].copy()
+    rows[model_input.PREDICTION] = booster.predict(model_input.encode(rows))
+    reference = profiles.profile_frame(rows[list(model_input.PROFILE_COLUMNS)])
     return RunArtifacts(plots, profiles.write_profile(reference, directory / "reference_profile.bin"))
 
 

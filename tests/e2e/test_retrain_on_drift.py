@@ -19,12 +19,13 @@ import httpx
 import pytest
 
 from mlstack.monitoring import steps as monitoring_steps
+from mlstack.processes import free_port
 from mlstack.settings import PROJECT_ROOT
 from mlstack.simulation.demo import RETRAIN_DEPLOYMENT, deployment_runs, version_decision
-from mlstack.stack import local as stack_local
+from mlstack.stack import prefect as stack_prefect
+from mlstack.stack.components import settings_environment
 from mlstack.stack.service import running_service, start_service, stop_service
 from mlstack.training import registry
-from tests.support.services import free_port
 from tests.support.serving_stack import build_serving_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -46,16 +47,16 @@ def local_stack(tmp_path_factory):
     settings = built.settings.model_copy(update={"prefect_port": free_port(), "mlflow_port": free_port()})
     service = None
     try:
-        api_url = stack_local.start_prefect_server(settings)
-        stack_local.ensure_work_pool(settings, api_url)
-        deployments = stack_local.deploy_flows(settings, api_url)
-        stack_local.start_worker(settings, api_url, extra_env={**built.environment(), **WORSE_CHALLENGER})
-        service = start_service(settings, {**stack_local.settings_environment(settings), **built.environment()})
+        api_url = stack_prefect.start_prefect_server(settings)
+        stack_prefect.ensure_work_pool(settings, api_url)
+        deployments = stack_prefect.deploy_flows(settings, api_url)
+        stack_prefect.start_worker(settings, api_url, extra_env={**built.environment(), **WORSE_CHALLENGER})
+        service = start_service(settings, {**settings_environment(settings), **built.environment()})
         yield settings, api_url, deployments, service, built.known
     finally:
         stop_service(settings, timeout=10)
-        stack_local.stop_worker(settings)
-        stack_local.stop_prefect_server(settings)
+        stack_prefect.stop_worker(settings)
+        stack_prefect.stop_prefect_server(settings)
         built.server.stop()
 
 
@@ -73,7 +74,7 @@ def test_drift_event_burst_starts_one_retrain_and_a_worse_challenger_changes_not
     champion_before = registry.champion_version(settings).version
     since = datetime.now(UTC) - timedelta(seconds=1)
     resource = monitoring_steps.event_resource(settings, str(champion_before))
-    env = {**os.environ, **stack_local.settings_environment(settings), "PREFECT_API_URL": api_url}
+    env = {**os.environ, **settings_environment(settings), "PREFECT_API_URL": api_url}
     subprocess.run(
         [sys.executable, "-c", EMIT, json.dumps(resource)], env=env, cwd=PROJECT_ROOT, check=True, timeout=120
     )

@@ -28,12 +28,12 @@ from tests.support.compose_native import (
     read_env_file,
     referenced_variables,
 )
+from tests.support.dashboards import DASHBOARD_FUTURE_METRICS, DASHBOARDS, dashboard_metric_names
 
 # The Compose Specification's JSON schema (draft-07, vendored from shared/schemas); MLSTACK_COMPOSE_SCHEMA overrides.
 COMPOSE_SCHEMA = Path(os.environ.get("MLSTACK_COMPOSE_SCHEMA", Path(__file__).parent / "schemas" / "compose-spec.json"))
 HADOLINT = REPO / ".venv" / "bin" / "hadolint"
 DOCKERFILES = sorted((REPO / "infra" / "docker").rglob("Dockerfile*"))
-DASHBOARDS = sorted((REPO / "infra" / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS_CONFIG = REPO / "infra" / "prometheus" / "prometheus.yml"
 GRAFANA_PROVISIONING = REPO / "infra" / "grafana" / "provisioning"
 
@@ -44,8 +44,6 @@ BENTOML_METRICS = {
     "bentoml_service_request_duration_seconds": "request_duration_seconds",
     "bentoml_service_request_in_progress": "request_in_progress",
 }
-# Metrics on the dashboard that nothing exports yet: the drift monitor will (gauge, label `feature`).
-DASHBOARD_FUTURE_METRICS = frozenset({"mlstack_drift_score"})
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH_STRING|AUTH$|API_KEY", re.IGNORECASE)
 HEALTH_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 
@@ -69,17 +67,6 @@ def service_metric_names() -> set[str]:
     """Metric names services/metrics.py registers."""
     source = (REPO / "services" / "metrics.py").read_text()
     return set(re.findall(r"(?:Counter|Histogram|Gauge|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"", source))
-
-
-def dashboard_metric_names() -> set[str]:
-    """Every metric the dashboards query (histogram suffixes _bucket/_count/_sum removed)."""
-    names: set[str] = set()
-    for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                for name in re.findall(r"\b((?:mlstack|bentoml)_[a-zA-Z0-9_]+)\b", target["expr"]):
-                    names.add(re.sub(r"_(bucket|count|sum)$", "", name))
-    return names
 
 
 def _bentoml_source(*parts: str) -> str:

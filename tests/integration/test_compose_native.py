@@ -24,11 +24,11 @@ import pandas as pd
 import pytest
 import redis
 
+from mlstack.data.schema import CUSTOMER_PROFILE_FILE
 from mlstack.features.online_store import make_client, parse_redis_url
 from mlstack.settings import Settings
 from tests.support import compose_native as native
-
-pytestmark = pytest.mark.integration
+from tests.support.dashboards import DASHBOARD_FUTURE_METRICS, dashboard_metric_names
 
 # Beyond .env.example: a small synthetic population, so the bootstrap job takes seconds, not minutes.
 OVERRIDES = {"MLSTACK_CUSTOMERS": "2000"}
@@ -65,7 +65,7 @@ def stack(postgres_url: str) -> Iterator[tuple[native.NativeStack, dict]]:
 
 def _known_application(running: native.NativeStack) -> dict:
     state = Path(running.service("bootstrap").env["MLSTACK_STATE_DIR"])
-    profiles = pd.read_parquet(state / "data" / "customer_profile.parquet", columns=["customer_id", "zipcode"])
+    profiles = pd.read_parquet(state / "data" / CUSTOMER_PROFILE_FILE, columns=["customer_id", "zipcode"])
     row = profiles.iloc[-1]
     return {
         "customer_id": int(row["customer_id"]),
@@ -158,8 +158,6 @@ def test_service_answers_503_while_redis_hangs_and_recovers_after(stack):
 
 
 def test_service_metrics_serve_every_dashboard_metric_after_traffic(stack):
-    from tests.infra.test_compose import DASHBOARD_FUTURE_METRICS, dashboard_metric_names
-
     running, variables = stack
     url = running.translation.url("service", 3000)
     headers = {"authorization": f"Bearer {variables['SERVICE_API_TOKEN']}"}

@@ -8,17 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from mlstack.data import generator, profiles
+from mlstack.data import generator
 from mlstack.monitoring import steps as monitoring_steps
-from mlstack.monitoring.drift import PREDICTION
-from mlstack.monitoring.live_profiles import FsspecProfileSink, ProfileWindow
 from mlstack.simulation.traffic import run_traffic
 from mlstack.stack.service import start_service, stop_service
-from mlstack.training import model_input, registry
-from mlstack.training import steps as training_steps
+from tests.support.profile_windows import scored_training_rows, write_windows
 from tests.support.serving_stack import build_serving_stack
 
-pytestmark = pytest.mark.integration
 WINDOW_SECONDS = 4
 
 
@@ -46,21 +42,10 @@ def traffic_then_judge(stack, service, scenario: str):
 def test_monitor_clean_windows_of_the_training_distribution_rarely_alarm(served, tmp_path):
     stack, _ = served
     settings = stack.settings.model_copy(update={"profile_store": str(tmp_path / "profiles")})
-    parts = training_steps.split(settings, training_steps.load_training_set(settings, None, None))
     version = monitoring_steps.monitored_version(settings, None)
-    booster, _ = registry.load_booster(settings, "@champion")
-    rows = parts.train[list(model_input.FEATURES)].copy()
-    rows[PREDICTION] = booster.predict(model_input.encode(rows))
-    sink = FsspecProfileSink(settings.profile_store_url())
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    windows = []
-    for i in range(20):
-        sample = rows.sample(300, random_state=i)
-        begins, ends = start + timedelta(minutes=5 * i), start + timedelta(minutes=5 * (i + 1))
-        window = ProfileWindow(version, begins, ends, rows=len(sample))
-        window.profile = profiles._whylogs().log(pandas=sample).profile()
-        sink.write(window)
-        windows.append((begins, ends))
+    rows = scored_training_rows(settings)
+    samples = [rows.sample(300, random_state=i) for i in range(20)]
+    windows = write_windows(settings, version, samples, datetime(2026, 1, 1, tzinfo=UTC), timedelta(minutes=5))
     reference = monitoring_steps.load_reference(settings, version)
     reports = [
         monitoring_steps.judge(settings, monitoring_steps.gather(settings, version, w), reference, version, w)

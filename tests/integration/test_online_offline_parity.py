@@ -20,8 +20,6 @@ from tests.support.feast_repo import (
     latest_in_window,
 )
 
-pytestmark = pytest.mark.integration
-
 SAMPLE_CUSTOMERS = 50
 STALE_CUSTOMERS = 5  # of the sample: customers whose last credit snapshot is older than the TTL
 UNKNOWN_CUSTOMER = 10**9

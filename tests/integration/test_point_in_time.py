@@ -20,8 +20,6 @@ from tests.support.feast_repo import (
     point_in_time_reference,
 )
 
-pytestmark = pytest.mark.integration
-
 ENTITY_COLUMNS = [
     "customer_id",
     "zipcode",

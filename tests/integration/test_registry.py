@@ -30,8 +30,6 @@ from mlstack.training.promotion import Decision, decide, floors_from
 from mlstack.training.registry import NoPreviousChampionError, RegistryError
 from tests.support.factories import make_settings
 
-pytestmark = pytest.mark.integration
-
 FEATURES = ["income", "debt_ratio", "late_payments", "tenure_months"]
 PARAMS = {"objective": "binary", "learning_rate": 0.1, "num_leaves": 7, "verbose": -1, "num_threads": 1, "seed": 1}
 ROUNDS = 40
@@ -155,7 +153,7 @@ def gate(settings: Settings, challenger: Trained) -> Decision:
     champion = registry.champion_version(settings)
     champion_metrics = None
     if champion is not None:
-        booster, _ = registry.load_booster(settings, str(champion.version))
+        booster = registry.load_booster(settings, str(champion.version)).booster
         champion_metrics = measure(booster, challenger.split.holdout)
     return decide(
         challenger.metrics,
@@ -294,9 +292,10 @@ def test_load_booster_champion_reproduces_predictions_and_logged_auc_exactly(ser
     registered = register(server_settings, good)
     assert registry.promote(server_settings, registered.version, gate(server_settings, good))
 
-    booster, version = registry.load_booster(server_settings, "@champion")
+    loaded = registry.load_booster(server_settings, "@champion")
+    booster = loaded.booster
     assert isinstance(booster, lightgbm.Booster)
-    assert str(version.version) == registered.version
+    assert loaded.version == str(loaded.model_version.version) == registered.version
     holdout = good.split.holdout
     assert np.array_equal(booster.predict(holdout[FEATURES]), good.booster.predict(holdout[FEATURES]))
     client = MlflowClient(server_settings.tracking_uri(), server_settings.tracking_uri())
@@ -338,7 +337,7 @@ def test_rollback_moves_champion_back_and_records_why(server_settings, good):
     assert registry.promote(server_settings, v2, better)
     assert registry.champion_history(server_settings) == [v1]
 
-    assert registry.rollback(server_settings, "decline rate doubled overnight") == (v2, v1)
+    assert registry.rollback(server_settings, "decline rate doubled overnight") == registry.Rollback(v2, v1)
 
     assert str(registry.champion_version(server_settings).version) == v1
     assert registry.champion_history(server_settings) == []
@@ -468,7 +467,8 @@ def test_sqlite_local_default_logs_registers_and_promotes(tmp_path, good):
     artifacts = settings.mlflow_dir / "artifacts"
     assert list(artifacts.rglob("model.lgb")), "model artifacts must live under the state dir"
     assert list(artifacts.rglob("reference_profile.bin"))
-    booster, version = registry.load_booster(settings, "@champion")
-    assert str(version.version) == registered.version
+    loaded = registry.load_booster(settings, "@champion")
+    booster = loaded.booster
+    assert loaded.version == registered.version
     holdout = good.split.holdout[FEATURES]
     assert np.array_equal(booster.predict(holdout), good.booster.predict(holdout))

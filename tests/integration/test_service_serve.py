@@ -10,13 +10,12 @@ import time
 import httpx
 import pytest
 
-from mlstack.features.online_store import process_alive
 from mlstack.monitoring.live_profiles import count_profiled_rows
+from mlstack.processes import process_alive
 from mlstack.settings import TELEMETRY_OFF
 from mlstack.stack.service import running_service, start_service
 from tests.support.serving_stack import GOOD, background_service
 
-pytestmark = pytest.mark.integration
 TOKEN = "serve-test-token"
 
 

@@ -17,8 +17,10 @@ import pytest
 import yaml
 
 from mlstack.features.online_store import EmbeddedRedis
+from mlstack.processes import free_port, port_free
 from mlstack.settings import PROJECT_ROOT, Settings
-from mlstack.stack import local as local_stack
+from mlstack.stack import components
+from mlstack.stack.local import stop_stack
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +45,9 @@ def _mlstack(*args: str, env: dict[str, str], timeout: float = 400) -> subproces
 def isolated_stack(tmp_path: Path):
     """Environment and settings of a stack in its own state dir on free ports; everything stopped after."""
     ports = {
-        "prefect_port": local_stack.free_port(),
-        "mlflow_port": local_stack.free_port(),
-        "service_port": local_stack.free_port(),
+        "prefect_port": free_port(),
+        "mlflow_port": free_port(),
+        "service_port": free_port(),
     }
     settings = Settings(state_dir=tmp_path / "state", **ports)
     env = {
@@ -53,7 +55,7 @@ def isolated_stack(tmp_path: Path):
         **{f"MLSTACK_{key.upper()}": str(port) for key, port in ports.items()},
     }
     yield env, settings
-    local_stack.stop_stack(settings)  # whatever a failed assertion left running
+    stop_stack(settings)  # whatever a failed assertion left running
 
 
 def _state(settings: Settings, name: str) -> dict:
@@ -144,7 +146,7 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
     for pid in [*pids.values(), redis_pid]:
         assert _gone(pid), pid
     for port in (settings.prefect_port, settings.mlflow_port):
-        assert local_stack.port_free(port), port
+        assert port_free(port), port
     assert not list((settings.state_dir / "stack").glob("*.json"))
 
     twice = _mlstack("down", env=env)
@@ -182,17 +184,17 @@ def test_stop_kills_a_process_group_that_ignores_sigterm(tmp_path):
         "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)']); time.sleep(600)"
     )
-    process = local_stack.launch_process(settings, "stubborn", [sys.executable, "-c", code], "-")
+    process = components.launch_process(settings, "stubborn", [sys.executable, "-c", code], "-")
     deadline = time.monotonic() + 30
     while len(psutil.Process(process.pid).children()) < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     child = psutil.Process(process.pid).children()[0].pid
-    assert local_stack.running_process(settings, "stubborn") == process
+    assert components.running_process(settings, "stubborn") == process
 
-    assert local_stack.stop_process(settings, "stubborn", timeout=1) is True
+    assert components.stop_process(settings, "stubborn", timeout=1) is True
     assert _gone(process.pid) and _gone(child)
-    assert local_stack.running_process(settings, "stubborn") is None
-    assert local_stack.stop_process(settings, "stubborn") is False  # idempotent
+    assert components.running_process(settings, "stubborn") is None
+    assert components.stop_process(settings, "stubborn") is False  # idempotent
 
 
 def test_a_recorded_pid_reused_by_another_process_is_not_the_component(tmp_path):
@@ -201,5 +203,5 @@ def test_a_recorded_pid_reused_by_another_process_is_not_the_component(tmp_path)
     # Our own pid is alive but was not started by the stack: its start time differs from the record.
     record = {"pid": os.getpid(), "url": "-", "log": "-", "started_at": "-", "create_time": 1.0}
     (tmp_path / "stack" / "ghost.json").write_text(json.dumps(record))
-    assert local_stack.running_process(settings, "ghost") is None
-    assert local_stack.stop_process(settings, "ghost", sig=signal.SIGTERM) is False  # never signals a stranger
+    assert components.running_process(settings, "ghost") is None
+    assert components.stop_process(settings, "ghost", sig=signal.SIGTERM) is False  # never signals a stranger

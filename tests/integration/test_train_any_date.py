@@ -17,7 +17,7 @@ from mlstack.features.store import apply_features, get_store
 from mlstack.training import steps as training_steps
 from tests.support.factories import fresh_db, make_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 FIRST_END = datetime(2026, 1, 1, tzinfo=UTC)
 ENDS = [FIRST_END + timedelta(days=30 * k + k % 3) for k in range(12)]  # also odd weekdays and month days

@@ -15,8 +15,6 @@ from mlstack.training import steps as training_steps
 from mlstack.training.dataset import TrainingDataError, TrainingSet
 from tests.support.factories import fresh_db, make_settings
 
-pytestmark = pytest.mark.integration
-
 DATA_END = datetime(2025, 6, 1, tzinfo=UTC)  # fixed: the training set does not depend on today's date
 
 
@@ -96,10 +94,10 @@ def test_registered_champion_reproduces_logged_holdout_metric_exactly(stack_env)
     _ensure_champion(stack_env)
     training_set = training_steps.load_training_set(stack_env, None, None)
     parts = training_steps.split(stack_env, training_set)
-    booster, version = registry.load_booster(stack_env, "@champion")
-    assert type(booster).__name__ == "Booster"
-    metrics = evaluation.evaluate(booster, parts.holdout, stack_env.decision_threshold)
-    logged = registry.describe(stack_env, str(version.version))
+    champion = registry.load_booster(stack_env, "@champion")
+    assert type(champion.booster).__name__ == "Booster"
+    metrics = evaluation.evaluate(champion.booster, parts.holdout, stack_env.decision_threshold)
+    logged = registry.describe(stack_env, champion.version)
     assert metrics.roc_auc == float(logged["holdout_roc_auc"])
     assert metrics.log_loss == float(logged["holdout_log_loss"])
 

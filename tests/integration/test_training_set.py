@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from mlstack.data.generator import LOAN_APPLICATIONS_FILE, generate_data
+from mlstack.data.generator import generate_data
+from mlstack.data.schema import LOAN_APPLICATIONS_FILE
 from mlstack.features.online_store import RedisTarget
 from mlstack.features.store import apply_features, get_store
 from mlstack.settings import Settings
@@ -44,10 +45,7 @@ from tests.support.feast_repo import (
     view_specs,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:On demand feature view is an experimental feature:RuntimeWarning"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:On demand feature view is an experimental feature:RuntimeWarning")
 
 CUSTOMERS = 1500
 MONTHS = 18

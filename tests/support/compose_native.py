@@ -37,7 +37,6 @@ Startup follows compose: a service starts once each ``depends_on`` condition hol
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 import shutil
@@ -53,6 +52,8 @@ import psycopg2
 import yaml
 from psycopg2 import sql
 
+from mlstack import processes
+from mlstack.processes import ProcessRecord, free_port, tail
 from tests.support import services as test_services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,9 +254,7 @@ class Translation:
         self.addresses: dict[tuple[str, int], Address] = {}
         for name, spec in self.services.items():
             for port in (int(p) for p in spec.get("expose", [])):
-                self.addresses[(name, port)] = fixed.get((name, port)) or Address(
-                    "127.0.0.1", test_services.free_port()
-                )
+                self.addresses[(name, port)] = fixed.get((name, port)) or Address("127.0.0.1", free_port())
         self.volumes: dict[str, Path] = {}
 
     def address(self, service: str, port: int) -> Address:
@@ -439,7 +438,7 @@ class PostgresStandIn:
                 with log.open("wb") as out:
                     result = subprocess.run(command, env=script_env, stdout=out, stderr=subprocess.STDOUT, check=False)
                 if result.returncode != 0:
-                    raise ComposeError(f"postgres init script {script.name} failed:\n{_tail(log)}")
+                    raise ComposeError(f"postgres init script {script.name} failed:\n{tail(log, 40)}")
         finally:
             self.created_databases = sorted(self._databases() - before)
         check = _healthcheck_argv(spec)
@@ -491,7 +490,7 @@ class Running:
     """A started native service."""
 
     service: NativeService
-    process: subprocess.Popen
+    process: ProcessRecord
     log: Path
     healthy: bool = False
 
@@ -539,16 +538,16 @@ class NativeStack:
             for name, running in self.running.items():
                 if running.healthy or name in self.done:
                     continue
-                code = running.process.poll()
+                code = processes.exit_code(running.process)
                 if running.service.one_shot:
                     if code is not None:
                         self.done[name] = code
                         self._mark_ready(name)
                         if code != 0:
-                            raise ComposeError(f"{name} exited with {code}:\n{_tail(running.log, 60)}")
+                            raise ComposeError(f"{name} exited with {code}:\n{tail(running.log, 60)}")
                     continue
                 if code is not None:
-                    raise ComposeError(f"{name} exited with {code} before it was healthy:\n{_tail(running.log, 60)}")
+                    raise ComposeError(f"{name} exited with {code} before it was healthy:\n{tail(running.log, 60)}")
                 if self._check(running.service):
                     running.healthy = True
                     healthy.add(name)
@@ -557,7 +556,7 @@ class NativeStack:
                 return
             if time.monotonic() > deadline:
                 waiting = [n for n, r in self.running.items() if not r.healthy and n not in self.done] + pending
-                tails = "\n".join(f"--- {n}:\n{_tail(self.running[n].log)}" for n in waiting if n in self.running)
+                tails = "\n".join(f"--- {n}:\n{tail(self.running[n].log, 40)}" for n in waiting if n in self.running)
                 raise ComposeError(f"not up within {timeout:.0f}s: {waiting}\n{tails}")
             time.sleep(poll)
 
@@ -573,16 +572,8 @@ class NativeStack:
     def _start(self, name: str) -> None:
         service = self.translation.native(name)
         log = self.logs / f"{name}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                service.argv,
-                cwd=service.cwd,
-                env=service.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # one process group per service: stop() reaches its children
-            )
+        # One process group per service (the supervisor's way): down() reaches its children.
+        process = processes.launch(name, service.argv, log=log, env=service.env, cwd=service.cwd)
         self.running[name] = Running(service, process, log)
         self.started_order.append(name)
         self.clock[name] = (time.monotonic() - self._t0, None)
@@ -621,12 +612,12 @@ class NativeStack:
     @contextlib.contextmanager
     def frozen(self, name: str) -> Iterator[None]:
         """A service hung (SIGSTOP to its process group) for the duration, then resumed (docker pause/unpause)."""
-        pid = self.running[name].process.pid
-        os.killpg(pid, signal.SIGSTOP)
+        process = self.running[name].process
+        processes.signal_group(process, signal.SIGSTOP)
         try:
             yield
         finally:
-            os.killpg(pid, signal.SIGCONT)
+            processes.signal_group(process, signal.SIGCONT)
 
     def log(self, name: str) -> str:
         """A service's output so far."""
@@ -635,24 +626,9 @@ class NativeStack:
     def down(self, timeout: float = 20.0) -> None:
         """SIGTERM each process group (reverse start order), SIGKILL what is left; clean the databases."""
         for name in reversed(self.started_order):
-            _stop(self.running[name].process, timeout)
+            processes.stop(self.running[name].process, timeout)
         with contextlib.suppress(psycopg2.Error):
             self.postgres.clean()
-
-
-def _stop(process: subprocess.Popen, timeout: float) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
-            return
-    with contextlib.suppress(ProcessLookupError):  # children left in the group go too
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=timeout)
 
 
 def _seconds(duration: str | int | float) -> float:
@@ -664,10 +640,3 @@ def _seconds(duration: str | int | float) -> float:
     for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration):
         total += float(number) * units[unit]
     return total
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"

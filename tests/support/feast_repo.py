@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
 
-from mlstack.data.generator import LOAN_APPLICATIONS_FILE, generate_data
+from mlstack.data.generator import generate_data
+from mlstack.data.schema import CREDIT_HISTORY_FILE, LOAN_APPLICATIONS_FILE
 from mlstack.features.online_store import RedisTarget, make_client
 from mlstack.features.store import BATCH_VIEWS, apply_features, feast_environment, get_store
 from mlstack.settings import Settings
@@ -103,7 +104,7 @@ def applied_repo(state_dir: Path, redis_server: RedisTarget) -> Iterator[FeastRe
     with held_db_and_environment(settings, target):
         data_end = utc_midnight_today()
         generate_data(settings.data_dir, customers=CUSTOMERS, months=MONTHS, end=data_end, seed=SEED)
-        restated = restate_snapshots(settings.data_dir / "credit_history.parquet", RESTATED_CUSTOMERS)
+        restated = restate_snapshots(settings.data_dir / CREDIT_HISTORY_FILE, RESTATED_CUSTOMERS)
         store = get_store(settings, target)
         apply_features(store, settings.feature_repo)
         views = view_specs(store, settings.data_dir)

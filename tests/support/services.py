@@ -16,14 +16,8 @@ import glob
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +26,10 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
+from mlstack import processes
+from mlstack.processes import ProcessRecord, free_port, tail
 from mlstack.settings import TELEMETRY_OFF
+from mlstack.stack import mlflow as stack_mlflow
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found on PATH or in /usr/lib/postgresql/*/bin. "
@@ -62,16 +59,9 @@ class MlflowServer:
     """A running `mlflow server`: `url` is its tracking URI."""
 
     url: str
-    process: subprocess.Popen
+    process: ProcessRecord
     log_path: Path
     artifacts_dir: Path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def find_postgres_bin() -> Path | None:
@@ -137,7 +127,7 @@ def start_postgres(bin_dir: Path, attempts: int = 3) -> PostgresCluster:
             if result.returncode == 0:
                 return PostgresCluster(f"postgresql://postgres@127.0.0.1:{port}/postgres", data_dir, bin_dir, port)
             if attempt == attempts - 1:  # the port may have been taken between choosing and binding: retry
-                raise ServiceError(f"pg_ctl start failed: {result.stderr.strip()}\n{_tail(log_path)}")
+                raise ServiceError(f"pg_ctl start failed: {result.stderr.strip()}\n{tail(log_path, 30)}")
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -159,13 +149,6 @@ def _run(command: list[str], what: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ServiceError(f"{what} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def create_database(admin_url: str) -> str:
@@ -209,18 +192,9 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def mlflow_server_environment() -> dict[str, str]:
-    """Environment of the server: offline and quiet (no telemetry, no background job workers)."""
-    env = dict(os.environ)
-    env.update(
-        {
-            **TELEMETRY_OFF,
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS": "false",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+    """Environment of the server: ours, offline and quiet (no telemetry, no background job workers)."""
+    merged = {**os.environ, **TELEMETRY_OFF, "PYTHONUNBUFFERED": "1", **stack_mlflow.SERVER_ENVIRONMENT}
+    return {key: value for key, value in merged.items() if value is not None}
 
 
 def start_mlflow_server(backend_store_uri: str, workdir: Path, timeout: float = 180.0) -> MlflowServer:
@@ -229,56 +203,18 @@ def start_mlflow_server(backend_store_uri: str, workdir: Path, timeout: float = 
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "mlflow-server.log"
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--artifacts-destination",
-        str(artifacts_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=mlflow_server_environment(),
-            start_new_session=True,  # its own process group, so stopping it also stops its workers
-        )
-    server = MlflowServer(f"http://127.0.0.1:{port}", process, log_path, artifacts_dir)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServiceError(f"mlflow server exited with {process.returncode}:\n{_tail(log_path)}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.25)
-    stop_mlflow_server(server)
-    raise ServiceError(f"mlflow server did not answer /health within {timeout:.0f}s:\n{_tail(log_path)}")
+    record = processes.launch(
+        "mlflow server",
+        stack_mlflow.server_command(backend_store_uri, port, ["--artifacts-destination", str(artifacts_dir)]),
+        log=log_path,
+        env=mlflow_server_environment(),
+        cwd=workdir,
+        url=f"http://127.0.0.1:{port}",
+    )
+    processes.wait_healthy(record, stack_mlflow.mlflow_healthy, timeout, error=ServiceError, poll=0.25)
+    return MlflowServer(record.url, record, log_path, artifacts_dir)
 
 
 def stop_mlflow_server(server: MlflowServer, timeout: float = 15.0) -> None:
-    """Terminate the server's process group; kill it if it does not stop in time."""
-    if server.process.poll() is not None:
-        return
-    try:
-        os.killpg(server.process.pid, signal.SIGTERM)
-        server.process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=timeout)
-    except ProcessLookupError:
-        pass
+    """Stop the server's process group; kill what is left if it does not stop in time."""
+    processes.stop(server.process, timeout)

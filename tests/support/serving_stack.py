@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from mlstack.data.generator import generate_data
+from mlstack.data.schema import CUSTOMER_PROFILE_FILE
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget
 from mlstack.features.store import BATCH_VIEWS, apply_features, get_store, materialize_view
 from mlstack.settings import TELEMETRY_OFF, Settings
@@ -55,7 +56,7 @@ def build_serving_stack(state: Path, customers: int = 1500) -> ServingStack:
         outcome = training_steps.run_training(settings, progress=lambda _: None)
         if not outcome.promoted:
             raise AssertionError(f"the serving stack's first model was not promoted: {outcome.summary()}")
-        profile = pd.read_parquet(settings.data_dir / "customer_profile.parquet", filters=[("customer_id", "==", 1)])
+        profile = pd.read_parquet(settings.data_dir / CUSTOMER_PROFILE_FILE, filters=[("customer_id", "==", 1)])
         zipcode = str(profile.sort_values("event_timestamp")["zipcode"].iloc[-1])
     except BaseException:
         server.stop()  # a failed build must not leave its redis-server running after the test run

@@ -1,12 +1,14 @@
-"""The bento's model bundle: versioning, credential redaction, unreadable bundles."""
+"""The bento: what its build context ships, its model bundle (versioning, credential redaction, unreadable bundles)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from mlstack.serving.bento import BentoError, _redact, bento_version, load_bundled_model
+from mlstack.serving.bento import PACKAGES, BentoError, _not_shipped, _redact, bento_version, load_bundled_model
+from mlstack.settings import PROJECT_ROOT
 
 
 def test_bento_version_names_the_registry_version_and_the_bytes():
@@ -34,3 +36,25 @@ def test_load_bundled_model_corrupt_raises_a_clear_error(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"model_name": "m", "model_version": "1"}))
     with pytest.raises(BentoError, match="unreadable"):
         load_bundled_model(tmp_path)
+
+
+def test_build_context_ships_code_packages_named_data_but_not_local_state(tmp_path):
+    source = tmp_path / "pkg"
+    (source / "data").mkdir(parents=True)  # a package: code
+    (source / "data" / "__init__.py").write_text("")
+    (source / "data" / "schema.py").write_text("X = 1\n")
+    (source / "state" / "data").mkdir(parents=True)  # local state: parquet files, no __init__.py
+    (source / "state" / "data" / "table.parquet").write_bytes(b"PAR1")
+    (source / "registry.db").write_bytes(b"")
+    (source / "__pycache__").mkdir()
+    shutil.copytree(source, tmp_path / "context", ignore=_not_shipped)
+    shipped = sorted(str(path.relative_to(tmp_path / "context")) for path in (tmp_path / "context").rglob("*"))
+    assert shipped == ["data", "data/__init__.py", "data/schema.py", "state"]
+
+
+def test_build_context_ships_every_mlstack_subpackage(tmp_path):
+    assert "mlstack" in PACKAGES
+    shutil.copytree(PROJECT_ROOT / "mlstack", tmp_path / "mlstack", ignore=_not_shipped)
+    expected = {path.parent.name for path in (PROJECT_ROOT / "mlstack").glob("*/__init__.py")}
+    assert expected <= {path.parent.name for path in (tmp_path / "mlstack").glob("*/__init__.py")}
+    assert "data" in expected

@@ -12,21 +12,30 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlstack.data.generator import (
-    CREDIT_HISTORY_FILE,
-    CUSTOMER_PROFILE_FILE,
-    LOAN_APPLICATIONS_FILE,
-    LOAN_PURPOSES,
     PERIOD,
-    ZIPCODE_STATS_FILE,
+    PURPOSE_EFFECTS,
     DataSummary,
     generate_data,
     latent_logit,
     month_starts,
 )
+from mlstack.data.schema import (
+    CREDIT_HISTORY_FILE,
+    CUSTOMER_PROFILE_FILE,
+    DATA_FILES,
+    LOAN_AMOUNT_RANGE,
+    LOAN_APPLICATIONS_FILE,
+    LOAN_PURPOSES,
+    LOAN_TERMS_MONTHS,
+    PURPOSE_WEIGHTS,
+    TABLE_SCHEMAS,
+    ZIPCODE_STATS_FILE,
+    draw_request_fields,
+)
 
 END = datetime(2025, 6, 15, tzinfo=UTC)
 SMALL = {"customers": 500, "months": 12, "end": END, "seed": 7}
-FILES = (ZIPCODE_STATS_FILE, CUSTOMER_PROFILE_FILE, CREDIT_HISTORY_FILE, LOAN_APPLICATIONS_FILE)
+FILES = DATA_FILES
 
 TS = pa.timestamp("us", tz="UTC")
 EXPECTED_SCHEMAS = {
@@ -104,6 +113,7 @@ def test_tables_have_the_documented_schema(small):
     for name, expected in EXPECTED_SCHEMAS.items():
         schema = pq.read_schema(summary.zipcode_stats_path.parent / name)
         assert [(field.name, field.type) for field in schema] == expected, name
+        assert [(field.name, field.type) for field in TABLE_SCHEMAS[name]] == expected, name
 
 
 def test_summary_matches_files(small):
@@ -299,3 +309,55 @@ def test_latent_logit_rises_with_risk_and_rejects_unknown_purpose():
     assert batch.shape == (3,) and np.all(np.diff(batch) < 0)
     with pytest.raises(ValueError, match="loan_purpose"):
         latent_logit(**{**base, "loan_purpose": "yacht"})
+
+
+def test_vocabularies_agree_with_the_risk_model_and_the_weights():
+    assert set(PURPOSE_EFFECTS) == set(LOAN_PURPOSES)
+    assert len(PURPOSE_WEIGHTS) == len(LOAN_PURPOSES) and sum(PURPOSE_WEIGHTS) == pytest.approx(1.0)
+    assert LOAN_TERMS_MONTHS == (36, 60)
+    assert set(TABLE_SCHEMAS) == set(DATA_FILES)
+
+
+def test_request_fields_follow_the_rule():
+    rng = np.random.default_rng(3)
+    income = np.full((40_000, 1), 60_000.0)
+    fields = draw_request_fields(rng, income, (40_000, 2))
+    amount, term = fields.loan_amount, fields.loan_term_months
+    assert amount.shape == term.shape == fields.purpose_index.shape == fields.loan_purpose.shape == (40_000, 2)
+    low, high = LOAN_AMOUNT_RANGE
+    assert amount.min() >= low and amount.max() <= high
+    assert np.all(amount % 10 == 0)
+    assert np.median(amount) == pytest.approx(0.25 * 60_000, rel=0.02)
+    assert set(np.unique(term)) == set(LOAN_TERMS_MONTHS)
+    assert (term[amount <= 25_000] == 60).mean() == pytest.approx(0.25, abs=0.01)
+    assert (term[amount > 25_000] == 60).mean() == pytest.approx(0.45, abs=0.02)
+    shares = np.bincount(fields.purpose_index.ravel(), minlength=len(LOAN_PURPOSES)) / amount.size
+    np.testing.assert_allclose(shares, PURPOSE_WEIGHTS, atol=0.01)
+    assert set(fields.loan_purpose.ravel()) == set(LOAN_PURPOSES)
+
+
+def test_request_fields_amount_factor_scales_amounts_before_the_term_draw():
+    income = np.full(20_000, 40_000.0)
+    base = draw_request_fields(np.random.default_rng(5), income, 20_000)
+    scaled = draw_request_fields(np.random.default_rng(5), income, 20_000, amount_factor=1.5)
+    inside = (base.loan_amount > 2_000) & (scaled.loan_amount < 90_000)
+    np.testing.assert_allclose(scaled.loan_amount[inside], 1.5 * base.loan_amount[inside], atol=10)
+    assert (scaled.loan_term_months == 60).mean() > (base.loan_term_months == 60).mean()
+    np.testing.assert_array_equal(scaled.purpose_index, base.purpose_index)
+
+
+def test_generated_requests_are_pinned_for_a_seed(small):
+    """A change in the rng's draw order (e.g. in the shared request-field rule) changes the world of every seed."""
+    _, frames = small
+    apps = frames[LOAN_APPLICATIONS_FILE]
+    assert len(apps) == 442 and int(apps["defaulted"].sum()) == 34
+    assert apps["loan_amount"].sum() == 9_769_610.0 and apps["loan_term_months"].sum() == 19_368
+    assert apps["loan_purpose"].value_counts().to_dict() == {
+        "debt_consolidation": 147,
+        "credit_card": 104,
+        "home_improvement": 53,
+        "other": 51,
+        "car": 49,
+        "medical": 25,
+        "small_business": 13,
+    }

@@ -45,7 +45,7 @@ def judge(frame: pd.DataFrame, reference, min_rows: int = 200) -> drift.DriftRep
         model_version="1",
         window=WINDOW,
         thresholds=DriftThresholds(min_rows=min_rows),
-        features=[c for c in COLUMNS if c != drift.PREDICTION],
+        columns=COLUMNS,
     )
 
 
@@ -114,7 +114,7 @@ def test_drift_column_absent_from_reference_is_listed_not_scored(reference):
         model_version="1",
         window=WINDOW,
         thresholds=DriftThresholds(),
-        features=["income", "extra"],
+        columns=["income", "extra"],
     )
     assert report.missing_columns == ("extra",)
 

@@ -24,7 +24,7 @@ from mlstack.training.evaluation import (
     write_plots,
 )
 from mlstack.training.model_input import FEATURES
-from tests.unit.test_training import FAST_PARAMS, synthetic_applications
+from tests.support.training_data import FAST_PARAMS, synthetic_applications
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

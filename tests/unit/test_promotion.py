@@ -10,6 +10,7 @@ import pytest
 from mlstack.settings import Settings
 from mlstack.training.evaluation import Metrics
 from mlstack.training.promotion import (
+    Decision,
     Floors,
     decide,
     floors_from,
@@ -152,6 +153,42 @@ def test_decision_tags_are_strings_with_full_precision():
     assert first["promotion_decision"] == "reject"
     assert first["champion_roc_auc"] == "none"
     assert first["compared_with_version"] == "none"
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        decide(metrics(0.761234567891), metrics(0.75), MARGIN, FLOORS, champion_version="2"),
+        decide(metrics(0.7601), metrics(0.76), MARGIN, FLOORS, champion_version="7"),
+        decide(metrics(0.5), None, MARGIN, FLOORS),
+        decide(replace(metrics(), calibration_error_noise=0.0712345), None, 0.0, FLOORS),
+        Decision(False, [], metrics(), None, 0.01),
+    ],
+    ids=["promote", "reject-margin", "reject-floors-no-champion", "noise-widened", "no-reasons-no-floors"],
+)
+def test_decision_from_tags_round_trips_to_tags(decision):
+    restored = Decision.from_tags(decision.to_tags())
+    assert restored == decision
+    assert restored.floors == decision.floors
+    assert restored.to_tags() == decision.to_tags()
+
+
+def test_decision_from_tags_ignores_other_tags_and_keeps_nan_metrics():
+    challenger = replace(metrics(), precision_at_threshold=math.nan)
+    tags = decide(challenger, None, MARGIN, FLOORS).to_tags() | {"promotion_outcome": "promoted", "git_commit": "abc"}
+    restored = Decision.from_tags(tags)
+    assert math.isnan(restored.challenger.precision_at_threshold)
+    assert restored.challenger.rows == 1000 and isinstance(restored.challenger.rows, int)
+
+
+def test_decision_from_tags_names_a_missing_or_bad_tag():
+    tags = decide(metrics(), metrics(0.7), MARGIN, FLOORS, champion_version="1").to_tags()
+    with pytest.raises(ValueError, match="champion_log_loss"):
+        Decision.from_tags({key: value for key, value in tags.items() if key != "champion_log_loss"})
+    with pytest.raises(ValueError, match="challenger_rows must be an integer"):
+        Decision.from_tags(tags | {"challenger_rows": "many"})
+    with pytest.raises(ValueError, match="promotion_decision"):
+        Decision.from_tags(tags | {"promotion_decision": "maybe"})
 
 
 def test_floors_from_settings(tmp_path):

@@ -6,7 +6,7 @@ import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any, get_args
+from typing import Any
 
 import lightgbm
 import numpy as np
@@ -14,7 +14,7 @@ import pydantic
 import pytest
 import redis
 
-from mlstack.data.generator import LOAN_PURPOSES, LOAN_TERMS_MONTHS
+from mlstack.data.schema import LOAN_PURPOSES, LOAN_TERMS_MONTHS
 from mlstack.features.online_store import OnlineStoreError
 from mlstack.serving import scoring
 from mlstack.serving.scoring import (
@@ -140,11 +140,6 @@ def direct_probability(booster: lightgbm.Booster, row: dict[str, Any]) -> float:
 
 
 # --- request models ----------------------------------------------------------------------------
-
-
-def test_request_vocabularies_match_the_generated_data() -> None:
-    assert get_args(scoring.LoanPurpose) == LOAN_PURPOSES
-    assert get_args(scoring.LoanTerm) == LOAN_TERMS_MONTHS
 
 
 def test_openapi_schema_lists_purposes_terms_and_an_example() -> None:
@@ -518,19 +513,22 @@ def wrapped(outer: Exception, inner: Exception) -> Exception:
     ],
 )
 def test_classify_error_maps_exceptions_to_status_and_cause(error: Exception, status: int, cause: str) -> None:
-    assert classify_error(error)[:2] == (status, cause)
+    answer = classify_error(error)
+    assert (answer.status, answer.cause) == (status, cause)
+    assert answer.is_outage == (status == 503)
+    assert answer.body() == {"error": answer.message, "cause": cause}
 
 
 def test_classify_error_validation_is_422_naming_fields() -> None:
     with pytest.raises(pydantic.ValidationError) as caught:
         LoanApplication.model_validate({**APPLICATION, "loan_amount": 1e9, "zipcode": "x"})
-    status, cause, message = classify_error(caught.value)
-    assert (status, cause) == (422, "invalid_request")
-    assert "zipcode:" in message
-    assert "loan_amount: Input should be less than or equal to 100000" in message
+    answer = classify_error(caught.value)
+    assert (answer.status, answer.cause) == (422, "invalid_request")
+    assert "zipcode:" in answer.message
+    assert "loan_amount: Input should be less than or equal to 100000" in answer.message
 
 
 def test_classify_error_internal_does_not_leak_details() -> None:
-    status, cause, message = classify_error(RuntimeError("password=hunter2"))
-    assert (status, cause) == (500, "internal")
-    assert "hunter2" not in message
+    answer = classify_error(RuntimeError("password=hunter2"))
+    assert (answer.status, answer.cause) == (500, "internal")
+    assert "hunter2" not in answer.message

@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mlstack.data.generator import HOME_OWNERSHIP, LOAN_APPLICATIONS_FILE, LOAN_PURPOSES
+from mlstack.data.schema import HOME_OWNERSHIP, LOAN_APPLICATIONS_FILE, LOAN_PURPOSES, REQUEST_FIELDS
 from mlstack.training import dataset, model_input
 from mlstack.training.dataset import (
     Split,
     TrainingDataError,
-    TrainingParams,
     fingerprint_frame,
     labelled_applications,
     split_by_time,
@@ -25,61 +24,7 @@ from mlstack.training.dataset import (
 )
 from mlstack.training.model_input import CATEGORICAL, FEATURES, ModelInputError, categorical_indices, encode, encode_row
 from tests.support.factories import make_settings
-
-START = pd.Timestamp("2025-01-01", tz="UTC")
-
-
-def synthetic_applications(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
-    """Applications with every model input and a label driven by utilisation and bureau score, oldest first."""
-    rng = np.random.default_rng(seed)
-    utilisation = rng.uniform(0, 1, rows)
-    bureau = rng.normal(680, 60, rows).round()
-    income = rng.lognormal(np.log(60_000), 0.4, rows).round(-1)
-    amount = rng.uniform(2_000, 40_000, rows).round(-1)
-    term = rng.choice([36, 60], rows)
-    debt = rng.uniform(100, 2_000, rows)
-    logit = -2.2 + 3.0 * (utilisation - 0.5) - (bureau - 680) / 30
-    frame = pd.DataFrame(
-        {
-            "application_id": np.arange(1, rows + 1),
-            "customer_id": rng.integers(1, rows // 2 + 2, rows),
-            "zipcode": rng.choice(["10001", "20002", "30003"], rows),
-            "event_timestamp": START + pd.to_timedelta(np.sort(rng.uniform(0, 365, rows)), unit="D"),
-            "loan_amount": amount,
-            "loan_term_months": term,
-            "loan_purpose": rng.choice(LOAN_PURPOSES, rows),
-            "age": rng.integers(21, 70, rows),
-            "annual_income": income,
-            "employment_length_years": rng.uniform(0, 20, rows).round(2),
-            "home_ownership": rng.choice(HOME_OWNERSHIP, rows),
-            "credit_utilisation": utilisation,
-            "open_accounts": rng.integers(1, 12, rows),
-            "delinquencies_2y": rng.poisson(0.3, rows),
-            "bureau_score": bureau,
-            "monthly_debt_payments": debt,
-            "accounts_in_collections": rng.poisson(0.05, rows),
-            "median_income": rng.normal(60_000, 8_000, rows),
-            "unemployment_rate": rng.uniform(0.02, 0.1, rows),
-            "population": rng.integers(5_000, 80_000, rows),
-            "regional_default_rate": rng.uniform(0.05, 0.15, rows),
-            "loan_to_income": amount / income,
-            "payment_to_income": (amount / term + debt) / (income / 12),
-            "defaulted": (rng.uniform(0, 1, rows) < 1 / (1 + np.exp(-logit))).astype(np.int64),
-        }
-    )
-    return frame
-
-
-FAST_PARAMS = TrainingParams(
-    learning_rate=0.1,
-    num_leaves=15,
-    min_data_in_leaf=20,
-    feature_fraction=0.9,
-    num_boost_round=1000,
-    early_stopping_rounds=20,
-    seed=3,
-)
-
+from tests.support.training_data import FAST_PARAMS, START, synthetic_applications
 
 # --------------------------------------------------------------------------- model input
 
@@ -169,7 +114,7 @@ def write_applications(settings_dir: Path, frame: pd.DataFrame) -> None:
 
 @pytest.fixture
 def applications_dir(tmp_path: Path) -> Path:
-    frame = synthetic_applications(200)[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]].sample(
+    frame = synthetic_applications(200)[[*dataset.ENTITY_COLUMNS, *REQUEST_FIELDS, "defaulted"]].sample(
         frac=1, random_state=1
     )
     frame["default_timestamp"] = frame["event_timestamp"] + pd.Timedelta(days=90)
@@ -181,7 +126,7 @@ def test_labelled_applications_default_to_all_before_data_end(applications_dir: 
     settings = make_settings(applications_dir, data_end=date(2026, 1, 1))
     frame = labelled_applications(settings)
     assert len(frame) == 200
-    assert list(frame.columns) == [*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]
+    assert list(frame.columns) == [*dataset.ENTITY_COLUMNS, *REQUEST_FIELDS, "defaulted"]
     assert frame["event_timestamp"].is_monotonic_increasing
 
 
@@ -221,14 +166,14 @@ def test_labelled_applications_raise_on_bad_window_or_missing_file(applications_
 
 
 def test_labelled_applications_raise_on_repeated_application_id(tmp_path: Path) -> None:
-    frame = synthetic_applications(10)[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]]
+    frame = synthetic_applications(10)[[*dataset.ENTITY_COLUMNS, *REQUEST_FIELDS, "defaulted"]]
     write_applications(tmp_path, pd.concat([frame, frame.head(1)]))
     with pytest.raises(TrainingDataError, match="application_id must be unique"):
         labelled_applications(make_settings(tmp_path, data_end=date(2026, 1, 1)))
 
 
 def test_labelled_applications_raise_naming_a_missing_column(tmp_path: Path) -> None:
-    frame = synthetic_applications(10)[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS]]
+    frame = synthetic_applications(10)[[*dataset.ENTITY_COLUMNS, *REQUEST_FIELDS]]
     write_applications(tmp_path, frame)
     with pytest.raises(TrainingDataError, match=r"lack column\(s\) \['defaulted'\]"):
         labelled_applications(make_settings(tmp_path, data_end=date(2026, 1, 1)))
@@ -236,7 +181,7 @@ def test_labelled_applications_raise_naming_a_missing_column(tmp_path: Path) -> 
 
 def test_one_row_per_application_guard_rejects_repeated_or_lost_rows() -> None:
     frame = synthetic_applications(10)
-    applications = frame[[*dataset.ENTITY_COLUMNS, *dataset.REQUEST_COLUMNS, "defaulted"]]
+    applications = frame[[*dataset.ENTITY_COLUMNS, *REQUEST_FIELDS, "defaulted"]]
     joined = frame.sample(frac=1, random_state=2)
     ordered = dataset._one_row_per_application(applications, joined, "svc")
     assert ordered["application_id"].tolist() == applications["application_id"].tolist()

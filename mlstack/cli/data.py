@@ -1,0 +1,36 @@
+"""`mlstack data`: the synthetic offline data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mlstack.cli import context, render
+
+if TYPE_CHECKING:
+    from mlstack.settings import Settings
+
+app = typer.Typer(help="Synthetic offline data.", no_args_is_help=True)
+
+
+@app.command("generate")
+def data_generate(
+    customers: Annotated[int | None, typer.Option(min=1, help="Customers to simulate (default from settings).")] = None,
+    months: Annotated[int | None, typer.Option(min=12, max=120, help="Months of history.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    end: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Last day of history (UTC).")] = None,
+) -> None:
+    """Generate the synthetic credit-risk data (parquet) under the state directory."""
+    settings = context.settings(customers=customers, months=months, seed=seed, data_end=end.date() if end else None)
+    generate(settings)
+
+
+def generate(settings: Settings) -> None:
+    """Generate fresh offline data (clearing feature state of earlier data) with a progress bar; show its tables."""
+    from mlstack.simulation.demo import generate_fresh_data
+
+    with render.generation_progress(settings.customers) as progress:
+        fresh = generate_fresh_data(settings, progress)
+    render.data_generated(fresh)

@@ -1,0 +1,275 @@
+"""How the CLI shows things: rich tables, progress bars and one-line outcomes; no logic, no I/O but the console."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlstack.features.store import ApplyResult, MaterializeResult
+    from mlstack.monitoring.drift import DriftReport
+    from mlstack.serving.bento import BuiltBento
+    from mlstack.serving.client import ScoredApplication
+    from mlstack.settings import Settings
+    from mlstack.simulation.demo import DemoSummary, FreshData
+    from mlstack.simulation.traffic import Scenario, TrafficRun
+    from mlstack.stack.local import ComponentStatus
+    from mlstack.stack.service import LocalService
+    from mlstack.training.steps import TrainingOutcome
+
+console = Console()
+err_console = Console(stderr=True)
+
+DATA_TABLES = ("customer_profile", "credit_history", "zipcode_stats", "loan_applications")
+EXAMPLE_REQUEST = (
+    '{"customer_id": 1, "zipcode": "10001", "loan_amount": 12000, "loan_term_months": 36, '
+    '"loan_purpose": "debt_consolidation"}'
+)
+DRIFT_COLOURS = {"drift": "red", "no_drift": "green"}
+STACK_URLS = (
+    ("prefect-server", "Prefect UI"),
+    ("mlflow-server", "MLflow UI"),
+    ("service", "service (Swagger UI; POST /predict)"),
+    ("redis", "Redis"),
+)
+
+
+def error(message: str) -> None:
+    """A known failure: one line on stderr (not wrapped, so logs and grep see it whole), no traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+
+
+def line(text: str) -> None:
+    """One plain line on stdout."""
+    console.print(text)
+
+
+def chapter(title: str) -> None:
+    """A rule with the title of a new step."""
+    console.rule(f"[bold]{title}")
+
+
+@contextmanager
+def waiting(text: str) -> Iterator[Callable[[str], None]]:
+    """A spinner while something runs; yields a callable that replaces its text."""
+    with console.status(text) as status:
+        yield lambda new: status.update(new)
+
+
+@contextmanager
+def generation_progress(total: int) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar over customers; yields `progress(done, total)`."""
+    with Progress(
+        TextColumn("[bold]generating[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("customers"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task("generate", total=total)
+        yield lambda done, of: progress.update(bar, completed=done, total=of)
+
+
+def data_generated(data: FreshData) -> None:
+    """Rows per table of newly generated data, and its label rate."""
+    if data.cleared_feature_state:
+        console.print("existing data replaced: cleared the Feast registry and this project's online rows")
+    table = Table(title=f"Synthetic data in {data.directory} ({data.seconds:.1f}s)")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name in DATA_TABLES:
+        table.add_row(name, f"{getattr(data.summary, name + '_rows'):,}")
+    console.print(table)
+    console.print(f"default rate of applications: {data.summary.label_rate:.1%} (synthetic data, see docs/data.md)")
+
+
+def applied(result: ApplyResult) -> None:
+    """What `feast apply` registered."""
+    console.print(
+        f"applied: views {', '.join(result.feature_views)}; on-demand {', '.join(result.on_demand_feature_views)}; "
+        f"services {', '.join(result.feature_services)} ({result.seconds:.1f}s)"
+    )
+
+
+def materialized(results: Sequence[MaterializeResult]) -> None:
+    """Rows, seconds and throughput per materialised feature view."""
+    table = Table(title="Materialised into Redis")
+    for column in ("feature view", "rows", "seconds", "rows/s"):
+        table.add_column(column, justify="right" if column != "feature view" else "left")
+    for r in results:
+        table.add_row(
+            r.feature_view,
+            f"{r.rows:,}",
+            f"{r.seconds:.2f}",
+            f"{r.rows / r.seconds:,.0f}" if r.seconds else "-",
+        )
+    console.print(table)
+
+
+def vectors(frame: pd.DataFrame) -> None:
+    """Online feature vectors, one column per entity row."""
+    table = Table(title="Online feature vectors (feature service credit_risk_v1)")
+    table.add_column("feature")
+    for i in range(len(frame)):
+        table.add_column(f"row {i}", justify="right")
+    for column in frame.columns:
+        values = [frame[column].iloc[i] for i in range(len(frame))]
+        table.add_row(str(column), *[f"{v:.4g}" if isinstance(v, float) else str(v) for v in values])
+    console.print(table)
+
+
+def training(settings: Settings, outcome: TrainingOutcome, champion: str | None) -> None:
+    """A training run's verdict, holdout metrics, leakage warnings and the @champion afterwards."""
+    metrics = outcome.metrics
+    verdict = "[green]promoted to @champion[/]" if outcome.promoted else "[yellow]not promoted[/]"
+    console.print(f"model {settings.model_name} version {outcome.version}: {verdict}")
+    console.print(f"  decision: {outcome.decision.summary()}")
+    console.print(
+        f"  holdout: ROC AUC {metrics.roc_auc:.4f}, PR AUC {metrics.pr_auc:.4f}, log loss {metrics.log_loss:.4f}, "
+        f"Brier {metrics.brier:.4f}, calibration error {metrics.calibration_error:.4f}, "
+        f"recall {metrics.recall_at_threshold:.3f} / precision {metrics.precision_at_threshold:.3f} "
+        f"at threshold {metrics.threshold:.2f} ({metrics.rows:,} applications)"
+    )
+    for warning in outcome.leakage:
+        console.print(f"  [red]probable leakage:[/] {warning}")
+    console.print(f"  @champion is now version {champion or '(none)'}")
+    if not settings.mlflow_tracking_uri:
+        console.print(
+            f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri()} "
+            "--port 5000, then open http://127.0.0.1:5000"
+        )
+
+
+def model_info(title: str, info: Mapping[str, str]) -> None:
+    """A model version's lineage, field by field."""
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in info.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+def bento_built(built: BuiltBento) -> None:
+    """The tag, model version and path of a new bento."""
+    console.print(f"built bento [bold]{built.tag}[/] (MLflow model version {built.model_version}) at {built.path}")
+
+
+def bento_next_steps(built: BuiltBento) -> None:
+    """How to serve and containerize a bento."""
+    console.print(f"  serve it:        bentoml serve {built.tag}")
+    console.print(f"  containerize it: bentoml containerize {built.tag}  (Dockerfile: {built.dockerfile})")
+
+
+def service_started(service: LocalService) -> None:
+    """Where the service runs, and a request to try."""
+    console.print(f"credit-risk service ({service.target}) at {service.url} (pid {service.pid}, log {service.log})")
+    console.print(
+        f"  try: curl -s -X POST {service.url}/predict -H 'content-type: application/json' -d '{EXAMPLE_REQUEST}'"
+    )
+
+
+def scored(url: str, answers: Sequence[ScoredApplication]) -> None:
+    """The service's answers to some applications, one row each."""
+    table = Table(title=f"POST {url}/predict")
+    for column in ("customer", "amount", "p(default)", "decision", "model", "features found", "stalest feature age"):
+        table.add_column(column)
+    for answer in answers:
+        customer = str(answer.application["customer_id"])
+        prediction = answer.prediction
+        if prediction is None:
+            table.add_row(customer, "", f"HTTP {answer.status}", answer.error[:60], "", "", "")
+            continue
+        age = prediction.stalest_feature_age_seconds
+        table.add_row(
+            customer,
+            f"{answer.application['loan_amount']:,.0f}",
+            f"{prediction.default_probability:.3f}",
+            prediction.decision,
+            f"{prediction.model_name} v{prediction.model_version}",
+            str(prediction.features_found),
+            f"{age / 86400:.1f} days" if age is not None else "-",
+        )
+    console.print(table)
+
+
+@contextmanager
+def traffic_progress(scenario: Scenario, url: str) -> Iterator[Callable[[str, int, int], None]]:
+    """The scenario's description, then one bar per stage; yields `progress(stage, done, total)`."""
+    console.print(f"scenario [bold]{scenario.name}[/]: {scenario.description}")
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                label = "materialise new snapshots" if stage == "materialise" else f"POST {url}/predict"
+                tasks[stage] = bar.add_task(label, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield progress
+
+
+def traffic_sent(run: TrafficRun) -> None:
+    """What a traffic run sent and wrote."""
+    console.print(run.summary())
+
+
+def drift(report: DriftReport) -> None:
+    """The monitor's verdict, and the most drifted columns unless data was insufficient."""
+    colour = DRIFT_COLOURS.get(report.verdict, "yellow")
+    console.print(f"[{colour}]{report.summary()}[/]")
+    if report.verdict == "insufficient_data":
+        return
+    table = Table(title="drift by column (severity 1.0 = threshold)")
+    for column in ("column", "algorithm", "score", "severity", "verdict"):
+        table.add_column(column)
+    for c in report.ranked()[:8]:
+        verdict = "[red]DRIFT[/]" if c.drifted else c.verdict
+        table.add_row(c.column, c.algorithm, f"{c.score:.4g}", f"{c.severity:.2f}", verdict)
+    console.print(table)
+
+
+def components(title: str, rows: Sequence[ComponentStatus]) -> None:
+    """One row per stack component: state, health, URL, pid, log or note."""
+    table = Table(title=title)
+    for column in ("component", "state", "health", "url", "pid", "log / note"):
+        table.add_column(column)
+    for row in rows:
+        health = "[green]healthy[/]" if row.healthy else "[red]unhealthy[/]"
+        if row.state in ("stopped", "not started"):
+            health = "-"
+        detail = " ".join(part for part in (str(row.log) if row.log else "", row.note) if part)
+        table.add_row(row.name, row.state, health, row.url or "", str(row.pid or ""), detail)
+    console.print(table)
+
+
+def stack_urls(rows: Sequence[ComponentStatus]) -> None:
+    """The URL of each running component people open."""
+    urls = {row.name: row.url for row in rows if row.url and row.state in ("running", "external")}
+    for name, label in STACK_URLS:
+        if name in urls:
+            console.print(f"  {label}: {urls[name]}")
+
+
+def demo_summary(summary: DemoSummary) -> None:
+    """The story in a few lines, and where everything still runs."""
+    chapter("the story")
+    for text in summary.lines():
+        console.print(f"- {text}")
+    console.print(
+        f"\n[green]done in {summary.seconds:.0f}s.[/] Everything keeps running: the Prefect UI at "
+        f"{summary.prefect_ui}, `mlstack status` shows it all, `mlstack down` stops it."
+    )

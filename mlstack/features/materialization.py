@@ -1,0 +1,207 @@
+"""Incremental materialisation through the Arrow writer, with the semantics of Feast's own.
+
+``FeatureStore.materialize_incremental`` (Feast 0.67, local provider) does, per feature view:
+window start = the last recorded end, else now - ttl (now - 52 weeks for a zero ttl); the offline
+store's ``pull_latest_from_table_or_query`` over the view's join keys, features, timestamp and
+created-timestamp columns (latest row per entity, ties broken by the created timestamp); per-row
+protobuf conversion and ``online_write_batch``; then ``registry.apply_materialization(view,
+project, start, end)``, with the view's lifecycle state moved to MATERIALIZING and back on failure.
+
+``materialize_arrow`` does the same steps with the same registry calls, so ``feast`` and mlstack see
+the same intervals, but streams the offline result as Arrow record batches (DuckDB's cursor, one
+chunk in memory at a time) into ``ArrowRedisOnlineStore.write_arrow_batches``. The window is
+recorded only after every chunk was acknowledged by Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+from feast import FeatureStore, FeatureView, utils
+from feast.feature_view import FeatureViewState
+from feast.infra.offline_stores.offline_store import RetrievalJob
+
+from mlstack.errors import StackError
+from mlstack.features.redis_writer import DEFAULT_CHUNK_ROWS, ArrowRedisOnlineStore, RedisWriteError
+
+log = logging.getLogger(__name__)
+
+
+class MaterializationError(StackError):
+    """A materialisation failed part-way; the message names the view and the rows already written."""
+
+
+@dataclass(frozen=True)
+class ArrowMaterialization:
+    """One view materialised by the Arrow writer: the recorded window and the rows read and written."""
+
+    feature_view: str
+    start: datetime
+    end: datetime
+    rows: int  # rows handed to the writer (latest per entity in the window)
+    rows_written: int  # rows Redis acknowledged (fewer only when Feast's timestamp dedup skipped some)
+
+
+def arrow_writer(store: FeatureStore) -> ArrowRedisOnlineStore | None:
+    """The store's online store if it is the Arrow writer (``ArrowRedisOnlineStore``), else None."""
+    online_store = store._get_provider().online_store  # no public accessor; the provider owns it
+    return online_store if isinstance(online_store, ArrowRedisOnlineStore) else None
+
+
+def materialize_arrow(store: FeatureStore, feature_view: str, end: datetime) -> ArrowMaterialization:
+    """Materialise one batch view incrementally up to ``end`` through the Arrow writer; record the window.
+
+    Raises MaterializationError (window not recorded) if anything fails before every row is written.
+    """
+    writer = arrow_writer(store)
+    if writer is None:
+        raise StackError(f"the online store of this repo is not {ArrowRedisOnlineStore.__name__}")
+    view = _batch_view(store, feature_view)
+    start = incremental_start(view)
+    end = utils.make_tzaware(end)
+    previous_state = _enter_materializing(store, view)
+    handed = acknowledged = 0
+
+    stream = _latest_batches(store, view, start, end)
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        nonlocal handed
+        for batch in stream:
+            handed += batch.num_rows
+            yield batch
+
+    def progress(rows: int) -> None:
+        nonlocal acknowledged
+        acknowledged += rows
+
+    try:
+        written = writer.write_arrow_batches(store.config, view, counted(), progress)
+    except Exception as exc:
+        _restore_state(store, view, previous_state)
+        written = exc.rows_written if isinstance(exc, RedisWriteError) else acknowledged
+        raise MaterializationError(
+            f"materialising {feature_view!r} failed after {written:,} rows were written to Redis ({exc}). "
+            f"The window {start.isoformat()} -> {end.isoformat()} was not recorded; a rerun rewrites it."
+        ) from exc
+    finally:
+        stream.close()  # an unfinished DuckDB result would block the connection's next query
+    store.registry.apply_materialization(view, store.project, start, end)
+    _precompute_services(store, feature_view)
+    return ArrowMaterialization(feature_view, start, end, handed, written)
+
+
+def incremental_start(view: FeatureView) -> datetime:
+    """Where ``materialize_incremental`` starts: the last recorded end, else now - ttl (52 weeks if ttl is 0)."""
+    start = view.most_recent_end_time
+    if start is None:
+        if view.ttl is None:
+            raise StackError(
+                f"No start time found for feature view {view.name}: incremental materialisation needs a ttl "
+                "or an earlier materialisation"
+            )
+        start = datetime.now(UTC) - (view.ttl if view.ttl.total_seconds() > 0 else timedelta(weeks=52))
+    return utils.make_tzaware(start)
+
+
+def _batch_view(store: FeatureStore, name: str) -> FeatureView:
+    """The registered view, refused (as Feast refuses) if it is not an enabled online batch view."""
+    view = store.registry.get_feature_view(name, store.project)
+    if not view.online:
+        raise StackError(f"feature view {name!r} is not online: nothing to materialise")
+    if hasattr(view, "enabled") and not view.enabled:
+        raise StackError(f"FeatureView {name} is disabled. Enable it before materializing.")
+    if getattr(view, "feature_transformation", None) or getattr(view, "aggregations", None):
+        raise StackError(
+            f"feature view {name!r} has a transformation or aggregations, which the Arrow writer does not "
+            "apply: materialise it with MLSTACK_MATERIALIZE_WRITER=feast"
+        )
+    return view
+
+
+def _latest_batches(
+    store: FeatureStore, view: FeatureView, start: datetime, end: datetime
+) -> Generator[pa.RecordBatch, None, None]:
+    """The offline store's latest row per entity in [start, end], as a stream of record batches."""
+    if view.batch_source is None:
+        raise StackError(f"feature view {view.name!r} has no batch source to materialise from")
+    entities = [store.registry.get_entity(name, store.project) for name in view.entities]
+    join_keys, features, timestamp, created = utils._get_column_names(view, entities)  # what Feast's engine reads
+    job = store._get_provider().offline_store.pull_latest_from_table_or_query(
+        config=store.config,
+        data_source=view.batch_source,
+        join_key_columns=join_keys,
+        feature_name_columns=features,
+        timestamp_field=timestamp,
+        created_timestamp_column=created,
+        start_date=start,
+        end_date=end,
+    )
+    chunk_rows = store.config.materialization_config.online_write_batch_size or DEFAULT_CHUNK_ROWS
+    yield from _stream(job, chunk_rows, view.batch_source.field_mapping)
+
+
+def _stream(job: RetrievalJob, chunk_rows: int, mapping: dict[str, str] | None) -> Iterator[pa.RecordBatch]:
+    """The job's result a chunk at a time: DuckDB's cursor for DuckDB (ibis) jobs, else its Arrow table.
+
+    ibis's own ``to_pyarrow_batches`` calls a cursor method DuckDB 2 removed, so the job's query is
+    compiled by its ibis backend and run on that backend's DuckDB connection; batches are cast to
+    the query's schema, as ibis's ``to_pyarrow`` (what Feast's engine calls) does. Until the stream
+    is exhausted or closed, that (process-wide) connection runs no other query.
+    """
+    query: Any = getattr(job, "table", None)
+    backend: Any = query.get_backend() if hasattr(query, "get_backend") else None
+    connection = getattr(backend, "con", None)
+    if connection is None or not hasattr(connection, "sql"):
+        for batch in job.to_arrow().to_batches(max_chunksize=chunk_rows):
+            yield _renamed(batch, mapping)
+        return
+    schema = query.schema().to_pyarrow()
+    reader = connection.sql(backend.compile(query)).to_arrow_reader(chunk_rows)
+    try:
+        for batch in reader:
+            yield _renamed(batch if batch.schema == schema else batch.cast(schema), mapping)
+    finally:
+        reader.close()
+
+
+def _renamed(batch: pa.RecordBatch, mapping: dict[str, str] | None) -> pa.RecordBatch:
+    """Source columns renamed by the source's field mapping, as Feast's source-read node does."""
+    if not mapping:
+        return batch
+    return batch.rename_columns([mapping.get(name, name) for name in batch.schema.names])
+
+
+def _enter_materializing(store: FeatureStore, view: FeatureView) -> FeatureViewState | None:
+    """Feast's lifecycle step before writing: move the view to MATERIALIZING; return the state to restore."""
+    previous = getattr(view, "state", None)
+    if previous == FeatureViewState.MATERIALIZING:
+        return FeatureViewState.GENERATED
+    if previous is not None and previous != FeatureViewState.STATE_UNSPECIFIED:
+        if not previous.can_transition_to(FeatureViewState.MATERIALIZING):
+            raise ValueError(f"FeatureView {view.name} cannot transition from {previous.name} to MATERIALIZING.")
+        view.state = FeatureViewState.MATERIALIZING
+        store.registry.apply_feature_view(view, store.project, commit=True)
+    return previous
+
+
+def _restore_state(store: FeatureStore, view: FeatureView, previous: FeatureViewState | None) -> None:
+    if previous is not None and previous != FeatureViewState.STATE_UNSPECIFIED:
+        view.state = previous
+        store.registry.apply_feature_view(view, store.project, commit=True)
+
+
+def _precompute_services(store: FeatureStore, feature_view: str) -> None:
+    """Refresh precomputed vectors of services that use the view, as Feast does after materialising."""
+    for service in store.registry.list_feature_services(store.project):
+        if getattr(service, "precompute_online", False) and feature_view in {
+            p.name for p in service.feature_view_projections
+        }:
+            try:
+                store.precompute_feature_service(service.name)
+            except Exception:
+                log.warning("Failed to precompute vectors for service %r", service.name, exc_info=True)

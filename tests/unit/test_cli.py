@@ -1,0 +1,259 @@
+"""The `mlstack` command in process (typer's CliRunner), on an empty state dir: no Redis, no servers.
+
+Help must work whatever the MLSTACK_* environment holds, and a user's mistake ends in one line on
+stderr with exit status 1 (click's usage errors: 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from mlstack.cli import context
+from mlstack.cli.app import app
+from mlstack.serving.client import ScoredApplication, ServiceClientError, predict
+from mlstack.settings import get_settings
+
+COMMANDS = [
+    [],
+    ["data"],
+    ["data", "generate"],
+    ["features"],
+    ["features", "apply"],
+    ["features", "materialize"],
+    ["features", "show"],
+    ["train"],
+    ["model"],
+    ["model", "show"],
+    ["model", "rollback"],
+    ["bento"],
+    ["bento", "build"],
+    ["serve"],
+    ["traffic"],
+    ["monitor"],
+    ["demo"],
+    ["bootstrap"],
+    ["up"],
+    ["down"],
+    ["status"],
+]
+TOP_LEVEL = ("train", "traffic", "monitor", "serve", "demo", "bootstrap", "up", "down", "status")
+GROUPS = ("data", "features", "model", "bento")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty state dir as MLSTACK_STATE_DIR, no other MLSTACK_* variable; the environment restored after."""
+    saved = dict(os.environ)  # commands export the stack's environment (Prefect, MLflow) into this process
+    for name in [name for name in os.environ if name.startswith("MLSTACK_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLSTACK_STATE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    os.environ.clear()
+    os.environ.update(saved)
+    get_settings.cache_clear()
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def _one_error_line(result: Result) -> str:
+    """The one `error:` line on stderr (libraries may log above it, e.g. MLflow creating its store)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.rstrip().endswith(lines[0])
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "mlstack")
+def test_help_shows_usage_for_every_command_when_a_setting_is_invalid(
+    command: list[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLSTACK_CUSTOMERS", "many")  # would fail any command that builds the settings
+    result = _run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout
+    assert not list(state_dir.iterdir())  # help writes nothing
+
+
+def test_help_builds_no_settings(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(**overrides: object) -> None:
+        raise AssertionError("settings built outside a command body")
+
+    monkeypatch.setattr(context, "settings", refuse)
+    for command in COMMANDS:
+        assert _run(*command, "--help").exit_code == 0, command
+
+
+def test_help_lists_every_command_and_group(state_dir: Path) -> None:
+    result = _run("--help")
+    for name in (*TOP_LEVEL, *GROUPS):
+        assert f" {name} " in result.stdout, name
+
+
+def test_invalid_setting_fails_in_one_line_naming_the_variable(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLSTACK_CUSTOMERS", "many")
+    result = _run("down")
+    assert result.exit_code == 1
+    assert "MLSTACK_CUSTOMERS" in _one_error_line(result)
+    assert "many" not in result.stderr  # values are not echoed: some settings are secrets
+
+
+def test_bad_date_is_a_usage_error_naming_the_option(state_dir: Path) -> None:
+    result = _run("data", "generate", "--end", "2026-13-01")
+    assert result.exit_code == 2
+    assert "--end" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (state_dir / "data").exists()
+
+
+def test_out_of_range_option_is_a_usage_error(state_dir: Path) -> None:
+    result = _run("data", "generate", "--months", "6")
+    assert result.exit_code == 2
+    assert "--months" in result.stderr
+
+
+def test_unknown_scenario_fails_in_one_line(state_dir: Path) -> None:
+    result = _run("traffic", "--scenario", "boom")
+    assert result.exit_code == 1
+    assert "unknown scenario 'boom'" in _one_error_line(result)
+
+
+def test_traffic_without_a_service_says_how_to_start_one(state_dir: Path) -> None:
+    result = _run("traffic")
+    assert result.exit_code == 1
+    assert "mlstack serve" in _one_error_line(result)
+
+
+def test_features_show_without_data_names_the_missing_step(state_dir: Path) -> None:
+    result = _run("features", "show", "--customer-id", "1")
+    assert result.exit_code == 1
+    assert "mlstack data generate" in _one_error_line(result)
+
+
+def test_unknown_model_version_fails_in_one_line(state_dir: Path) -> None:
+    result = _run("model", "show", "999")  # an empty local MLflow store under the state dir
+    assert result.exit_code == 1
+    assert "no version '999'" in _one_error_line(result)
+
+
+def test_down_on_an_empty_state_dir_reports_nothing_running(state_dir: Path) -> None:
+    result = _run("down")
+    assert result.exit_code == 0, result.output
+    for name in ("service", "prefect-worker", "prefect-server", "mlflow-server", "redis"):
+        assert f"{name}: was not running" in result.stdout
+
+
+def test_interrupt_exits_130_without_traceback(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(**overrides: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(context, "settings", interrupted)
+    result = _run("down")
+    assert result.exit_code == 130
+    assert "Traceback" not in result.output
+
+
+def test_main_is_the_console_entry_point() -> None:
+    from mlstack.cli import main
+
+    assert main.__module__ == "mlstack.cli.app"
+
+
+# --- the scoring service's HTTP client (mlstack.serving.client), against a stub server ---------
+
+PREDICTION = {
+    "default_probability": 0.12,
+    "decision": "approve",
+    "threshold": 0.3,
+    "model_name": "credit-risk",
+    "model_version": "3",
+    "features_found": True,
+    "missing_features": [],
+    "stale_features": [],
+    "freshest_feature_age_seconds": 10.0,
+    "stalest_feature_age_seconds": 86400.0,
+}
+APPLICATION = {
+    "customer_id": 1,
+    "zipcode": "10001",
+    "loan_amount": 5000.0,
+    "loan_term_months": 36,
+    "loan_purpose": "car",
+}
+
+
+class _Stub(BaseHTTPRequestHandler):
+    answers: dict[str, tuple[int, bytes]] = {}  # noqa: RUF012 - the stub's fixed table
+    seen: list[tuple[str, str | None]] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.seen.append((self.path, self.headers.get("authorization")))
+        token = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+        status, body = self.answers[token]
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub_service() -> Iterator[str]:
+    _Stub.answers = {
+        "good": (200, json.dumps(PREDICTION).encode()),
+        "": (401, b'{"error": "missing bearer token"}'),
+        "odd": (200, b'{"hello": 1}'),
+    }
+    _Stub.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_predict_parses_the_prediction_and_sends_the_token(stub_service: str) -> None:
+    answer = predict(stub_service, APPLICATION, token="good")
+    assert answer.status == 200
+    assert answer.prediction is not None
+    assert answer.prediction.model_version == "3"
+    assert answer.prediction.stalest_feature_age_seconds == 86400.0
+    assert _Stub.seen == [("/predict", "Bearer good")]
+
+
+def test_predict_returns_http_errors_as_answers(stub_service: str) -> None:
+    answer = predict(stub_service, APPLICATION)
+    assert answer == ScoredApplication(APPLICATION, 401, None, '{"error": "missing bearer token"}')
+
+
+def test_predict_rejects_a_200_that_is_not_a_prediction(stub_service: str) -> None:
+    with pytest.raises(ServiceClientError, match="without a prediction"):
+        predict(stub_service, APPLICATION, token="odd")
+
+
+def test_predict_reports_an_unreachable_service() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ServiceClientError, match="not reachable"):
+        predict(f"http://127.0.0.1:{port}", APPLICATION, timeout=2)
