@@ -14,7 +14,7 @@ from mlstack.stack.rollout import Rollout, roll_out
 from mlstack.training import registry
 from mlstack.training import steps as training_steps
 from mlstack.training.dataset import Split, TrainingSet, requested_window
-from mlstack.training.evaluation import Metrics
+from mlstack.training.evaluation import HoldoutScore
 from mlstack.training.promotion import Decision
 
 # Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
@@ -37,13 +37,13 @@ def train_lightgbm(parts: Split) -> lightgbm.Booster:
 
 
 @step
-def evaluate_holdout(booster: lightgbm.Booster, parts: Split) -> Metrics:
+def evaluate_holdout(booster: lightgbm.Booster, parts: Split) -> HoldoutScore:
     return training_steps.evaluate_challenger(get_settings(), booster, parts)
 
 
 @step
-def check_leakage(metrics: Metrics, parts: Split) -> list[str]:
-    return training_steps.check_leakage(get_settings(), metrics, parts)
+def check_leakage(challenger: HoldoutScore, parts: Split) -> list[str]:
+    return training_steps.check_leakage(get_settings(), challenger, parts)
 
 
 @step
@@ -52,8 +52,10 @@ def score_champion(parts: Split) -> training_steps.ChampionScore:
 
 
 @step
-def write_artifacts(booster: lightgbm.Booster, parts: Split) -> training_steps.RunArtifacts:
-    return training_steps.write_artifacts(booster, parts, training_steps.run_directory(get_settings()))
+def write_artifacts(
+    booster: lightgbm.Booster, parts: Split, champion: training_steps.ChampionScore
+) -> training_steps.RunArtifacts:
+    return training_steps.write_artifacts(booster, parts, champion, training_steps.run_directory(get_settings()))
 
 
 @step
@@ -61,16 +63,16 @@ def log_and_register(
     booster: lightgbm.Booster,
     training_set: TrainingSet,
     parts: Split,
-    metrics: Metrics,
+    challenger: HoldoutScore,
     artifacts: training_steps.RunArtifacts,
     leakage: list[str],
 ) -> registry.RegisteredVersion:
-    return training_steps.register(get_settings(), booster, training_set, parts, metrics, artifacts, leakage)
+    return training_steps.register(get_settings(), booster, training_set, parts, challenger, artifacts, leakage)
 
 
 @step
-def decide_promotion(metrics: Metrics, champion: training_steps.ChampionScore, leakage: list[str]) -> Decision:
-    return training_steps.gate(get_settings(), metrics, champion, leakage)
+def decide_promotion(challenger: HoldoutScore, champion: training_steps.ChampionScore, leakage: list[str]) -> Decision:
+    return training_steps.gate(get_settings(), challenger, champion, leakage)
 
 
 @step
@@ -115,14 +117,16 @@ def train_model_flow(
     logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
     parts = split_by_time(training_set)
     booster = train_lightgbm(parts)
-    metrics = evaluate_holdout(booster, parts)
-    leakage = check_leakage(metrics, parts)
+    challenger = evaluate_holdout(booster, parts)
+    leakage = check_leakage(challenger, parts)
     champion = score_champion(parts)
-    artifacts = write_artifacts(booster, parts)
-    registered = log_and_register(booster, training_set, parts, metrics, artifacts, leakage)
-    decision = decide_promotion(metrics, champion, leakage)
+    artifacts = write_artifacts(booster, parts, champion)
+    registered = log_and_register(booster, training_set, parts, challenger, artifacts, leakage)
+    decision = decide_promotion(challenger, champion, leakage)
     promoted = move_champion_alias(registered.version, decision)
-    outcome = training_steps.outcome_of(registered, training_set, parts, metrics, champion, decision, promoted, leakage)
+    outcome = training_steps.outcome_of(
+        registered, training_set, parts, challenger, champion, decision, promoted, leakage
+    )
     publish_report(outcome)
     logger.info(outcome.summary())
     if rollout and promoted:

@@ -97,8 +97,30 @@ class Settings(BaseSettings):
     )
 
     # Champion / challenger gate
-    promotion_margin: float = Field(
-        default=0.002, ge=0, description="ROC AUC by which a challenger must beat the champion on the same holdout."
+    # The rule and why (docs/training.md, "The gate"): a challenger is promoted when its holdout log loss
+    # is lower than the champion's with this confidence and its ROC AUC is not lower beyond the margin.
+    gate_confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1,
+        description="Confidence of the gate's intervals (the log-loss difference's must lie below 0).",
+    )
+    gate_auc_margin: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        description="Non-inferiority margin: the lower end of the ROC AUC difference's interval must be above -margin.",
+    )
+    gate_min_defaults: int = Field(
+        default=30,
+        ge=2,
+        description="Fewest defaults (and non-defaults) to compare two models; fewer: insufficient evidence.",
+    )
+    gate_bootstrap_rounds: int = Field(
+        default=1000, ge=100, le=100_000, description="Paired bootstrap resamples of the holdout rows."
+    )
+    gate_bootstrap_seed: int = Field(
+        default=0, description="Seed of the paired bootstrap (a decision is reproducible)."
     )
     # Why these values: floors are sanity checks that catch a broken model, not a comparison between
     # good ones (docs/training.md, "Floors"). Both sat so close to what small training sets reach that

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mlstack.simulation.traffic import Scenario, TrafficRun
     from mlstack.stack.local import ComponentStatus
     from mlstack.stack.service import LocalService
+    from mlstack.training.promotion import Decision
     from mlstack.training.steps import TrainingOutcome
 
 console = Console()
@@ -143,12 +144,42 @@ def training(settings: Settings, outcome: TrainingOutcome, champion: str | None)
     )
     for warning in outcome.leakage:
         console.print(f"  [red]probable leakage:[/] {warning}")
+    gate(outcome.decision, f"v{outcome.version}")
     console.print(f"  @champion is now version {champion or '(none)'}")
     if not settings.mlflow_tracking_uri:
         console.print(
             f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri()} "
             "--port 5000, then open http://127.0.0.1:5000"
         )
+
+
+def gate(decision: Decision, challenger: str) -> None:
+    """The gate's numbers: both models side by side, the differences with their intervals, the rule, the verdict."""
+    champion = f"champion v{decision.champion_version}" if decision.champion_version else "champion (none)"
+    table = Table(title=f"gate: challenger {challenger} vs {champion} on the same holdout")
+    table.add_column("measure")
+    table.add_column(f"challenger {challenger}", justify="right")
+    table.add_column(champion, justify="right")
+    for measure, ours, theirs in decision.metric_rows():
+        table.add_row(measure, ours, theirs)
+    console.print(table)
+    differences = decision.difference_rows()
+    if differences:
+        table = Table(title="challenger minus champion (paired, same rows)")
+        for column in ("measure", "difference", "interval", "gate"):
+            table.add_column(column, justify="right" if column == "difference" else "left")
+        for measure, value, interval, verdict in differences:
+            table.add_row(measure, value, interval, verdict)
+        console.print(table)
+    rule = decision.rule
+    console.print(
+        f"  rule: {rule.confidence:.0%} confidence, ROC AUC non-inferiority margin {rule.auc_margin:.4f}, "
+        f"at least {rule.min_defaults} defaults, {rule.bootstrap_rounds} bootstrap rounds (seed {rule.bootstrap_seed})"
+    )
+    colour = "green" if decision.promote else "yellow"
+    console.print(f"  verdict: [{colour}]{decision.verdict_text}[/]")
+    for reason in decision.reasons:
+        console.print(f"    - {reason}", soft_wrap=True)
 
 
 def model_info(title: str, info: Mapping[str, str]) -> None:

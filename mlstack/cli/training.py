@@ -47,11 +47,20 @@ def show_training(settings: Settings, outcome: TrainingOutcome) -> None:
 
 @model_app.command("show")
 def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias.")] = "@champion") -> None:
-    """Print a model version's lineage: feature service, training window, fingerprint, commit, metrics."""
+    """Print a model version's lineage (feature service, window, fingerprint, commit, metrics) and its gate decision."""
     settings = context.settings()
+    from mlstack.training.promotion import Decision
     from mlstack.training.registry import describe
 
-    render.model_info(f"{settings.model_name} {ref}", describe(settings, ref))
+    info = describe(settings, ref)
+    render.model_info(f"{settings.model_name} {ref}", info)
+    if "promotion_decision" in info:
+        try:
+            decision = Decision.from_tags(info)
+        except ValueError as exc:  # recorded by an older gate: the raw tags above are all there is
+            render.line(f"gate decision not shown: {exc}")
+            return
+        render.gate(decision, f"v{info['version']}")
 
 
 @model_app.command("rollback")

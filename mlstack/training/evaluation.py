@@ -26,6 +26,14 @@ from mlstack.training import model_input
 
 
 @dataclass(frozen=True)
+class CalibrationFit:
+    """Logistic recalibration of 0/1 outcomes on logit(p) (`calibration_fit`)."""
+
+    intercept: float  # a in logit P(default) = a + logit(p): > 0 the model predicts too few defaults, < 0 too many
+    slope: float  # b in logit P(default) = c + b * logit(p): < 1 over-confident (too spread), > 1 under-confident
+
+
+@dataclass(frozen=True)
 class Metrics:
     """Holdout metrics of one model on one frame; `as_dict()` gives flat floats for MLflow."""
 
@@ -44,6 +52,10 @@ class Metrics:
     # The 95th percentile of the same ECE for a perfectly calibrated model with these predictions on a
     # holdout of this size (labels drawn from the predictions themselves): what sampling noise alone gives.
     calibration_error_noise: float = 0.0
+    # Logistic recalibration of the outcome on logit(p) (`calibration_fit`): 0 and 1 for a calibrated
+    # model. NaN: not measured (one class only, constant predictions, or recorded by an older version).
+    calibration_intercept: float = math.nan
+    calibration_slope: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
         """Flat name -> float mapping (for MLflow metrics and tags)."""
@@ -51,10 +63,24 @@ class Metrics:
 
 
 CALIBRATION_BINS = 10
+PROBABILITY_CLIP = 1e-15  # log loss and logit(p) of a prediction of exactly 0 or 1 stay finite
 # A single feature that ranks defaults better than this on its own (AUC on the training part) is
 # flagged as probable leakage. Measured on the default data (docs/training.md): the best honest feature
 # (bureau_score) reaches 0.73-0.75, the same feature read from a future snapshot 0.84-0.86.
 UNIVARIATE_AUC_CEILING = 0.78
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compare the fields, not the objects
+class HoldoutScore:
+    """One model on one holdout: 0/1 labels and predicted default probabilities, shape (rows,) each, and their metrics.
+
+    The per-row values are what the gate compares (paired, row by row); two scores of the same
+    holdout have the same labels in the same order.
+    """
+
+    labels: npt.NDArray[np.float64]
+    probabilities: npt.NDArray[np.float64]
+    metrics: Metrics
 
 
 def predict(booster: lightgbm.Booster, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
@@ -69,9 +95,20 @@ def predict(booster: lightgbm.Booster, frame: pd.DataFrame) -> npt.NDArray[np.fl
 
 def evaluate(booster: lightgbm.Booster, frame: pd.DataFrame, threshold: float) -> Metrics:
     """Metrics of ``booster`` on ``frame`` (which carries the ``defaulted`` label) at a decision threshold."""
+    return score_holdout(booster, frame, threshold).metrics
+
+
+def score_holdout(booster: lightgbm.Booster, frame: pd.DataFrame, threshold: float) -> HoldoutScore:
+    """``booster``'s predictions on ``frame`` (which carries the ``defaulted`` label), with its metrics."""
     if model_input.LABEL not in frame.columns:
         raise ValueError(f"the evaluation frame has no {model_input.LABEL!r} label column")
-    return evaluate_predictions(frame[model_input.LABEL].to_numpy(), predict(booster, frame), threshold)
+    return score_predictions(frame[model_input.LABEL].to_numpy(), predict(booster, frame), threshold)
+
+
+def score_predictions(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold: float) -> HoldoutScore:
+    """Labels and predictions as arrays, with `evaluate_predictions` of them."""
+    labels, probs = _checked(y_true, y_prob)
+    return HoldoutScore(labels, probs, evaluate_predictions(labels, probs, threshold))
 
 
 def evaluate_predictions(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold: float) -> Metrics:
@@ -88,10 +125,13 @@ def evaluate_predictions(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold
     both_classes = len(np.unique(y)) == 2
     declined = p >= threshold
     true_declines = int((declined & (y == 1)).sum())
+    fit = calibration_fit(y, p)
     return Metrics(
         roc_auc=float(roc_auc_score(y, p)) if both_classes else math.nan,
         pr_auc=float(average_precision_score(y, p)) if both_classes else math.nan,
-        log_loss=float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])) if len(y) else math.nan,
+        log_loss=float(log_loss(y, np.clip(p, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP), labels=[0, 1]))
+        if len(y)
+        else math.nan,
         brier=float(brier_score_loss(y, p, pos_label=1)) if len(y) else math.nan,
         calibration_error=_expected_calibration_error(y, p),
         calibration_error_noise=calibration_error_noise(p),
@@ -102,7 +142,70 @@ def evaluate_predictions(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold
         rows=len(labels),
         positives=int(labels.sum()),
         nan_predictions=int((~finite).sum()),
+        calibration_intercept=fit.intercept,
+        calibration_slope=fit.slope,
     )
+
+
+def calibration_fit(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> CalibrationFit:
+    """Calibration intercept and slope: logistic regressions of the outcome on logit(p), fitted by Newton's method.
+
+    The slope is b of ``logit P(y=1) = c + b * logit(p)``; the intercept is a of
+    ``logit P(y=1) = a + logit(p)`` (slope held at 1: "calibration in the large", Van Calster et al.
+    2019), so it reads as the log-odds shift the predictions need on average whatever the slope.
+    A calibrated model has intercept 0 and slope 1. Non-finite predictions are left out; NaN when
+    the data cannot define a value (one class only; for the slope, constant predictions).
+    """
+    labels, probs = _checked(y_true, y_prob)
+    finite = np.isfinite(probs)
+    y, p = labels[finite], np.clip(probs[finite], PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    if len(np.unique(y)) < 2:
+        return CalibrationFit(math.nan, math.nan)
+    z = np.log(p) - np.log1p(-p)
+    intercept = _logistic_fit(np.ones((len(y), 1)), y, offset=z)
+    slope = _logistic_fit(np.column_stack([np.ones(len(y)), z]), y) if np.ptp(z) > 0 else None
+    return CalibrationFit(
+        intercept=math.nan if intercept is None else float(intercept[0]),
+        slope=math.nan if slope is None else float(slope[1]),
+    )
+
+
+def _logistic_fit(
+    design: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    offset: npt.NDArray[np.float64] | None = None,
+    iterations: int = 50,
+) -> npt.NDArray[np.float64] | None:
+    """Maximum-likelihood coefficients of ``logit P(y=1) = offset + design @ beta`` (None: no finite optimum).
+
+    Newton-Raphson with step halving: the log-likelihood is concave, so each accepted step improves it.
+    """
+    base = np.zeros(len(y)) if offset is None else offset
+
+    def log_likelihood(beta: npt.NDArray[np.float64]) -> float:
+        eta = base + design @ beta
+        return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+    beta = np.zeros(design.shape[1])
+    current = log_likelihood(beta)
+    for _ in range(iterations):
+        mu = 0.5 * (1.0 + np.tanh((base + design @ beta) / 2))  # the logistic function, without overflow
+        gradient = design.T @ (y - mu)
+        hessian = design.T @ (design * (mu * (1.0 - mu))[:, None])
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            return None
+        for _ in range(30):  # halve the step until the likelihood does not fall
+            candidate = beta + step
+            value = log_likelihood(candidate)
+            if value >= current - 1e-12:
+                break
+            step = step / 2
+        beta, current = candidate, value
+        if np.max(np.abs(step)) < 1e-10:
+            return beta if np.all(np.isfinite(beta)) else None
+    return beta if np.all(np.isfinite(beta)) and np.max(np.abs(step)) < 1e-6 else None
 
 
 def reliability_curve(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
@@ -179,21 +282,37 @@ def leakage_warnings(
     return warnings
 
 
-def write_plots(booster: lightgbm.Booster, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write roc.png, pr.png, calibration.png and feature_importance.png of ``booster`` on ``frame``; returns paths."""
+def write_plots(
+    booster: lightgbm.Booster,
+    frame: pd.DataFrame,
+    out_dir: Path,
+    *,
+    champion: HoldoutScore | None = None,
+    champion_label: str = "champion",
+) -> list[Path]:
+    """Write roc.png, pr.png, calibration.png and feature_importance.png of ``booster`` on ``frame``; returns paths.
+
+    With ``champion`` (its score on the same rows), calibration.png shows both models' reliability
+    curves, each with its ECE, calibration intercept and slope.
+    """
     if model_input.LABEL not in frame.columns:
         raise ValueError(f"write_plots needs the {model_input.LABEL!r} label column")
     labels, probs = _checked(frame[model_input.LABEL].to_numpy(), predict(booster, frame))
+    if champion is not None and not np.array_equal(champion.labels, labels):
+        raise ValueError("the champion's score must be of the same holdout rows as the frame")
     finite = np.isfinite(probs)
     y, p = labels[finite], probs[finite]
     if len(np.unique(y)) < 2:
         raise ValueError("write_plots needs both classes of 'defaulted' among rows with finite predictions")
     out_dir.mkdir(parents=True, exist_ok=True)
     subtitle = f"{len(y):,} rows, {int(y.sum()):,} defaults"
+    curves = [("model" if champion is None else "challenger", labels, probs)]
+    if champion is not None:
+        curves.append((champion_label, champion.labels, champion.probabilities))
     figures = {
         "roc.png": _roc_figure(y, p, subtitle),
         "pr.png": _pr_figure(y, p, subtitle),
-        "calibration.png": _calibration_figure(y, p, subtitle),
+        "calibration.png": _calibration_figure(curves, subtitle),
         "feature_importance.png": _importance_figure(booster),
     }
     return [_save(figure, out_dir / name) for name, figure in figures.items()]
@@ -299,25 +418,36 @@ def _pr_figure(y: npt.NDArray[np.float64], p: npt.NDArray[np.float64], subtitle:
     return figure
 
 
-def _calibration_figure(y: npt.NDArray[np.float64], p: npt.NDArray[np.float64], subtitle: str) -> Figure:
+def _calibration_figure(
+    curves: list[tuple[str, npt.NDArray[np.float64], npt.NDArray[np.float64]]], subtitle: str
+) -> Figure:
+    """Reliability curves of one or more models on the same rows: (label, labels, predictions) each."""
     figure = _new_figure(6.0, 6.5)
     curve_axes, count_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    curve = reliability_curve(y, p, CALIBRATION_BINS)
-    filled = curve[curve["count"] > 0]
-    ece = _expected_calibration_error(y, p)
     curve_axes.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
-    curve_axes.plot(
-        filled["mean_predicted"], filled["observed_rate"], "o-", color="tab:blue", label=f"model (ECE = {ece:.3f})"
-    )
+    for (label, labels, probs), colour in zip(curves, ("tab:blue", "tab:orange"), strict=False):
+        finite = np.isfinite(probs)
+        y, p = labels[finite], probs[finite]
+        curve = reliability_curve(y, p, CALIBRATION_BINS)
+        filled = curve[curve["count"] > 0]
+        fit = calibration_fit(y, p)
+        curve_axes.plot(
+            filled["mean_predicted"],
+            filled["observed_rate"],
+            "o-",
+            color=colour,
+            label=f"{label} (ECE {_expected_calibration_error(y, p):.3f}, "
+            f"intercept {fit.intercept:+.2f}, slope {fit.slope:.2f})",
+        )
+        count_axes.stairs(curve["count"], np.linspace(0, 1, CALIBRATION_BINS + 1), color=colour, lw=1.5, label=label)
     curve_axes.set(
         title=f"Calibration ({CALIBRATION_BINS} equal-width bins)\n{subtitle}",
         ylabel="Observed default rate",
         xlim=(0, 1),
         ylim=(0, 1.01),
     )
-    curve_axes.legend(loc="upper left")
+    curve_axes.legend(loc="upper left", fontsize="small")
     curve_axes.grid(alpha=0.3)
-    count_axes.bar(curve["bin_lower"], curve["count"], width=1 / CALIBRATION_BINS, align="edge", color="tab:blue")
     count_axes.set(xlabel="Predicted default probability", ylabel="Rows (log scale)", yscale="log")
     count_axes.grid(alpha=0.3)
     return figure

@@ -371,8 +371,18 @@ def _set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[
         client.set_model_version_tag(name, version, key, value)
 
 
+def _log_run_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float]) -> None:
+    timestamp = int(time.time() * 1000)
+    client.log_batch(
+        run_id, metrics=[mlflow.entities.Metric(key, value, timestamp, 0) for key, value in metrics.items()]
+    )
+
+
 def promote(settings: Settings, version: str, decision: Decision) -> bool:
     """Record `decision` on `version` ("3" or "@alias"); if it says promote, move `@champion` to it. True if moved.
+
+    The decision's numbers go on the version as tags (`Decision.to_tags`) and on its run as
+    `gate_*` metrics (`Decision.to_metrics`).
 
     Refused (False, reason recorded in `promotion_outcome` / `promotion_refusal`) when the champion is
     no longer the one the decision compared with, or `version` already is the champion.
@@ -380,8 +390,11 @@ def promote(settings: Settings, version: str, decision: Decision) -> bool:
     name = settings.model_name
     client = tracking(settings)
     with _promotion_lock(settings), _mlflow_errors(settings, f"promote {name!r} version {version}"):
-        version = str(_resolve(client, name, str(version)).version)  # fails clearly on an unknown version
+        record = _resolve(client, name, str(version))  # fails clearly on an unknown version
+        version = str(record.version)
         tags = decision.to_tags() | {"promotion_decided_at": _now()}
+        if record.run_id:  # the numbers as run metrics too: plotted and compared across runs in the MLflow UI
+            _log_run_metrics(client, record.run_id, decision.to_metrics())
         current = _alias_version(client, name, CHAMPION)
 
         def refuse(outcome: str, reason: str) -> bool:

@@ -29,15 +29,20 @@ from mlstack.training.dataset import (
     train_booster,
     training_params,
 )
-from mlstack.training.evaluation import Metrics
+from mlstack.training.evaluation import HoldoutScore, Metrics
 
 
 @dataclass(frozen=True)
 class ChampionScore:
-    """The current champion re-scored on the challenger's holdout (both None: no champion yet)."""
+    """The current champion re-scored on the challenger's holdout, row by row (both None: no champion yet)."""
 
     version: str | None
-    metrics: Metrics | None
+    score: HoldoutScore | None
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The champion's metrics on this holdout (None: no champion)."""
+        return None if self.score is None else self.score.metrics
 
 
 @dataclass(frozen=True)
@@ -85,34 +90,41 @@ def train(settings: Settings, parts: Split) -> lightgbm.Booster:
     return train_booster(parts, training_params(settings))
 
 
-def evaluate_challenger(settings: Settings, booster: lightgbm.Booster, parts: Split) -> Metrics:
-    """Holdout metrics at the service's decision threshold."""
-    return evaluation.evaluate(booster, parts.holdout, settings.decision_threshold)
+def evaluate_challenger(settings: Settings, booster: lightgbm.Booster, parts: Split) -> HoldoutScore:
+    """The challenger's holdout predictions and metrics at the service's decision threshold."""
+    return evaluation.score_holdout(booster, parts.holdout, settings.decision_threshold)
 
 
-def check_leakage(settings: Settings, metrics: Metrics, parts: Split) -> list[str]:
+def check_leakage(settings: Settings, challenger: HoldoutScore, parts: Split) -> list[str]:
     """Warnings of probable leakage: a too-good holdout AUC, or a single feature too predictive on train."""
     univariate = evaluation.univariate_auc(parts.train)
-    return evaluation.leakage_warnings(metrics, settings.leakage_auc_ceiling, univariate)
+    return evaluation.leakage_warnings(challenger.metrics, settings.leakage_auc_ceiling, univariate)
 
 
 def score_champion(settings: Settings, parts: Split) -> ChampionScore:
-    """Re-evaluate the current @champion on this run's holdout, so the gate compares like with like."""
+    """Re-score the current @champion on this run's holdout, row by row, so the gate compares like with like."""
     if registry.champion_version(settings) is None:
         return ChampionScore(None, None)
     champion = registry.load_booster(settings, "@champion")
-    metrics = evaluation.evaluate(champion.booster, parts.holdout, settings.decision_threshold)
-    return ChampionScore(champion.version, metrics)
+    return ChampionScore(
+        champion.version, evaluation.score_holdout(champion.booster, parts.holdout, settings.decision_threshold)
+    )
 
 
-def write_artifacts(booster: lightgbm.Booster, parts: Split, directory: Path) -> RunArtifacts:
-    """Holdout plots and the reference profile under `directory`.
+def write_artifacts(booster: lightgbm.Booster, parts: Split, champion: ChampionScore, directory: Path) -> RunArtifacts:
+    """Holdout plots (the reliability plot with the champion's curve beside, if any) and the reference profile.
 
     The reference profile holds `model_input.PROFILE_COLUMNS` of the training rows: their model
     inputs and the model's own predictions on them, so the monitor can compare live inputs and live
     predictions.
     """
-    plots = evaluation.write_plots(booster, parts.holdout, directory / "plots")
+    plots = evaluation.write_plots(
+        booster,
+        parts.holdout,
+        directory / "plots",
+        champion=champion.score,
+        champion_label=f"champion v{champion.version}",
+    )
     rows = parts.train[list(model_input.FEATURES)].copy()
     rows[model_input.PREDICTION] = booster.predict(model_input.encode(rows))
     reference = profiles.profile_frame(rows[list(model_input.PROFILE_COLUMNS)])
@@ -124,7 +136,7 @@ def register(
     booster: lightgbm.Booster,
     training_set: TrainingSet,
     parts: Split,
-    metrics: Metrics,
+    challenger: HoldoutScore,
     artifacts: RunArtifacts,
     leakage: list[str],
 ) -> registry.RegisteredVersion:
@@ -136,7 +148,7 @@ def register(
         training_set=training_set,
         split=parts,
         params=training_params(settings).as_dict(),
-        metrics=metrics,
+        metrics=challenger.metrics,
         plots=artifacts.plots,
         reference_profile=artifacts.reference_profile,
         signature_frame=signature_frame,
@@ -149,19 +161,21 @@ def register(
     )
 
 
-def gate(settings: Settings, metrics: Metrics, champion: ChampionScore, leakage: list[str]) -> promotion.Decision:
-    """Champion/challenger decision; probable leakage refuses promotion whatever the AUC."""
+def gate(
+    settings: Settings, challenger: HoldoutScore, champion: ChampionScore, leakage: list[str]
+) -> promotion.Decision:
+    """Champion/challenger decision on the holdout rows; probable leakage refuses promotion whatever the scores."""
     decision = promotion.decide(
-        metrics,
-        champion.metrics,
-        settings.promotion_margin,
+        challenger,
+        champion.score,
+        promotion.rule_from(settings),
         promotion.floors_from(settings),
         champion_version=champion.version,
     )
     if leakage and decision.promote:
         return dataclasses.replace(
             decision,
-            promote=False,
+            verdict="probable_leakage",
             reasons=[*decision.reasons, *(f"probable leakage: {warning}" for warning in leakage)],
         )
     return decision
@@ -182,7 +196,7 @@ def outcome_of(
     registered: registry.RegisteredVersion,
     training_set: TrainingSet,
     parts: Split,
-    metrics: Metrics,
+    challenger: HoldoutScore,
     champion: ChampionScore,
     decision: promotion.Decision,
     promoted: bool,
@@ -192,7 +206,7 @@ def outcome_of(
     return TrainingOutcome(
         version=registered.version,
         run_id=registered.run_id,
-        metrics=metrics,
+        metrics=challenger.metrics,
         champion=champion,
         decision=decision,
         promoted=promoted,
@@ -215,14 +229,14 @@ def run_training(
     progress(f"training set: {len(training_set.frame):,} applications, fingerprint {training_set.fingerprint}")
     parts = split(settings, training_set)
     booster = train(settings, parts)
-    metrics = evaluate_challenger(settings, booster, parts)
-    leakage = check_leakage(settings, metrics, parts)
+    challenger = evaluate_challenger(settings, booster, parts)
+    leakage = check_leakage(settings, challenger, parts)
     champion = score_champion(settings, parts)
-    artifacts = write_artifacts(booster, parts, run_directory(settings))
-    registered = register(settings, booster, training_set, parts, metrics, artifacts, leakage)
-    decision = gate(settings, metrics, champion, leakage)
+    artifacts = write_artifacts(booster, parts, champion, run_directory(settings))
+    registered = register(settings, booster, training_set, parts, challenger, artifacts, leakage)
+    decision = gate(settings, challenger, champion, leakage)
     promoted = registry.promote(settings, registered.version, decision)
-    outcome = outcome_of(registered, training_set, parts, metrics, champion, decision, promoted, leakage)
+    outcome = outcome_of(registered, training_set, parts, challenger, champion, decision, promoted, leakage)
     progress(outcome.summary())
     return outcome
 
@@ -236,33 +250,47 @@ def run_directory(settings: Settings) -> Path:
 
 
 def training_markdown(outcome: TrainingOutcome) -> str:
-    """The Prefect artifact: challenger vs champion on the same holdout, and the decision."""
-    challenger, champion = outcome.metrics, outcome.champion.metrics
-    rows = [
-        ("ROC AUC", "roc_auc"),
-        ("PR AUC", "pr_auc"),
-        ("log loss", "log_loss"),
-        ("Brier score", "brier"),
-        ("calibration error", "calibration_error"),
-        ("precision @ threshold", "precision_at_threshold"),
-        ("recall @ threshold", "recall_at_threshold"),
-        ("decline rate @ threshold", "decline_rate_at_threshold"),
-    ]
+    """The Prefect artifact: both models on the same holdout, the differences with their intervals, the decision."""
+    decision = outcome.decision
+    rule = decision.rule
+    challenger = outcome.metrics
     champion_name = f"champion v{outcome.champion.version}" if outcome.champion.version else "champion (none)"
     lines = [
         f"# train-model: version {outcome.version} {'**promoted**' if outcome.promoted else 'not promoted'}",
         "",
         f"Training window {outcome.window_start:%Y-%m-%d} → {outcome.window_end:%Y-%m-%d}, "
         f"fingerprint `{outcome.fingerprint}`, rows {outcome.rows}.",
-        f"Decision threshold {challenger.threshold:.2f}; holdout of {challenger.rows:,} applications.",
+        f"Decision threshold {challenger.threshold:.2f}; holdout of {challenger.rows:,} applications "
+        f"({challenger.positives:,} defaults).",
         "",
         f"| metric (holdout) | challenger v{outcome.version} | {champion_name} |",
         "|---|---:|---:|",
+        *(f"| {label} | {ours} | {theirs} |" for label, ours, theirs in decision.metric_rows()),
     ]
-    for label, key in rows:
-        theirs = f"{getattr(champion, key):.4f}" if champion else "n/a"
-        lines.append(f"| {label} | {getattr(challenger, key):.4f} | {theirs} |")
-    lines += ["", f"**Decision:** {outcome.decision.summary()}"]
+    differences = decision.difference_rows()
+    if differences:
+        comparison = decision.comparison
+        assert comparison is not None
+        lines += [
+            "",
+            f"Challenger minus champion on the {comparison.rows:,} rows both scored "
+            f"({comparison.defaults:,} defaults):",
+            "",
+            "| measure | difference | interval | gate |",
+            "|---|---:|---|---|",
+            *(f"| {measure} | {value} | {interval} | {verdict} |" for measure, value, interval, verdict in differences),
+        ]
+    lines += [
+        "",
+        f"Rule: promote when the {rule.confidence:.0%} interval of the log-loss difference lies below 0 and the "
+        f"ROC AUC difference's lower end is above -{rule.auc_margin:.4f}; at least {rule.min_defaults} defaults "
+        f"(and non-defaults) to compare; {rule.bootstrap_rounds:,} paired bootstrap rounds, seed "
+        f"{rule.bootstrap_seed}.",
+        "",
+        f"**Decision: {decision.verdict_text}**",
+        "",
+        *(f"- {reason}" for reason in decision.reasons),
+    ]
     if outcome.leakage:
         lines += ["", "**Probable leakage:**", *(f"- {warning}" for warning in outcome.leakage)]
     return "\n".join(lines)

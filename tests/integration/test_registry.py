@@ -25,8 +25,8 @@ from mlstack.data.profiles import profile_frame, read_profile, write_profile
 from mlstack.settings import Settings
 from mlstack.training import registry
 from mlstack.training.dataset import Split, TrainingSet
-from mlstack.training.evaluation import Metrics
-from mlstack.training.promotion import Decision, decide, floors_from
+from mlstack.training.evaluation import HoldoutScore, Metrics
+from mlstack.training.promotion import Decision, GateRule, decide, floors_from, rule_from
 from mlstack.training.registry import NoPreviousChampionError, RegistryError
 from tests.support.factories import make_settings
 
@@ -48,7 +48,7 @@ class Trained:
     booster: lightgbm.Booster
     training_set: TrainingSet
     split: Split
-    metrics: Metrics
+    score: HoldoutScore  # per-row holdout predictions and their metrics
     signature_frame: pd.DataFrame
     plots: list[Path]
     reference_profile: Path
@@ -84,13 +84,13 @@ def calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 10) ->
     return float(error)
 
 
-def measure(booster: lightgbm.Booster, holdout: pd.DataFrame) -> Metrics:
-    """Holdout metrics of `booster`, as evaluation would report them."""
-    labels = holdout["defaulted"].to_numpy()
+def measure(booster: lightgbm.Booster, holdout: pd.DataFrame) -> HoldoutScore:
+    """Holdout predictions and metrics of `booster`, as evaluation would report them."""
+    labels = holdout["defaulted"].to_numpy(dtype=np.float64)
     scores = booster.predict(holdout[FEATURES])
     declined = scores >= THRESHOLD
     true_pos = int((declined & (labels == 1)).sum())
-    return Metrics(
+    metrics = Metrics(
         roc_auc=roc_auc(labels, scores),
         pr_auc=float("nan"),
         log_loss=float(-np.mean(labels * np.log(scores) + (1 - labels) * np.log(1 - scores))),
@@ -104,6 +104,7 @@ def measure(booster: lightgbm.Booster, holdout: pd.DataFrame) -> Metrics:
         positives=int(labels.sum()),
         nan_predictions=int(np.isnan(scores).sum()),
     )
+    return HoldoutScore(labels, scores, metrics)
 
 
 def train(frame: pd.DataFrame, workdir: Path, *, shuffle_labels: bool = False) -> Trained:
@@ -139,7 +140,7 @@ def register(settings: Settings, trained: Trained) -> registry.RegisteredVersion
         training_set=trained.training_set,
         split=trained.split,
         params={**PARAMS, "num_boost_round": ROUNDS},
-        metrics=trained.metrics,
+        metrics=trained.score.metrics,
         plots=trained.plots,
         reference_profile=trained.reference_profile,
         signature_frame=trained.signature_frame,
@@ -151,14 +152,14 @@ def register(settings: Settings, trained: Trained) -> registry.RegisteredVersion
 def gate(settings: Settings, challenger: Trained) -> Decision:
     """The gate as the training flow runs it: the champion re-evaluated on the challenger's holdout."""
     champion = registry.champion_version(settings)
-    champion_metrics = None
+    champion_score = None
     if champion is not None:
         booster = registry.load_booster(settings, str(champion.version)).booster
-        champion_metrics = measure(booster, challenger.split.holdout)
+        champion_score = measure(booster, challenger.split.holdout)
     return decide(
-        challenger.metrics,
-        champion_metrics,
-        settings.promotion_margin,
+        challenger.score,
+        champion_score,
+        rule_from(settings),
         floors_from(settings),
         champion_version=None if champion is None else str(champion.version),
     )
@@ -166,6 +167,15 @@ def gate(settings: Settings, challenger: Trained) -> Decision:
 
 def metrics(roc_auc: float) -> Metrics:
     return Metrics(roc_auc, 0.4, 0.3, 0.1, 0.01, THRESHOLD, 0.5, 0.5, 0.1, 100, 10, 0)
+
+
+RULE = GateRule(confidence=0.95, auc_margin=0.01, min_defaults=30, bootstrap_rounds=1000, bootstrap_seed=0)
+
+
+def promoting(roc_auc: float, champion_auc: float | None = None, champion_version: str | None = None) -> Decision:
+    """A promote decision as the gate records it, for tests of the registry's moves (not of the gate's rule)."""
+    champion = None if champion_auc is None else metrics(champion_auc)
+    return Decision("promote", ["test"], metrics(roc_auc), champion, RULE, None, champion_version)
 
 
 def snapshot(settings: Settings) -> tuple[dict, dict, dict]:
@@ -222,13 +232,13 @@ def test_log_and_register_records_versions_lineage_and_artifacts(server_settings
     assert tags["training_set_fingerprint"] == good.training_set.fingerprint
     assert tags["training_rows"] == str(len(good.training_set.frame))
     assert tags["git_commit"] == "0123abc"
-    assert float(tags["holdout_roc_auc"]) == good.metrics.roc_auc
+    assert float(tags["holdout_roc_auc"]) == good.score.metrics.roc_auc
     assert version.run_id == second.run_id
     aliases = client.get_registered_model(server_settings.model_name).aliases
     assert {alias: str(number) for alias, number in aliases.items()} == {"challenger": "2"}
 
     run = client.get_run(second.run_id)
-    assert run.data.metrics["holdout_roc_auc"] == good.metrics.roc_auc
+    assert run.data.metrics["holdout_roc_auc"] == good.score.metrics.roc_auc
     assert run.data.params["num_leaves"] == "7"
     assert run.data.params["holdout_rows"] == str(len(good.split.holdout))
     assert [a.path for a in client.list_artifacts(second.run_id, "plots")] == ["plots/roc.png"]
@@ -268,7 +278,7 @@ def test_gate_promotes_first_model_and_keeps_it_against_identical_and_worse(serv
 
     worse = register(server_settings, shuffled)
     decision = gate(server_settings, shuffled)
-    assert shuffled.metrics.roc_auc < 0.6
+    assert shuffled.score.metrics.roc_auc < 0.6
     assert not decision.promote
     assert not registry.promote(server_settings, worse.version, decision)
     assert str(registry.champion_version(server_settings).version) == "1"
@@ -278,8 +288,10 @@ def test_gate_promotes_first_model_and_keeps_it_against_identical_and_worse(serv
     assert tags["promotion_decision"] == "reject"
     assert tags["promotion_outcome"] == "rejected"
     assert tags["compared_with_version"] == "1"
-    assert float(tags["challenger_roc_auc"]) == float(tags["champion_roc_auc"]) == good.metrics.roc_auc
-    assert "does not beat the champion by the margin" in tags["promotion_reasons"]
+    assert float(tags["challenger_roc_auc"]) == float(tags["champion_roc_auc"]) == good.score.metrics.roc_auc
+    assert tags["promotion_verdict"] == "not_better"
+    assert "not better on log loss" in tags["promotion_reasons"]
+    assert float(tags["diff_log_loss"]) == 0.0
     worse_tags = client.get_model_version(server_settings.model_name, worse.version).tags
     assert "below the floor" in worse_tags["promotion_reasons"]
     first_tags = client.get_model_version(server_settings.model_name, first.version).tags
@@ -300,7 +312,7 @@ def test_load_booster_champion_reproduces_predictions_and_logged_auc_exactly(ser
     assert np.array_equal(booster.predict(holdout[FEATURES]), good.booster.predict(holdout[FEATURES]))
     client = MlflowClient(server_settings.tracking_uri(), server_settings.tracking_uri())
     logged_auc = client.get_run(registered.run_id).data.metrics["holdout_roc_auc"]
-    assert measure(booster, holdout).roc_auc == logged_auc
+    assert measure(booster, holdout).metrics.roc_auc == logged_auc
 
 
 def test_load_booster_unknown_reference_fails_clearly(server_settings, good):
@@ -332,8 +344,8 @@ def test_load_booster_refuses_pickled_model(server_settings, good, tmp_path):
 def test_rollback_moves_champion_back_and_records_why(server_settings, good):
     v1 = register(server_settings, good).version
     v2 = register(server_settings, good).version
-    assert registry.promote(server_settings, v1, decide(metrics(0.70), None, 0.002, floors_from(server_settings)))
-    better = decide(metrics(0.75), metrics(0.70), 0.002, floors_from(server_settings), champion_version=v1)
+    assert registry.promote(server_settings, v1, promoting(0.70))
+    better = promoting(0.75, 0.70, v1)
     assert registry.promote(server_settings, v2, better)
     assert registry.champion_history(server_settings) == [v1]
 
@@ -372,13 +384,12 @@ def test_rollback_without_previous_champion_raises_and_changes_nothing(server_se
 
 
 def test_promote_refuses_decision_made_against_a_champion_that_changed(server_settings, good):
-    floors = floors_from(server_settings)
     v1, v2, v3 = (register(server_settings, good).version for _ in range(3))
-    assert registry.promote(server_settings, v1, decide(metrics(0.70), None, 0.002, floors))
+    assert registry.promote(server_settings, v1, promoting(0.70))
 
     # v2 and v3 are both judged against champion v1; v2 gets promoted first.
-    for_v2 = decide(metrics(0.75), metrics(0.70), 0.002, floors, champion_version=v1)
-    for_v3 = decide(metrics(0.80), metrics(0.70), 0.002, floors, champion_version=v1)
+    for_v2 = promoting(0.75, 0.70, v1)
+    for_v3 = promoting(0.80, 0.70, v1)
     assert registry.promote(server_settings, v2, for_v2)
 
     assert not registry.promote(server_settings, v3, for_v3)
@@ -389,20 +400,19 @@ def test_promote_refuses_decision_made_against_a_champion_that_changed(server_se
     assert "it was made against version 1, the champion now is version 2" in tags["promotion_refusal"]
 
     # A "first model" decision is stale once a champion exists; so is promoting the champion itself.
-    assert not registry.promote(server_settings, v3, decide(metrics(0.80), None, 0.002, floors))
-    same = decide(metrics(0.80), metrics(0.75), 0.002, floors, champion_version=v2)
+    assert not registry.promote(server_settings, v3, promoting(0.80))
+    same = promoting(0.80, 0.75, v2)
     assert not registry.promote(server_settings, v2, same)
     assert str(registry.champion_version(server_settings).version) == v2
     assert registry.champion_history(server_settings) == [v1]
 
 
 def test_concurrent_promotions_against_same_champion_let_exactly_one_win(server_settings, good):
-    floors = floors_from(server_settings)
     v1, v2, v3 = (register(server_settings, good).version for _ in range(3))
-    assert registry.promote(server_settings, v1, decide(metrics(0.70), None, 0.002, floors))
+    assert registry.promote(server_settings, v1, promoting(0.70))
     decisions = {
-        v2: decide(metrics(0.75), metrics(0.70), 0.002, floors, champion_version=v1),
-        v3: decide(metrics(0.76), metrics(0.70), 0.002, floors, champion_version=v1),
+        v2: promoting(0.75, 0.70, v1),
+        v3: promoting(0.76, 0.70, v1),
     }
     results: dict[str, bool] = {}
     barrier = threading.Barrier(2)
@@ -434,7 +444,8 @@ def test_describe_shows_version_aliases_lineage_and_metrics(server_settings, goo
     assert info["feature_service"] == "credit_risk_v1"
     assert info["training_set_fingerprint"] == good.training_set.fingerprint
     assert info["promotion_decision"] == "promote"
-    assert float(info["holdout_roc_auc"]) == good.metrics.roc_auc
+    assert float(info["holdout_roc_auc"]) == good.score.metrics.roc_auc
+    assert float(info["gate_challenger_roc_auc"]) == good.score.metrics.roc_auc  # the gate's numbers on the run
     assert all(isinstance(value, str) for value in info.values())
 
 
@@ -447,7 +458,7 @@ def test_log_and_register_refuses_missing_artifacts_before_writing(server_settin
             training_set=good.training_set,
             split=good.split,
             params=PARAMS,
-            metrics=good.metrics,
+            metrics=good.score.metrics,
             plots=good.plots,
             reference_profile=missing,
             signature_frame=good.signature_frame,

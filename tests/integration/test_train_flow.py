@@ -63,11 +63,19 @@ def test_train_model_flow_promotes_first_model_and_refuses_identical_retrain(sta
     assert not second.promoted
     assert second.champion.version == first.version
     assert second.metrics.roc_auc == pytest.approx(first.metrics.roc_auc, abs=1e-12)  # deterministic training
-    assert any("margin" in reason or "not better" in reason for reason in second.decision.reasons), second.decision
+    # Identical predictions: the log-loss difference is exactly 0, so the challenger is not better.
+    assert second.decision.verdict == "not_better", second.decision.summary()
+    assert any(reason.startswith("not better on log loss") for reason in second.decision.reasons)
+    assert second.decision.comparison.log_loss.upper == 0.0
     assert registry.champion_version(stack_env).version == first.version
 
     tags = registry.describe(stack_env, second.version)
     assert tags["promotion_outcome"] == "rejected"
+    assert tags["promotion_verdict"] == "not_better"
+    # Every number of the decision is on the version (tags) and on its run (metrics).
+    assert float(tags["diff_log_loss_upper"]) == float(tags["gate_diff_log_loss_upper"]) == 0.0
+    assert float(tags["champion_calibration_slope"]) == second.decision.champion.calibration_slope
+    assert float(tags["gate_bootstrap_rounds"]) == stack_env.gate_bootstrap_rounds
     for key in (
         "feature_service",
         "feast_project",
@@ -113,12 +121,12 @@ def test_model_trained_on_shuffled_labels_is_never_promoted(stack_env):
     )
     parts = training_steps.split(stack_env, shuffled)
     booster = training_steps.train(stack_env, parts)
-    metrics = training_steps.evaluate_challenger(stack_env, booster, parts)
-    leakage = training_steps.check_leakage(stack_env, metrics, parts)
+    challenger = training_steps.evaluate_challenger(stack_env, booster, parts)
+    leakage = training_steps.check_leakage(stack_env, challenger, parts)
     champion = training_steps.score_champion(stack_env, parts)
-    artifacts = training_steps.write_artifacts(booster, parts, training_steps.run_directory(stack_env))
-    registered = training_steps.register(stack_env, booster, shuffled, parts, metrics, artifacts, leakage)
-    decision = training_steps.gate(stack_env, metrics, champion, leakage)
+    artifacts = training_steps.write_artifacts(booster, parts, champion, training_steps.run_directory(stack_env))
+    registered = training_steps.register(stack_env, booster, shuffled, parts, challenger, artifacts, leakage)
+    decision = training_steps.gate(stack_env, challenger, champion, leakage)
 
     assert not decision.promote
     assert registry.promote(stack_env, registered.version, decision) is False

@@ -150,6 +150,50 @@ def test_unknown_model_version_fails_in_one_line(state_dir: Path) -> None:
     assert "no version '999'" in _one_error_line(result)
 
 
+def _recorded_decision() -> dict[str, str]:
+    """The tags a gate decision leaves on a version: a challenger clearly better than a shifted champion."""
+    import numpy as np
+
+    from mlstack.training.evaluation import score_predictions
+    from mlstack.training.promotion import Floors, GateRule, decide
+
+    rng = np.random.default_rng(0)
+    logit = rng.normal(-1.5, 1.0, 3000)
+    labels = (rng.random(3000) < 1 / (1 + np.exp(-logit))).astype(int)
+    challenger = score_predictions(labels, 1 / (1 + np.exp(-logit)), 0.2)
+    champion = score_predictions(labels, 1 / (1 + np.exp(-(logit - 0.8))), 0.2)
+    decision = decide(challenger, champion, GateRule(0.95, 0.01, 30, 300, 0), Floors(0.6, 0.1), champion_version="1")
+    return {"name": "credit-risk", "version": "2", **decision.to_tags()}
+
+
+def test_model_show_renders_the_gate_decision(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlstack.training import registry
+
+    info = _recorded_decision()
+    monkeypatch.setattr(registry, "describe", lambda settings, ref: info)
+    monkeypatch.setenv("COLUMNS", "200")  # table cells unwrapped
+    result = _run("model", "show", "2")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "verdict: promote" in text
+    assert "log loss (decides)" in text and "ROC AUC (non-inferiority)" in text
+    assert f"{float(info['diff_log_loss']):+.4f}" in text
+    assert f"{float(info['champion_calibration_intercept']):.4f}" in text
+    assert "95% confidence" in text
+
+
+def test_model_show_of_a_version_from_an_older_gate_shows_its_tags(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlstack.training import registry
+
+    info = {key: value for key, value in _recorded_decision().items() if key != "promotion_verdict"}
+    monkeypatch.setattr(registry, "describe", lambda settings, ref: info)
+    result = _run("model", "show", "2")
+    assert result.exit_code == 0, result.output
+    assert "gate decision not shown" in result.stdout and "promotion_verdict" in result.stdout
+
+
 def test_down_on_an_empty_state_dir_reports_nothing_running(state_dir: Path) -> None:
     result = _run("down")
     assert result.exit_code == 0, result.output

@@ -20,6 +20,8 @@ from mlstack.training.evaluation import (
     leakage_warnings,
     predict,
     reliability_curve,
+    score_holdout,
+    score_predictions,
     univariate_auc,
     write_plots,
 )
@@ -159,6 +161,30 @@ def test_write_plots_writes_four_pngs(trained: tuple[lightgbm.Booster, pd.DataFr
     for path in paths:
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 10_000
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in paths)  # no temp files
+
+
+def test_write_plots_draws_the_champion_beside_on_the_same_rows(
+    trained: tuple[lightgbm.Booster, pd.DataFrame], tmp_path: Path
+) -> None:
+    booster, holdout = trained
+    champion = score_predictions(holdout["defaulted"], np.clip(predict(booster, holdout) * 1.5, 0, 1), 0.2)
+    alone = write_plots(booster, holdout, tmp_path / "alone")[2]
+    both = write_plots(booster, holdout, tmp_path / "both", champion=champion, champion_label="champion v1")[2]
+    assert both.name == "calibration.png" and both.read_bytes()[:8] == PNG_MAGIC
+    assert both.read_bytes() != alone.read_bytes()
+    other_rows = score_predictions(holdout["defaulted"].iloc[::-1], predict(booster, holdout), 0.2)
+    with pytest.raises(ValueError, match="same holdout rows"):
+        write_plots(booster, holdout, tmp_path / "other", champion=other_rows)
+
+
+def test_score_holdout_keeps_the_per_row_predictions_behind_its_metrics(
+    trained: tuple[lightgbm.Booster, pd.DataFrame],
+) -> None:
+    booster, holdout = trained
+    score = score_holdout(booster, holdout, 0.2)
+    assert score.labels.tolist() == holdout["defaulted"].tolist()
+    assert np.array_equal(score.probabilities, predict(booster, holdout))
+    assert score.metrics == evaluate(booster, holdout, 0.2)
 
 
 # --------------------------------------------------------------------------- leakage
