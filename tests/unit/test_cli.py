@@ -108,8 +108,27 @@ def test_invalid_setting_fails_in_one_line_naming_the_variable(
     monkeypatch.setenv("MLSTACK_CUSTOMERS", "many")
     result = _run("down")
     assert result.exit_code == 1
-    assert "MLSTACK_CUSTOMERS" in _one_error_line(result)
+    assert "MLSTACK_CUSTOMERS (expected int)" in _one_error_line(result)
     assert "many" not in result.stderr  # values are not echoed: some settings are secrets
+
+
+def test_invalid_setting_in_dotenv_keeps_help_and_fails_naming_variable_and_type(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: `MLSTACK_PROMOTION_MARGIN=abc` in `.env` ended even `mlstack train --help` in a traceback."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text("MLSTACK_PROMOTION_MARGIN=abc\n")
+    monkeypatch.chdir(work)  # pydantic-settings reads .env from the working directory
+    help_result = _run("train", "--help")
+    assert help_result.exit_code == 0, help_result.output
+    assert "Usage:" in help_result.stdout
+    result = _run("train")
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "MLSTACK_PROMOTION_MARGIN (expected float)" in line, line
+    assert "abc" not in result.stderr
+    assert list(work.iterdir()) == [work / ".env"]
 
 
 def test_bad_date_is_a_usage_error_naming_the_option(state_dir: Path) -> None:
