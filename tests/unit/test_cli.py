@@ -21,6 +21,7 @@ from mlstack.cli import context
 from mlstack.cli.app import app
 from mlstack.serving.client import ScoredApplication, ServiceClientError, predict
 from mlstack.settings import get_settings
+from mlstack.simulation.scenarios import SCENARIOS
 
 COMMANDS = [
     [],
@@ -145,10 +146,18 @@ def test_out_of_range_option_is_a_usage_error(state_dir: Path) -> None:
     assert "--months" in result.stderr
 
 
-def test_unknown_scenario_fails_in_one_line(state_dir: Path) -> None:
+def test_traffic_help_lists_the_scenarios(state_dir: Path) -> None:
+    result = _run("traffic", "--help")
+    assert result.exit_code == 0, result.output
+    assert f"<{'|'.join(SCENARIOS)}>" in result.stdout
+
+
+def test_unknown_scenario_is_a_usage_error_listing_the_choices(state_dir: Path) -> None:
     result = _run("traffic", "--scenario", "boom")
-    assert result.exit_code == 1
-    assert "unknown scenario 'boom'" in _one_error_line(result)
+    assert result.exit_code == 2
+    assert "--scenario" in result.stderr
+    assert all(repr(name) in result.stderr for name in SCENARIOS), result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_traffic_without_a_service_says_how_to_start_one(state_dir: Path) -> None:
