@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, task
 
+from mlstack.features.materialization import MaterializationError
 from mlstack.features.store import (
     BATCH_VIEWS,
     ApplyResult,
@@ -21,7 +23,18 @@ def apply_repo_task() -> ApplyResult:
     return apply_repo(get_settings())
 
 
-@task(name="materialize-feature-view", task_run_name="materialize-{feature_view}", retries=1)
+def _worth_retrying(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Retry a failed view unless Redis refused the writes (out of memory): the retry would meet the same answer."""
+    error = state.result(raise_on_failure=False)
+    return not (isinstance(error, MaterializationError) and not error.retryable)
+
+
+@task(
+    name="materialize-feature-view",
+    task_run_name="materialize-{feature_view}",
+    retries=1,
+    retry_condition_fn=_worth_retrying,
+)
 def materialize_view_task(feature_view: str, end: datetime) -> MaterializeResult:
     return materialize_feature_view(get_settings(), feature_view, end)
 

@@ -4,9 +4,10 @@ BentoML documents every API's errors as 400/404/500 `{"error": string, "detail":
 service sends instead (checked by tests/integration/test_service_schema.py with schemathesis):
 
 - 400 from BentoML's request validation: `detail` is the list of pydantic errors, one per bad field;
-- 401, 413 and 415 from the guards (services/guards.py), 503 when the online store is down or hung,
+- 401, 413, 415 and 431 from the guards (services/guards.py), 503 when the online store is down or hung,
   and 500 from the service: `{"error", "cause"}`; BentoML's own 500 has no `cause`;
-- never 404 on an API route.
+- never 404 on an API route; another method than POST on one gets a JSON 405 from the guards (not an
+  operation of the document, so not in it).
 
 `published_spec` rewrites the error responses of every API operation accordingly; `OpenAPIDocument`
 serves the result (BentoML offers no hook for the responses of an API, so the document is corrected
@@ -19,7 +20,7 @@ import json
 from typing import Any, get_args
 
 from mlstack.serving.scoring import ErrorCause
-from services.guards import GuardCause
+from services.guards import MAX_HEADER_BYTES, MAX_HEADER_COUNT, GuardCause
 
 REF = "#/components/schemas/{}"
 CAUSES = (*get_args(GuardCause), *get_args(ErrorCause))  # every cause the service itself answers with
@@ -89,11 +90,19 @@ def _response(description: str, schema: str) -> dict[str, Any]:
 
 ERROR_RESPONSES = {
     "400": _response(
-        "Invalid request: not JSON, or a field breaks the schema (each one is named).", "ValidationErrorBody"
+        "Invalid request: not JSON, or a field breaks the schema, wrong JSON types included (each is named).",
+        "ValidationErrorBody",
     ),
     "401": _response("Missing or wrong bearer token (only when MLSTACK_SERVICE_API_TOKEN is set).", "ErrorBody"),
     "413": _response("Request body over MLSTACK_SERVICE_MAX_BODY_BYTES.", "ErrorBody"),
-    "415": _response("A form or pickle body: the API takes application/json.", "ErrorBody"),
+    "415": _response(
+        "The body is not labelled application/json (optionally ; charset=utf-8): form, pickle, text/plain or none.",
+        "ErrorBody",
+    ),
+    "431": _response(
+        f"Request header fields over {MAX_HEADER_BYTES} bytes in all, or more than {MAX_HEADER_COUNT} of them.",
+        "ErrorBody",
+    ),
     "500": _response("Internal error; the service log has the traceback.", "InternalErrorBody"),
     "503": _response("The online feature store is unreachable or timed out (cause says which).", "ErrorBody"),
 }

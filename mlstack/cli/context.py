@@ -7,6 +7,7 @@ MLSTACK_* variable is wrong; the command then fails with one line naming the var
 from __future__ import annotations
 
 import os
+import typing
 from datetime import UTC, datetime
 
 import pydantic
@@ -31,12 +32,30 @@ def settings(**overrides: object) -> Settings:
 
 
 def describe_invalid(exc: pydantic.ValidationError) -> str:
-    """`invalid setting MLSTACK_X: why`, for each invalid variable (values are not echoed: some are secrets)."""
+    """`invalid setting MLSTACK_X (expected float): why`, for each invalid variable.
+
+    Values are not echoed: some settings are secrets.
+    """
     problems = []
-    for problem in exc.errors():
+    for problem in exc.errors(include_url=False):
         field = str(problem["loc"][0]) if problem["loc"] else "?"
-        problems.append(f"MLSTACK_{field.upper()}: {problem['msg']}")
+        info = Settings.model_fields.get(field)
+        expected = f" (expected {expected_type(info.annotation)})" if info is not None else ""
+        problems.append(f"MLSTACK_{field.upper()}{expected}: {problem['msg']}")
     return "invalid setting " + "; ".join(problems)
+
+
+def expected_type(annotation: object) -> str:
+    """A setting's type as a user reads it: `float`, `int or unset`, `one of 'arrow', 'feast'`."""
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(repr(value) for value in arguments)
+    if arguments and type(None) in arguments:  # `X | None`: the variable may be left out
+        return (
+            " or ".join(expected_type(argument) for argument in arguments if argument is not type(None)) + " or unset"
+        )
+    name = getattr(annotation, "__name__", str(annotation))
+    return {"date": "date (YYYY-MM-DD)", "SecretStr": "str", "Path": "path"}.get(name, name)
 
 
 def prepare_environment(settings: Settings) -> None:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from mlstack.serving.client import ScoredApplication
     from mlstack.settings import Settings
     from mlstack.simulation.demo import FreshData
-    from mlstack.simulation.traffic import Scenario, TrafficRun
+    from mlstack.simulation.scenarios import Scenario
+    from mlstack.simulation.traffic import TrafficRun
     from mlstack.training.steps import TrainingOutcome
 
 

@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mlstack.cli import context, render
+from mlstack.simulation.scenarios import ScenarioName
 
 if TYPE_CHECKING:
     from mlstack.monitoring.drift import DriftReport
 
 
 def traffic(
-    scenario: Annotated[str, typer.Option(help="normal | recession")] = "normal",
+    scenario: Annotated[
+        ScenarioName, typer.Option(help="normal: as in training; recession: features drift, risk rises.")
+    ] = "normal",
     rate: Annotated[float, typer.Option(min=0.1, help="Applications per second.")] = 40.0,
     duration: Annotated[float, typer.Option(min=1, help="Seconds of traffic.")] = 30.0,
     url: Annotated[str | None, typer.Option(help="Service URL (default: the running local service).")] = None,

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from mlstack.serving.client import ScoredApplication
     from mlstack.settings import Settings
     from mlstack.simulation.demo import DemoSummary, FreshData
-    from mlstack.simulation.traffic import Scenario, TrafficRun
+    from mlstack.simulation.scenarios import Scenario
+    from mlstack.simulation.traffic import TrafficRun
     from mlstack.stack.local import ComponentStatus
     from mlstack.stack.service import LocalService
     from mlstack.training.promotion import Decision

@@ -22,18 +22,55 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import redis
 from feast import FeatureStore, FeatureView, utils
 from feast.feature_view import FeatureViewState
 from feast.infra.offline_stores.offline_store import RetrievalJob
 
 from mlstack.errors import StackError
-from mlstack.features.redis_writer import DEFAULT_CHUNK_ROWS, ArrowRedisOnlineStore, RedisWriteError
+from mlstack.features.redis_writer import (
+    DEFAULT_CHUNK_ROWS,
+    ArrowRedisOnlineStore,
+    RedisWriteError,
+    describe_redis_error,
+)
 
 log = logging.getLogger(__name__)
 
 
 class MaterializationError(StackError):
-    """A materialisation failed part-way; the message names the view and the rows already written."""
+    """A materialisation failed part-way; the message names the view and the rows already written.
+
+    ``retryable`` is False when Redis refused the writes (out of memory, read-only): a retry would
+    only meet the same answer and report fewer rows written than the first attempt.
+    """
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def write_failure(
+    feature_view: str, start: datetime, end: datetime, rows_written: int, exc: BaseException, unconfirmed: int = 0
+) -> MaterializationError:
+    """The one-line error of a materialisation that failed after ``rows_written`` rows reached Redis.
+
+    ``unconfirmed``: rows of a write in flight that Redis may have kept in part (Feast's writer sends a
+    batch as one pipeline and reports only its first error). A Redis error is described, and chained
+    as the cause (``__cause__``), without the command bytes redis-py quotes; other errors as they are.
+    """
+    cause = exc
+    if isinstance(exc, redis.RedisError):
+        cause = RedisWriteError(describe_redis_error(exc), rows_written, refused=isinstance(exc, redis.ResponseError))
+    reason = str(cause) if isinstance(cause, StackError) else f"{type(cause).__name__}: {cause}"
+    in_flight = f", and a batch of {unconfirmed:,} rows in flight may be written in part" if unconfirmed else ""
+    failure = MaterializationError(
+        f"materialising {feature_view!r} failed after {rows_written:,} rows were written to Redis{in_flight} "
+        f"({reason}). The window {start.isoformat()} -> {end.isoformat()} was not recorded; a rerun rewrites it.",
+        retryable=not (isinstance(cause, RedisWriteError) and cause.refused),
+    )
+    failure.__cause__ = cause  # raise it `from failure.__cause__`: the original (binary) context stays hidden
+    return failure
 
 
 @dataclass(frozen=True)
@@ -84,10 +121,8 @@ def materialize_arrow(store: FeatureStore, feature_view: str, end: datetime) -> 
     except Exception as exc:
         _restore_state(store, view, previous_state)
         written = exc.rows_written if isinstance(exc, RedisWriteError) else acknowledged
-        raise MaterializationError(
-            f"materialising {feature_view!r} failed after {written:,} rows were written to Redis ({exc}). "
-            f"The window {start.isoformat()} -> {end.isoformat()} was not recorded; a rerun rewrites it."
-        ) from exc
+        failure = write_failure(feature_view, start, end, written, exc)
+        raise failure from failure.__cause__
     finally:
         stream.close()  # an unfinished DuckDB result would block the connection's next query
     store.registry.apply_materialization(view, store.project, start, end)

@@ -26,6 +26,7 @@ fails loudly instead of writing rows Feast cannot read.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -62,11 +63,28 @@ class ArrowRedisOnlineStoreConfig(RedisOnlineStoreConfig):
 
 
 class RedisWriteError(StackError):
-    """Redis refused or lost some writes; ``rows_written`` rows (of this call) were acknowledged before."""
+    """Redis refused or lost some writes; ``rows_written`` rows (of this call) were acknowledged before.
 
-    def __init__(self, message: str, rows_written: int) -> None:
+    ``refused``: Redis answered the writes with an error (out of memory, a read-only replica), which a
+    retry would meet again; otherwise the connection was lost, which a retry may not.
+    """
+
+    def __init__(self, message: str, rows_written: int, refused: bool = False) -> None:
         super().__init__(message)
         self.rows_written = rows_written
+        self.refused = refused
+
+
+# redis-py prefixes a pipeline's error reply with the failing command, binary arguments and all.
+_PIPELINE_COMMAND = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+_MAX_ERROR_CHARS = 300
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """``OutOfMemoryError: command not allowed ...``: what Redis answered, one printable line, no command bytes."""
+    text = _PIPELINE_COMMAND.sub("", str(exc))
+    text = "".join(char if char.isprintable() else " " for char in text).strip()[:_MAX_ERROR_CHARS]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class EncodingMismatchError(StackError):
@@ -475,7 +493,7 @@ def _send(client: redis.Redis, commands: pa.Buffer, rows: int, replies_per_row: 
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         connection.disconnect()
         raise RedisWriteError(
-            f"lost the Redis connection mid-chunk ({type(exc).__name__}: {exc})", written_before + acknowledged
+            f"lost the Redis connection mid-chunk ({describe_redis_error(exc)})", written_before + acknowledged
         ) from exc
     except BaseException:
         connection.disconnect()  # replies may be left unread: never hand this connection back as is
@@ -483,9 +501,11 @@ def _send(client: redis.Redis, commands: pa.Buffer, rows: int, replies_per_row: 
     finally:
         pool.release(connection)
     if errors:
+        assert first_error is not None
         raise RedisWriteError(
-            f"Redis refused {errors:,} of a chunk's {rows:,} rows ({type(first_error).__name__}: {first_error})",
+            f"Redis refused {errors:,} of a chunk's {rows:,} rows ({describe_redis_error(first_error)})",
             written_before + acknowledged,
+            refused=True,
         ) from first_error
     return acknowledged
 

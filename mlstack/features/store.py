@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import redis
 from feast import FeatureStore
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
 from mlstack.data.schema import CUSTOMER_PROFILE_FILE, DATA_FILES
 from mlstack.errors import StackError
-from mlstack.features.materialization import arrow_writer, materialize_arrow
+from mlstack.features.materialization import arrow_writer, incremental_start, materialize_arrow, write_failure
 from mlstack.features.online_store import RedisTarget, feast_connection_string, resolve_redis
 from mlstack.features.redis_writer import STORE_TYPE as ARROW_STORE_TYPE
 from mlstack.settings import Settings
@@ -126,7 +127,8 @@ def materialize_view(store: FeatureStore, feature_view: str, end: datetime) -> M
     """Materialise one batch view incrementally up to ``end``; Feast records the window on success.
 
     A run interrupted before success leaves the recorded window unchanged, so the next run
-    rewrites the same rows (same bytes) and completes the window.
+    rewrites the same rows (same bytes) and completes the window. A Redis error, with either writer,
+    is a MaterializationError naming the view and the rows written.
     """
     view = store.get_feature_view(feature_view)
     start = view.most_recent_end_time
@@ -135,8 +137,12 @@ def materialize_view(store: FeatureStore, feature_view: str, end: datetime) -> M
         rows = materialize_arrow(store, feature_view, end).rows
         return MaterializeResult(feature_view, start, end, rows, time.perf_counter() - started)
     counter = _RowCounter()
-    with counter.counting(store):
-        store.materialize_incremental(end_date=end, feature_views=[feature_view])
+    try:
+        with counter.counting(store):
+            store.materialize_incremental(end_date=end, feature_views=[feature_view])
+    except redis.RedisError as exc:  # Feast records the window only after every batch was written
+        failure = write_failure(feature_view, incremental_start(view), end, counter.rows, exc, counter.in_flight)
+        raise failure from failure.__cause__
     return MaterializeResult(
         feature_view=feature_view,
         start=start,
@@ -193,10 +199,11 @@ def get_historical_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd.
 
 
 class _RowCounter:
-    """Counts rows handed to the online store during materialisation."""
+    """Counts rows the online store wrote during materialisation, and those of the write in flight."""
 
     def __init__(self) -> None:
         self.rows = 0
+        self.in_flight = 0
 
     @contextlib.contextmanager
     def counting(self, store: FeatureStore) -> Iterator[None]:
@@ -204,8 +211,10 @@ class _RowCounter:
         original = online_store.online_write_batch
 
         def counted(config, table, data, progress):  # type: ignore[no-untyped-def]
-            self.rows += len(data)
-            return original(config, table, data, progress)
+            self.in_flight = len(data)
+            result = original(config, table, data, progress)
+            self.rows, self.in_flight = self.rows + len(data), 0
+            return result
 
         online_store.online_write_batch = counted  # type: ignore[method-assign]  # counting wrapper, undone below
         try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import pydantic
 import redis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlstack.data.schema import LOAN_AMOUNT_RANGE, REQUEST_FIELDS, LoanPurpose, LoanTerm
 from mlstack.errors import StackError
@@ -63,10 +63,17 @@ ErrorCause = Literal[OutageCause, "invalid_request", "internal"]
 
 
 class LoanApplication(BaseModel):
-    """One loan application as the client sends it."""
+    """One loan application as the client sends it, validated strictly: each field must have its JSON type.
+
+    No coercion (pydantic strict mode): `true` is not customer 1, `"1"` is not a customer id and
+    `"12000"` is not an amount; a client bug gets a 400 naming the field, never someone else's
+    decision. Integer fields take JSON integers only (`36.0` is not a term). `loan_amount` takes any
+    JSON number, `12000` as well as `12000.0`: JSON has one number type and amounts are written both ways.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         allow_inf_nan=False,
         # OpenAPI 3.0's singular `example`: BentoML's schema model rejects a model-level `examples`.
         json_schema_extra={
@@ -96,6 +103,14 @@ class LoanApplication(BaseModel):
     loan_term_months: LoanTerm = Field(description="Repayment term in months.")
     loan_purpose: LoanPurpose = Field(description="What the loan is for.")
 
+    @field_validator("loan_term_months", mode="before")
+    @classmethod
+    def _term_is_an_integer(cls, value: object) -> object:
+        # Strict mode does not reach a Literal: it matches by equality, so 36.0 would pass as 36.
+        if type(value) is not int:
+            raise ValueError(f"should be an integer, not {type(value).__name__}")
+        return value
+
 
 class Prediction(BaseModel):
     """The model's answer for one application, with what the feature store could and could not supply."""
@@ -117,9 +132,9 @@ class Prediction(BaseModel):
 
 
 class BatchRequest(BaseModel):
-    """Up to MAX_BATCH applications scored together."""
+    """Up to MAX_BATCH applications scored together (strict like LoanApplication)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     applications: list[LoanApplication] = Field(min_length=1, max_length=MAX_BATCH)
 

@@ -30,7 +30,8 @@ from mlstack.monitoring.drift import DriftReport
 from mlstack.serving.bento import BuiltBento, build_bento
 from mlstack.serving.client import ScoredApplication, score_examples, service_token
 from mlstack.settings import Settings, get_settings
-from mlstack.simulation.traffic import Scenario, TrafficRun, get_scenario, run_traffic
+from mlstack.simulation.scenarios import Scenario
+from mlstack.simulation.traffic import TrafficRun, get_scenario, run_traffic
 from mlstack.stack.components import settings_environment
 from mlstack.stack.prefect import deploy_flows, ensure_work_pool, request_json, start_prefect_server, start_worker
 from mlstack.stack.service import LocalService, running_service, start_service, stop_service

@@ -74,3 +74,51 @@ def test_cli_names_the_missing_step_without_data(tmp_path, redis_db):
     assert result.returncode == 1
     assert "mlstack data generate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("writer", ["arrow", "feast"])
+def test_cli_materialize_into_a_full_redis_fails_in_one_line_and_records_no_window(tmp_path, writer):
+    """Issue 15: Redis at maxmemory ended in an exception panel quoting the pipeline's binary key bytes."""
+    from mlstack.features.online_store import EmbeddedRedis
+    from mlstack.features.store import get_store
+    from tests.support.factories import make_settings
+
+    server = EmbeddedRedis(tmp_path / "redis", Settings())  # private: this test starves it of memory
+    target = server.ensure_running()
+    try:
+        env = {
+            "MLSTACK_STATE_DIR": str(tmp_path / "state"),
+            "MLSTACK_REDIS_URL": redis_url(target),
+            "MLSTACK_MATERIALIZE_WRITER": writer,
+        }
+        generated = _mlstack("data", "generate", "--customers", "2000", "--months", "12", env=env)
+        assert generated.returncode == 0, generated.stderr
+        client = make_client(target, Settings())
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 150_000)  # a few hundred rows
+
+        result = _mlstack("features", "materialize", env=env, timeout=600)
+        client.config_set("maxmemory", 0)
+        assert result.returncode == 1, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, result.stderr[-3000:]
+        [line] = errors
+        assert "materialising 'customer_profile' failed after" in line
+        assert "rows were written to Redis" in line and "OutOfMemoryError" in line and "was not recorded" in line
+        written = int(line.split("failed after ", 1)[1].split(" rows", 1)[0].replace(",", ""))
+        keys = client.dbsize()
+        assert 0 < keys < 2000  # Redis took some rows, then refused
+        if writer == "arrow":
+            assert written == keys  # every acknowledged row, counted exactly
+        else:
+            assert written <= keys and "in flight may be written in part" in line  # Feast reports one batch
+        output = result.stdout + result.stderr
+        for dump in ("\\x", "\ufffd", "Command # ", "HSET"):  # no pipeline command, no binary key bytes
+            assert dump not in output, dump
+        assert output.count("Materializing 1 feature views") <= 1  # no retry of a refused write
+
+        settings = make_settings(tmp_path / "state", target, materialize_writer=writer)
+        assert get_store(settings, target).get_feature_view("customer_profile").most_recent_end_time is None
+        client.close()
+    finally:
+        server.stop()

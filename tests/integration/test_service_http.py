@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -80,6 +81,62 @@ def test_service_rejects_bad_input_naming_the_field(served, field, value):
     assert field in response.text
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("customer_id", True), ("customer_id", "1"), ("loan_amount", "12000"), ("loan_term_months", 36.0)],
+)
+def test_service_refuses_coerced_types_with_400_naming_the_field(served, field, value):
+    """Issue 15: `"customer_id": true` was scored as customer 1; no JSON type is coerced into another."""
+    client, stack = served
+    for path, body, loc in (
+        ("/predict", {**stack.known, field: value}, [field]),
+        ("/predict_batch", {"applications": [stack.known, {**stack.known, field: value}]}, ["applications", 1, field]),
+    ):
+        response = client.post(path, json=body)
+        assert response.status_code == 400, response.text
+        assert [issue["loc"] for issue in response.json()["detail"]] == [loc]
+        assert response.json()["error"]
+
+
+def test_service_takes_an_integer_loan_amount(served):
+    client, stack = served
+    as_float = client.post("/predict", json={**stack.known, "loan_amount": 12000.0})
+    as_int = client.post("/predict", json={**stack.known, "loan_amount": 12000})
+    assert as_int.status_code == 200, as_int.text
+    same = ("default_probability", "decision", "features_found", "missing_features")
+    assert {key: as_int.json()[key] for key in same} == {key: as_float.json()[key] for key in same}
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain; charset=utf-8", None])
+def test_service_scores_only_json_labelled_bodies(served, content_type):
+    """A JSON body labelled text/plain (or not at all) is what a page on any origin sends without a preflight."""
+    client, stack = served
+    headers = {"content-type": content_type} if content_type else {}
+    for path, body in (("/predict", stack.known), ("/predict_batch", {"applications": [stack.known]})):
+        response = client.post(path, content=json.dumps(body), headers=headers)
+        assert response.status_code == 415, response.text
+        assert response.json()["cause"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_service_answers_a_wrong_method_with_json_405(served, method):
+    client, _ = served
+    for path in ("/predict", "/predict_batch"):
+        response = client.request(method, path)
+        assert response.status_code == 405
+        assert response.headers["allow"] == "POST"
+        assert response.json()["cause"] == "method_not_allowed"
+
+
+def test_service_refuses_an_8_mib_header_with_431(served):
+    client, stack = served
+    for path in ("/predict", "/livez"):
+        response = client.post(path, json=stack.known, headers={"x-big": "x" * 8 * 2**20})
+        assert response.status_code == 431, response.text[:200]
+        assert response.json()["cause"] == "request_header_fields_too_large"
+    assert client.post("/predict", json=stack.known).status_code == 200
+
+
 def test_service_scores_a_batch_in_order(served):
     client, stack = served
     known = stack.known
@@ -129,7 +186,8 @@ def test_runtime_close_flushes_profiles_with_every_scored_request(served):
 
 def test_service_refuses_oversized_body_with_413(served):
     client, stack = served
-    response = client.post("/predict_batch", content=b"{" + b" " * stack.settings.service_max_body_bytes + b"}")
+    body = b"{" + b" " * stack.settings.service_max_body_bytes + b"}"
+    response = client.post("/predict_batch", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert response.json()["cause"] == "payload_too_large"
 

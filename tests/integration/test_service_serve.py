@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -52,6 +53,36 @@ def test_serve_requires_token_and_scores_with_it(service):
         'mlstack_model_info{model_name="credit-risk",model_version="1"}',
     ):
         assert name in metrics.text, name
+
+
+def test_serve_refuses_an_8_mib_header_with_431_json(service):
+    """uvicorn's httptools parser has no header limit of its own: the 8 MiB header reached the app (200)."""
+    started, stack, _, _ = service
+    big = {"x-big": "x" * 8 * 2**20, "authorization": f"Bearer {TOKEN}"}
+    for headers in (big, {f"x-h{i}": "v" for i in range(500)}):
+        response = httpx.post(f"{started.url}/predict", json=stack.known, headers=headers, timeout=30)
+        assert response.status_code == 431, response.text[:300]
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["cause"] == "request_header_fields_too_large"
+    assert httpx.get(f"{started.url}/livez", timeout=5).status_code == 200
+
+
+def test_serve_refuses_text_plain_json_and_wrong_methods_with_json_errors(service):
+    started, stack, _, _ = service
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    body = json.dumps(stack.known)
+    for content_type in ("text/plain", "text/plain; charset=utf-8"):
+        response = httpx.post(
+            f"{started.url}/predict", content=body, headers={**auth, "content-type": content_type}, timeout=10
+        )
+        assert response.status_code == 415, response.text
+        assert response.json()["cause"] == "unsupported_media_type"
+    response = httpx.get(f"{started.url}/predict", headers=auth, timeout=10)
+    assert response.status_code == 405, response.text
+    assert (response.headers["allow"], response.json()["cause"]) == ("POST", "method_not_allowed")
+    strict = httpx.post(f"{started.url}/predict", json={**stack.known, "customer_id": True}, headers=auth, timeout=10)
+    assert strict.status_code == 400, strict.text
+    assert [issue["loc"] for issue in strict.json()["detail"]] == [["customer_id"]]
 
 
 def test_serve_sigterm_answers_in_flight_requests_and_flushes_every_scored_one(service):

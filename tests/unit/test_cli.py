@@ -21,6 +21,7 @@ from mlstack.cli import context
 from mlstack.cli.app import app
 from mlstack.serving.client import ScoredApplication, ServiceClientError, predict
 from mlstack.settings import get_settings
+from mlstack.simulation.scenarios import SCENARIOS
 
 COMMANDS = [
     [],
@@ -108,8 +109,27 @@ def test_invalid_setting_fails_in_one_line_naming_the_variable(
     monkeypatch.setenv("MLSTACK_CUSTOMERS", "many")
     result = _run("down")
     assert result.exit_code == 1
-    assert "MLSTACK_CUSTOMERS" in _one_error_line(result)
+    assert "MLSTACK_CUSTOMERS (expected int)" in _one_error_line(result)
     assert "many" not in result.stderr  # values are not echoed: some settings are secrets
+
+
+def test_invalid_setting_in_dotenv_keeps_help_and_fails_naming_variable_and_type(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: `MLSTACK_PROMOTION_MARGIN=abc` in `.env` ended even `mlstack train --help` in a traceback."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text("MLSTACK_PROMOTION_MARGIN=abc\n")
+    monkeypatch.chdir(work)  # pydantic-settings reads .env from the working directory
+    help_result = _run("train", "--help")
+    assert help_result.exit_code == 0, help_result.output
+    assert "Usage:" in help_result.stdout
+    result = _run("train")
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert "MLSTACK_PROMOTION_MARGIN (expected float)" in line, line
+    assert "abc" not in result.stderr
+    assert list(work.iterdir()) == [work / ".env"]
 
 
 def test_bad_date_is_a_usage_error_naming_the_option(state_dir: Path) -> None:
@@ -126,10 +146,18 @@ def test_out_of_range_option_is_a_usage_error(state_dir: Path) -> None:
     assert "--months" in result.stderr
 
 
-def test_unknown_scenario_fails_in_one_line(state_dir: Path) -> None:
+def test_traffic_help_lists_the_scenarios(state_dir: Path) -> None:
+    result = _run("traffic", "--help")
+    assert result.exit_code == 0, result.output
+    assert f"<{'|'.join(SCENARIOS)}>" in result.stdout
+
+
+def test_unknown_scenario_is_a_usage_error_listing_the_choices(state_dir: Path) -> None:
     result = _run("traffic", "--scenario", "boom")
-    assert result.exit_code == 1
-    assert "unknown scenario 'boom'" in _one_error_line(result)
+    assert result.exit_code == 2
+    assert "--scenario" in result.stderr
+    assert all(repr(name) in result.stderr for name in SCENARIOS), result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_traffic_without_a_service_says_how_to_start_one(state_dir: Path) -> None:

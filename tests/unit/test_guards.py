@@ -1,4 +1,4 @@
-"""The ASGI guards of the service (body limit, bearer token) on a tiny ASGI app: no BentoML needed."""
+"""The ASGI guards of the service (header and body limits, method, bearer token, media type) on a tiny ASGI app."""
 
 import pytest
 from starlette.applications import Starlette
@@ -7,7 +7,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from services.guards import RequestGuard
+from services.guards import MAX_HEADER_BYTES, MAX_HEADER_COUNT, RequestGuard
+
+JSON = {"content-type": "application/json"}
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -16,7 +18,14 @@ async def echo(request: Request) -> JSONResponse:
 
 def _client(**options) -> TestClient:
     app = Starlette(routes=[Route("/predict", echo, methods=["POST"]), Route("/livez", echo, methods=["GET"])])
-    return TestClient(RequestGuard(app, **options))
+    return TestClient(RequestGuard(app, **options), headers=JSON)
+
+
+def _assert_json_error(response, status: int, cause: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["cause"] == cause
+    assert response.json()["error"]
 
 
 def test_guard_passes_a_body_under_the_limit():
@@ -26,8 +35,7 @@ def test_guard_passes_a_body_under_the_limit():
 
 def test_guard_refuses_declared_oversized_body_with_413_json():
     response = _client(max_body_bytes=100, token="").post("/predict", content=b"x" * 101)
-    assert response.status_code == 413
-    assert response.json()["cause"] == "payload_too_large"
+    _assert_json_error(response, 413, "payload_too_large")
 
 
 def test_guard_refuses_chunked_oversized_body():
@@ -43,8 +51,7 @@ def test_guard_refuses_chunked_oversized_body():
 def test_guard_requires_the_bearer_token_when_set(header):
     headers = {"authorization": header} if header else {}
     response = _client(max_body_bytes=1000, token="secret").post("/predict", content=b"{}", headers=headers)
-    assert response.status_code == 401
-    assert response.json()["cause"] == "unauthorized"
+    _assert_json_error(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -60,17 +67,65 @@ def test_guard_without_token_is_open():
 
 @pytest.mark.parametrize(
     "media_type",
-    ["multipart/form-data; boundary=x", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle"],
+    [
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "application/vnd.bentoml+pickle",
+        "text/plain",  # what a page on any origin sends without a CORS preflight
+        "text/plain; charset=utf-8",
+        "application/json-patch+json",
+        "application/json; charset=latin-1",
+        "",
+    ],
 )
 def test_guard_refuses_non_json_bodies_on_scoring_paths_with_415(media_type):
     response = _client(max_body_bytes=1000, token="").post(
         "/predict", content=b"{}", headers={"content-type": media_type}
     )
-    assert response.status_code == 415
-    assert response.json()["cause"] == "unsupported_media_type"
+    _assert_json_error(response, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("media_type", [None, "application/json", "application/json; charset=utf-8", "text/plain"])
-def test_guard_passes_json_and_unlabelled_bodies(media_type):
-    headers = {"content-type": media_type} if media_type else {}
-    assert _client(max_body_bytes=1000, token="").post("/predict", content=b"{}", headers=headers).status_code == 200
+def test_guard_refuses_an_unlabelled_body_on_scoring_paths_with_415():
+    client = TestClient(RequestGuard(Starlette(routes=[Route("/predict", echo, methods=["POST"])]), 1000, ""))
+    response = client.post("/predict", content=b"{}")
+    assert "content-type" not in response.request.headers
+    _assert_json_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "media_type", ["application/json", "application/json; charset=utf-8", 'Application/JSON; charset="UTF-8"']
+)
+def test_guard_passes_json_bodies(media_type):
+    response = _client(max_body_bytes=1000, token="").post(
+        "/predict", content=b"{}", headers={"content-type": media_type}
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD"])
+def test_guard_answers_other_methods_on_scoring_paths_with_json_405(method):
+    response = _client(max_body_bytes=1000, token="secret").request(method, "/predict")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    if method != "HEAD":
+        _assert_json_error(response, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["/predict", "/livez"])
+def test_guard_refuses_an_oversized_header_with_431_json(path):
+    client = _client(max_body_bytes=1000, token="secret")
+    response = client.request("POST" if path == "/predict" else "GET", path, headers={"x-big": "x" * MAX_HEADER_BYTES})
+    _assert_json_error(response, 431, "request_header_fields_too_large")
+    assert "x-big" in response.json()["error"]
+
+
+def test_guard_refuses_too_many_headers_with_431_json():
+    headers = {f"x-h{i}": "v" for i in range(MAX_HEADER_COUNT)}
+    response = _client(max_body_bytes=1000, token="").post("/predict", content=b"{}", headers=headers)
+    _assert_json_error(response, 431, "request_header_fields_too_large")
+
+
+def test_guard_passes_headers_up_to_the_limits():
+    client = _client(max_body_bytes=1000, token="", max_header_bytes=4096, max_header_count=20)
+    assert client.post("/predict", content=b"{}", headers={"x-big": "x" * 3500}).status_code == 200
+    assert client.post("/predict", content=b"{}", headers={"x-big": "x" * 4096}).status_code == 431

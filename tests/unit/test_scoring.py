@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -175,12 +176,44 @@ def test_loan_application_accepts_a_valid_request() -> None:
         ("loan_amount", float("inf")),
         ("loan_term_months", 48),
         ("loan_purpose", "boat"),
+        # strict: no coercion of another JSON type (issue 15: `true` was scored as customer 1)
+        ("customer_id", True),
+        ("customer_id", "1"),
+        ("customer_id", 1.0),
+        ("loan_amount", "12000"),
+        ("loan_amount", True),
+        ("loan_term_months", "36"),
+        ("loan_term_months", 36.0),
+        ("loan_term_months", True),
     ],
 )
 def test_loan_application_rejects_invalid_field_naming_it(field: str, value: object) -> None:
     with pytest.raises(pydantic.ValidationError) as caught:
         LoanApplication.model_validate({**APPLICATION, field: value})
     assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("customer_id", True), ("customer_id", "1"), ("loan_amount", "12000"), ("loan_term_months", 36.0)],
+)
+def test_loan_application_json_is_strict_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        LoanApplication.model_validate_json(json.dumps({**APPLICATION, field: value}))
+    assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+
+
+def test_batch_request_is_strict_naming_the_application_and_field() -> None:
+    body = json.dumps({"applications": [APPLICATION, {**APPLICATION, "customer_id": True}]})
+    with pytest.raises(pydantic.ValidationError) as caught:
+        BatchRequest.model_validate_json(body)
+    assert [error["loc"] for error in caught.value.errors()] == [("applications", 1, "customer_id")]
+
+
+def test_loan_application_takes_an_integer_amount() -> None:
+    """JSON has one number type: 12000 is as good an amount as 12000.0."""
+    application = LoanApplication.model_validate_json(json.dumps({**APPLICATION, "loan_amount": 12000}))
+    assert application.loan_amount == 12000.0 and isinstance(application.loan_amount, float)
 
 
 def test_loan_application_accepts_the_largest_int64_customer_id() -> None:

@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import numpy as np
@@ -28,9 +29,8 @@ from mlstack.data.schema import (
     draw_request_fields,
 )
 from mlstack.simulation import traffic
+from mlstack.simulation.scenarios import SCENARIOS, Scenario, ScenarioName
 from mlstack.simulation.traffic import (
-    SCENARIOS,
-    Scenario,
     Snapshots,
     TrafficError,
     TrafficResult,
@@ -63,6 +63,11 @@ def writable_dir(data_dir: Path, tmp_path: Path) -> Path:
 
 
 # --- scenarios ---------------------------------------------------------------------------------
+
+
+def test_scenarios_define_each_scenario_name_once_under_its_own_name():
+    assert tuple(SCENARIOS) == get_args(ScenarioName)
+    assert all(scenario.name == name for name, scenario in SCENARIOS.items())
 
 
 def test_get_scenario_unknown_lists_the_known_ones():

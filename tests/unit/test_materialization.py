@@ -1,0 +1,46 @@
+"""Materialisation failures as users read them: one line, the view, the rows written, no command bytes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis
+
+from mlstack.features.materialization import MaterializationError, write_failure
+from mlstack.features.redis_writer import RedisWriteError, describe_redis_error
+
+START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+REPLY = "command not allowed when used memory > 'maxmemory'."
+# What redis-py's pipeline makes of Redis's reply: the failing command, binary key bytes and all.
+PIPELINE_ERROR = redis.exceptions.OutOfMemoryError(
+    "Command # 1 (HSET \x02\x00\x00\x00customer_id\x04\x00\x00\x00\x08\x00\x00\x00\xd4\xad mlstack "
+    f"_ts:customer_profile \x08\xb4\xfe\x8c\xc9\x06...) of pipeline caused error: {REPLY}"
+)
+
+
+def test_describe_redis_error_drops_the_pipeline_command_and_its_bytes():
+    assert describe_redis_error(PIPELINE_ERROR) == f"OutOfMemoryError: {REPLY}"
+    assert describe_redis_error(redis.ConnectionError("Connection refused")) == "ConnectionError: Connection refused"
+    assert describe_redis_error(redis.ResponseError("bad\x00reply")) == "ResponseError: bad reply"
+
+
+def test_refused_write_is_one_line_naming_the_view_and_is_not_retried():
+    failure = write_failure("customer_profile", START, END, 1_234, PIPELINE_ERROR, unconfirmed=2_000)
+    message = str(failure)
+    assert isinstance(failure, MaterializationError) and not failure.retryable
+    assert message.startswith("materialising 'customer_profile' failed after 1,234 rows were written to Redis")
+    assert "a batch of 2,000 rows in flight" in message and f"OutOfMemoryError: {REPLY}" in message
+    assert "was not recorded" in message and "\n" not in message
+    assert all(char.isprintable() for char in message)
+    cause = failure.__cause__
+    assert isinstance(cause, RedisWriteError) and cause.refused and cause.__context__ is None  # no binary chain
+    assert "Command #" not in str(cause)
+
+
+def test_lost_connection_is_retried_and_stack_errors_are_chained_as_they_are():
+    lost = write_failure("zipcode_stats", START, END, 0, redis.ConnectionError("Connection reset by peer"))
+    assert lost.retryable and isinstance(lost.__cause__, RedisWriteError) and not lost.__cause__.refused
+    refused = RedisWriteError("Redis refused 5 of a chunk's 10 rows (OutOfMemoryError: ...)", 5, refused=True)
+    failure = write_failure("credit_history", START, END, 5, refused)
+    assert failure.__cause__ is refused and not failure.retryable
+    assert "failed after 5 rows were written to Redis (Redis refused 5 of a chunk's 10 rows" in str(failure)
