@@ -23,9 +23,10 @@ def served(tmp_path_factory):
     from starlette.testclient import TestClient
 
     stack = build_serving_stack(tmp_path_factory.mktemp("service"))
-    env = stack.environment()
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    # The whole environment is saved: the service's start-up exports the stack's library environment
+    # (PREFECT_HOME, BENTOML_HOME, ...) into this process too, and later tests must not inherit it.
+    saved = dict(os.environ)
+    os.environ.update(stack.environment())
     get_settings.cache_clear()
     from services.credit_risk import CreditRisk
 
@@ -34,11 +35,8 @@ def served(tmp_path_factory):
             yield client, stack
     finally:
         stack.server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
         get_settings.cache_clear()
 
 

@@ -116,10 +116,13 @@ def test_invalid_setting_fails_in_one_line_naming_the_variable(
 def test_invalid_setting_in_dotenv_keeps_help_and_fails_naming_variable_and_type(
     state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 15: `MLSTACK_PROMOTION_MARGIN=abc` in `.env` ended even `mlstack train --help` in a traceback."""
+    """Issue 15: `MLSTACK_PROMOTION_MARGIN=abc` in `.env` ended even `mlstack train --help` in a traceback.
+
+    That setting is now `MLSTACK_GATE_AUC_MARGIN` (the statistical gate); any float setting shows the same.
+    """
     work = tmp_path / "work"
     work.mkdir()
-    (work / ".env").write_text("MLSTACK_PROMOTION_MARGIN=abc\n")
+    (work / ".env").write_text("MLSTACK_GATE_AUC_MARGIN=abc\n")
     monkeypatch.chdir(work)  # pydantic-settings reads .env from the working directory
     help_result = _run("train", "--help")
     assert help_result.exit_code == 0, help_result.output
@@ -127,7 +130,7 @@ def test_invalid_setting_in_dotenv_keeps_help_and_fails_naming_variable_and_type
     result = _run("train")
     assert result.exit_code == 1
     line = _one_error_line(result)
-    assert "MLSTACK_PROMOTION_MARGIN (expected float)" in line, line
+    assert "MLSTACK_GATE_AUC_MARGIN (expected float)" in line, line
     assert "abc" not in result.stderr
     assert list(work.iterdir()) == [work / ".env"]
 
