@@ -123,6 +123,20 @@ def changed_application(path: Path, application_id: int) -> Iterator[None]:
         path.write_bytes(original)
 
 
+@contextlib.contextmanager
+def changed_incomes(path: Path, incomes: dict[int, float]) -> Iterator[None]:
+    """Rewrite the profile snapshots with every snapshot of each customer given that income; restore afterwards."""
+    original = path.read_bytes()
+    frame = pd.read_parquet(path)
+    for customer_id, income in incomes.items():
+        frame.loc[frame["customer_id"] == customer_id, "annual_income"] = income
+    try:
+        frame.to_parquet(path, index=False)
+        yield
+    finally:
+        path.write_bytes(original)
+
+
 def future_peeking_frame(repo: TrainingRepo, frame: pd.DataFrame) -> pd.DataFrame:
     """The training frame with each customer's *last* profile and credit snapshot: the classic leaky join."""
     leaky = frame.copy()
@@ -182,6 +196,34 @@ def test_build_training_set_keeps_only_the_window(repo: TrainingRepo, training_s
     all_times = training_set.frame["event_timestamp"]
     assert len(windowed.frame) == int(((all_times >= start) & (all_times < end)).sum()) > 100
     assert (windowed.window_start, windowed.window_end) == (start, end)
+
+
+def test_build_training_set_ratios_equal_the_pandas_formula_on_the_joined_inputs_with_bad_incomes(
+    repo: TrainingRepo, training_set: TrainingSet
+) -> None:
+    # The view runs in Feast's python mode; its values must be those of the vectorised pandas formula
+    # (the view's former pandas mode) on the same joined inputs, bit for bit, bad incomes included.
+    counts = training_set.frame["customer_id"].value_counts()
+    zero, missing, negative = (int(customer_id) for customer_id in counts.index[:3])
+    with changed_incomes(
+        repo.settings.data_dir / "customer_profile.parquet", {zero: 0.0, missing: np.nan, negative: -1.0}
+    ):
+        frame = build_training_set(repo.settings, repo.store).frame
+    income = frame["annual_income"]
+    assert (income == 0).sum() > 0 and (income < 0).sum() > 0
+    assert income[frame["customer_id"] == missing].isna().all() and income.notna().mean() > 0.9
+    assert frame["monthly_debt_payments"].isna().any() and frame["monthly_debt_payments"].notna().any()
+
+    want = expected_loan_ratios(
+        frame["loan_amount"], frame["loan_term_months"], frame["annual_income"], frame["monthly_debt_payments"]
+    )
+    for feature in want.columns:
+        assert frame[feature].dtype == np.float64, feature
+        np.testing.assert_array_equal(frame[feature].to_numpy(), want[feature].to_numpy(), err_msg=feature)
+        assert not np.isinf(frame[feature]).any(), feature
+    bad = frame["customer_id"].isin([zero, missing, negative])
+    assert frame.loc[bad, want.columns].isna().all().all()
+    assert frame.loc[~bad & (income > 0), "loan_to_income"].notna().all()
 
 
 # --------------------------------------------------------------------------- training and evaluation

@@ -190,8 +190,9 @@ def expected_loan_ratios(
     annual_income: pd.Series,
     monthly_debt_payments: pd.Series,
 ) -> pd.DataFrame:
-    """The on-demand features from their inputs (NaN where an input is missing)."""
+    """The on-demand features from their inputs (NaN where an input is missing or the income is not positive)."""
     income = pd.to_numeric(annual_income, errors="coerce").astype("float64")
+    income = income.where(income > 0)
     debt = pd.to_numeric(monthly_debt_payments, errors="coerce").astype("float64")
     amount = loan_amount.astype("float64")
     return pd.DataFrame(
