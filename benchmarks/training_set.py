@@ -105,7 +105,7 @@ def main() -> None:
         pandas_sorted = pandas_frame.sort_values("application_id").reset_index(drop=True)
         values_agree = all(
             _same(feast_sorted[column], pandas_sorted[column]) for _, _, columns in VIEWS.values() for column in columns
-        ) and _same(feast_sorted["loan_to_income"], pandas_sorted["loan_to_income"])
+        ) and all(_same(feast_sorted[ratio], pandas_sorted[ratio]) for ratio in ("loan_to_income", "payment_to_income"))
         print(
             f"| {customers:,} | {len(entities):,} | {feast_s:.1f} | {pandas_s:.1f} | {feast_s / pandas_s:.2f} "
             f"| {len(feast_frame) == len(pandas_frame) == len(entities)} "
