@@ -145,6 +145,7 @@ def test_stop_without_start_still_writes(tmp_path: Path) -> None:
     assert count_profiled_rows(tmp_path) == 1
 
 
+@pytest.mark.timeout(60)
 def test_add_does_not_wait_for_a_slow_writer() -> None:
     clock = FakeClock(0.0)
     sink = GatedSink()
@@ -153,15 +154,14 @@ def test_add_does_not_wait_for_a_slow_writer() -> None:
     clock.now = 15.0  # the first window has ended: the drain thread will write it and block in the sink
     buffer.start()
     assert sink.entered.wait(30)
-    started = time.perf_counter()
+    # The writer stays blocked until release: an add() that waited for it would never return, and the
+    # timeout above would fail the test. No wall-clock bound is needed.
     for i in range(5_000):
         buffer.add(row(i))
-    elapsed = time.perf_counter() - started
     assert buffer.pending_rows == 5_000  # nothing was profiled while the writer is stuck
     sink.release.set()
     assert buffer.stop(timeout=30)
     assert sum(window.rows for window in sink.windows) == 5_001
-    assert elapsed < 1.0, f"add() took {elapsed:.2f} s for 5,000 rows while the writer was blocked"
 
 
 def test_full_buffer_drops_and_counts_rows() -> None:
