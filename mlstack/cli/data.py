@@ -29,7 +29,7 @@ def data_generate(
 
 def generate(settings: Settings) -> None:
     """Generate fresh offline data (clearing feature state of earlier data) with a progress bar; show its tables."""
-    from mlstack.simulation.demo import generate_fresh_data
+    from mlstack.features.store import generate_fresh_data
 
     with render.generation_progress(settings.customers) as progress:
         fresh = generate_fresh_data(settings, progress)

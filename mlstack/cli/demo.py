@@ -15,12 +15,11 @@ from mlstack.cli.monitoring import run_monitor
 from mlstack.cli.training import run_train
 
 if TYPE_CHECKING:
-    from mlstack.features.store import MaterializeResult
+    from mlstack.features.store import FreshData, MaterializeResult
     from mlstack.monitoring.drift import DriftReport
     from mlstack.serving.bento import BuiltBento
     from mlstack.serving.client import ScoredApplication
     from mlstack.settings import Settings
-    from mlstack.simulation.demo import FreshData
     from mlstack.simulation.scenarios import Scenario
     from mlstack.simulation.traffic import TrafficRun
     from mlstack.training.steps import TrainingOutcome

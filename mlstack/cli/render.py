@@ -15,12 +15,12 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlstack.features.store import ApplyResult, MaterializeResult
+    from mlstack.features.store import ApplyResult, FreshData, MaterializeResult
     from mlstack.monitoring.drift import DriftReport
     from mlstack.serving.bento import BuiltBento
     from mlstack.serving.client import ScoredApplication
     from mlstack.settings import Settings
-    from mlstack.simulation.demo import DemoSummary, FreshData
+    from mlstack.simulation.demo import DemoSummary
     from mlstack.simulation.scenarios import Scenario
     from mlstack.simulation.traffic import TrafficRun
     from mlstack.stack.local import ComponentStatus

@@ -25,7 +25,7 @@ def bootstrap(
     with --skip-training-if-champion a restart does not register another version).
     """
     settings = context.settings()
-    from mlstack.simulation.demo import has_data
+    from mlstack.features.store import has_data
 
     if regenerate or not has_data(settings):
         generate(settings)
@@ -83,7 +83,7 @@ def down() -> None:
 def status() -> None:
     """Show what the local stack runs and whether it is healthy; its data, Feast registry and MLflow champion."""
     settings = context.settings()
-    from mlstack.simulation.demo import has_data
+    from mlstack.features.store import has_data
     from mlstack.stack.local import stack_status
 
     render.line(f"state dir: {settings.state_dir}")

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,8 @@ import redis
 from feast import FeatureStore
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
-from mlstack.data.schema import CUSTOMER_PROFILE_FILE, DATA_FILES
+from mlstack.data.generator import DataSummary, generate_data
+from mlstack.data.schema import CUSTOMER_PROFILE_FILE, DATA_FILES, LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
 from mlstack.features.materialization import arrow_writer, incremental_start, materialize_arrow, write_failure
 from mlstack.features.online_store import RedisTarget, feast_connection_string, resolve_redis
@@ -246,3 +247,33 @@ def _quiet_stdout() -> Iterator[None]:
     """Feast prints progress bars and colour codes to stdout; keep them out of our logs."""
     with contextlib.redirect_stdout(io.StringIO()):
         yield
+
+
+@dataclass(frozen=True)
+class FreshData:
+    """Newly generated offline data: its summary, how long it took, and whether old feature state was cleared."""
+
+    directory: Path
+    summary: DataSummary
+    seconds: float
+    cleared_feature_state: bool
+
+
+def generate_fresh_data(settings: Settings, progress: Callable[[int, int], None] | None = None) -> FreshData:
+    """Generate the offline data; when it replaces earlier data, clear the Feast registry and online rows first."""
+    cleared = has_data(settings) and reset_feature_state(settings)
+    started = time.perf_counter()
+    summary = generate_data(
+        settings.data_dir,
+        customers=settings.customers,
+        months=settings.months,
+        end=settings.data_end_datetime(),
+        seed=settings.seed,
+        progress=progress,
+    )
+    return FreshData(settings.data_dir, summary, time.perf_counter() - started, cleared)
+
+
+def has_data(settings: Settings) -> bool:
+    """Whether the offline data exists under the state directory."""
+    return (settings.data_dir / LOAN_APPLICATIONS_FILE).is_file()

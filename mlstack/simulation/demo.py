@@ -21,11 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlstack.data.generator import DataSummary, generate_data
-from mlstack.data.schema import LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
 from mlstack.features.online_store import resolve_redis
-from mlstack.features.store import MaterializeResult, reset_feature_state
+from mlstack.features.store import FreshData, MaterializeResult, generate_fresh_data, has_data
 from mlstack.monitoring.drift import DriftReport
 from mlstack.serving.bento import BuiltBento, build_bento
 from mlstack.serving.client import ScoredApplication, score_examples, service_token
@@ -68,16 +66,6 @@ class DemoFlows:
     materialize: Callable[[], Sequence[MaterializeResult]]
     train: Callable[[], TrainingOutcome]
     monitor: Callable[[datetime, datetime], DriftReport]
-
-
-@dataclass(frozen=True)
-class FreshData:
-    """Newly generated offline data: its summary, how long it took, and whether old feature state was cleared."""
-
-    directory: Path
-    summary: DataSummary
-    seconds: float
-    cleared_feature_state: bool
 
 
 class DemoView(Protocol):
@@ -182,26 +170,6 @@ class DemoSummary:
 def demo_settings(base: Settings) -> Settings:
     """The demo's settings: short profile windows (15 s) and a retraining window that the new labels dominate."""
     return base.model_copy(update={"profile_window_seconds": 15.0, "retrain_window_days": 14})
-
-
-def generate_fresh_data(settings: Settings, progress: Callable[[int, int], None] | None = None) -> FreshData:
-    """Generate the offline data; when it replaces earlier data, clear the Feast registry and online rows first."""
-    cleared = has_data(settings) and reset_feature_state(settings)
-    started = time.perf_counter()
-    summary = generate_data(
-        settings.data_dir,
-        customers=settings.customers,
-        months=settings.months,
-        end=settings.data_end_datetime(),
-        seed=settings.seed,
-        progress=progress,
-    )
-    return FreshData(settings.data_dir, summary, time.perf_counter() - started, cleared)
-
-
-def has_data(settings: Settings) -> bool:
-    """Whether the offline data exists under the state directory."""
-    return (settings.data_dir / LOAN_APPLICATIONS_FILE).is_file()
 
 
 def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bool = False) -> DemoSummary:

@@ -278,7 +278,7 @@ def test_healthcheck_script_exits_nonzero_when_unreachable(unused_port: int):
 
 @pytest.fixture
 def unused_port() -> int:
-    from tests.support.services import free_port
+    from mlstack.processes import free_port
 
     return free_port()
 
