@@ -16,6 +16,8 @@ VmHWM after the work; "RSS before" is the same mark when the timed work starts: 
   settings (`MLSTACK_MATERIALIZE_WRITER=arrow`): what the `materialize-features` flow's tasks call;
 - stack, Feast writer: the same with `MLSTACK_MATERIALIZE_WRITER=feast` (Feast's engine and Redis
   writer, the stack's tuned options: pull-latest, skip-dedup, 10k-row batches);
+- stack, arrow writer with DuckDB uncapped (`--variant arrow-uncapped`): the same without
+  `MLSTACK_MATERIALIZE_OFFLINE_MEMORY_MB` (DuckDB's default memory limit), to show the cap's cost;
 - stack, Feast defaults (`--variant feast-defaults`): Feast's stock options (full pull, timestamp
   dedup, one batch).
 Ratios are rows/s of a variant ÷ rows/s of the baseline's write alone and ÷ the baseline's read +
@@ -52,15 +54,18 @@ from mlstack.settings import PROJECT_ROOT, Settings
 
 VIEWS = {"customer_profile": 90, "credit_history": 45}  # view -> TTL days (as in feature_store/)
 BATCH = 10_000
-DBS = {"feast": 1, "feast-defaults": 1, "arrow": 2, "baseline": 3}
+DBS = {"feast": 1, "feast-defaults": 1, "arrow": 2, "baseline": 3, "arrow-uncapped": 4}
 STOCK_OPTIONS = {"materialize_pull_latest": False, "materialize_skip_dedup": False, "materialize_batch_size": None}
 VARIANT_SETTINGS: dict[str, dict[str, object]] = {
     "arrow": {"materialize_writer": "arrow"},
+    "arrow-uncapped": {"materialize_writer": "arrow", "materialize_offline_memory_mb": None},
     "feast": {"materialize_writer": "feast"},
     "feast-defaults": {"materialize_writer": "feast", **STOCK_OPTIONS},
 }
+VARIANT_ORDER = ["arrow", "arrow-uncapped", "feast", "feast-defaults"]  # arrow first: the others are compared to it
 LABELS = {
     "arrow": "stack, arrow writer (default)",
+    "arrow-uncapped": "stack, arrow writer, DuckDB uncapped",
     "feast": "stack, Feast writer (tuned)",
     "feast-defaults": "stack, Feast writer (Feast defaults)",
 }
@@ -112,7 +117,7 @@ def run_stack(settings: Settings, target: RedisTarget, end: datetime, label: str
     before = peak_rss_mb()
     rows, seconds = 0, 0.0
     for view in VIEWS:
-        result = materialize_view(store, view, end)
+        result = materialize_view(store, view, end, settings.materialize_offline_memory_mb)
         rows += result.rows
         seconds += result.seconds
     return Timing(label, rows, seconds, peak_rss_mb(), before)
@@ -268,7 +273,7 @@ def main() -> None:
     parser.add_argument(
         "--variant",
         action="append",
-        choices=["feast", "arrow", "feast-defaults"],
+        choices=VARIANT_ORDER,
         help="stack variants to run besides the baseline (repeatable); default: feast and arrow",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -277,7 +282,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.customers[0], args.root, datetime.fromisoformat(args.end))
         return
-    variants = sorted(args.variant or ["feast", "arrow"], key=["arrow", "feast", "feast-defaults"].index)
+    variants = sorted(args.variant or ["feast", "arrow"], key=VARIANT_ORDER.index)
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, revision {revision}, variants {', '.join(variants)}\n")
     print(

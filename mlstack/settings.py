@@ -63,6 +63,16 @@ class Settings(BaseSettings):
             "incremental flow is the only writer, as its windows only move forward; set false to backfill."
         ),
     )
+    materialize_offline_memory_mb: int | None = Field(
+        default=64,
+        ge=32,
+        description=(
+            "Memory cap, MiB, for DuckDB's latest-row-per-entity query while the Arrow writer streams it; "
+            "beyond it DuckDB spills to a temporary directory, so peak memory stays flat in the number of "
+            "entities. Too low a cap fails the run with DuckDB's out-of-memory error (no window recorded). "
+            "Unset: no cap (DuckDB's default, 80% of RAM)."
+        ),
+    )
     materialize_writer: Literal["arrow", "feast"] = Field(
         default="arrow",
         description=(

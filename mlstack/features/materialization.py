@@ -15,12 +15,18 @@ recorded only after every chunk was acknowledged by Redis.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import redis
 from feast import FeatureStore, FeatureView, utils
@@ -90,9 +96,12 @@ def arrow_writer(store: FeatureStore) -> ArrowRedisOnlineStore | None:
     return online_store if isinstance(online_store, ArrowRedisOnlineStore) else None
 
 
-def materialize_arrow(store: FeatureStore, feature_view: str, end: datetime) -> ArrowMaterialization:
+def materialize_arrow(
+    store: FeatureStore, feature_view: str, end: datetime, offline_memory_mb: int | None = None
+) -> ArrowMaterialization:
     """Materialise one batch view incrementally up to ``end`` through the Arrow writer; record the window.
 
+    ``offline_memory_mb`` caps DuckDB's memory while it streams the latest rows (it spills beyond it).
     Raises MaterializationError (window not recorded) if anything fails before every row is written.
     """
     writer = arrow_writer(store)
@@ -104,7 +113,7 @@ def materialize_arrow(store: FeatureStore, feature_view: str, end: datetime) -> 
     previous_state = _enter_materializing(store, view)
     handed = acknowledged = 0
 
-    stream = _latest_batches(store, view, start, end)
+    stream = _latest_batches(store, view, start, end, offline_memory_mb)
 
     def counted() -> Iterator[pa.RecordBatch]:
         nonlocal handed
@@ -159,7 +168,7 @@ def _batch_view(store: FeatureStore, name: str) -> FeatureView:
 
 
 def _latest_batches(
-    store: FeatureStore, view: FeatureView, start: datetime, end: datetime
+    store: FeatureStore, view: FeatureView, start: datetime, end: datetime, memory_mb: int | None
 ) -> Generator[pa.RecordBatch, None, None]:
     """The offline store's latest row per entity in [start, end], as a stream of record batches."""
     if view.batch_source is None:
@@ -177,16 +186,19 @@ def _latest_batches(
         end_date=end,
     )
     chunk_rows = store.config.materialization_config.online_write_batch_size or DEFAULT_CHUNK_ROWS
-    yield from _stream(job, chunk_rows, view.batch_source.field_mapping)
+    yield from _stream(job, chunk_rows, view.batch_source.field_mapping, memory_mb)
 
 
-def _stream(job: RetrievalJob, chunk_rows: int, mapping: dict[str, str] | None) -> Iterator[pa.RecordBatch]:
+def _stream(
+    job: RetrievalJob, chunk_rows: int, mapping: dict[str, str] | None, memory_mb: int | None = None
+) -> Iterator[pa.RecordBatch]:
     """The job's result a chunk at a time: DuckDB's cursor for DuckDB (ibis) jobs, else its Arrow table.
 
     ibis's own ``to_pyarrow_batches`` calls a cursor method DuckDB 2 removed, so the job's query is
     compiled by its ibis backend and run on that backend's DuckDB connection; batches are cast to
     the query's schema, as ibis's ``to_pyarrow`` (what Feast's engine calls) does. Until the stream
-    is exhausted or closed, that (process-wide) connection runs no other query.
+    is exhausted or closed, that (process-wide) connection runs no other query, which is why its
+    memory cap (``memory_mb``) can be set for the stream alone and reset after.
     """
     query: Any = getattr(job, "table", None)
     backend: Any = query.get_backend() if hasattr(query, "get_backend") else None
@@ -196,12 +208,13 @@ def _stream(job: RetrievalJob, chunk_rows: int, mapping: dict[str, str] | None) 
             yield _renamed(batch, mapping)
         return
     schema = query.schema().to_pyarrow()
-    reader = connection.sql(backend.compile(query)).to_arrow_reader(chunk_rows)
-    try:
-        for batch in reader:
-            yield _renamed(batch if batch.schema == schema else batch.cast(schema), mapping)
-    finally:
-        reader.close()
+    with _duckdb_memory_cap(connection, memory_mb):
+        reader = connection.sql(backend.compile(query)).to_arrow_reader(chunk_rows)
+        try:
+            for batch in reader:
+                yield _renamed(batch if batch.schema == schema else batch.cast(schema), mapping)
+        finally:
+            reader.close()
 
 
 def _renamed(batch: pa.RecordBatch, mapping: dict[str, str] | None) -> pa.RecordBatch:
@@ -240,3 +253,42 @@ def _precompute_services(store: FeatureStore, feature_view: str) -> None:
                 store.precompute_feature_service(service.name)
             except Exception:
                 log.warning("Failed to precompute vectors for service %r", service.name, exc_info=True)
+
+
+@contextmanager
+def _duckdb_memory_cap(connection: Any, memory_mb: int | None) -> Iterator[None]:
+    """Cap a DuckDB connection's memory for one query (it spills beyond the cap); reset the cap after.
+
+    The latest-row-per-entity query holds a hash table of every entity without a cap (~340 MB at 1M
+    customers); capped, DuckDB spills the partitions it cannot hold, so memory stays flat. Neither
+    Feast nor ibis sets a limit on their connection, so it goes back to DuckDB's default (a SET of
+    the value read back would drift: DuckDB prints 18.8 GiB for what it stores as 18.75).
+    """
+    if memory_mb is None:
+        yield
+        return
+    _use_private_spill_directory(connection)
+    connection.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
+    try:
+        yield
+    finally:
+        connection.execute("RESET memory_limit")
+
+
+def _use_private_spill_directory(connection: Any) -> None:
+    """Spill into a directory of this process's own, not DuckDB's default ``.tmp`` in the working directory.
+
+    DuckDB cannot move a temp directory it has already used; then it keeps spilling where it did.
+    """
+    try:
+        connection.execute(f"SET temp_directory = '{_spill_directory()}'")
+    except duckdb.NotImplementedException:
+        log.debug("DuckDB's temp directory is in use already; spilling stays where it was")
+
+
+@cache
+def _spill_directory() -> str:
+    """A temp directory for this process's DuckDB spill files, removed at exit."""
+    path = tempfile.mkdtemp(prefix="mlstack-duckdb-")
+    atexit.register(shutil.rmtree, path, True)
+    return path

@@ -124,18 +124,21 @@ class MaterializeResult:
     seconds: float
 
 
-def materialize_view(store: FeatureStore, feature_view: str, end: datetime) -> MaterializeResult:
+def materialize_view(
+    store: FeatureStore, feature_view: str, end: datetime, offline_memory_mb: int | None = None
+) -> MaterializeResult:
     """Materialise one batch view incrementally up to ``end``; Feast records the window on success.
 
     A run interrupted before success leaves the recorded window unchanged, so the next run
     rewrites the same rows (same bytes) and completes the window. A Redis error, with either writer,
-    is a MaterializationError naming the view and the rows written.
+    is a MaterializationError naming the view and the rows written. ``offline_memory_mb`` caps DuckDB's
+    memory for the Arrow writer's offline read (None: DuckDB's default).
     """
     view = store.get_feature_view(feature_view)
     start = view.most_recent_end_time
     started = time.perf_counter()
     if arrow_writer(store) is not None:  # the repo's online store is mlstack's Arrow writer
-        rows = materialize_arrow(store, feature_view, end).rows
+        rows = materialize_arrow(store, feature_view, end, offline_memory_mb).rows
         return MaterializeResult(feature_view, start, end, rows, time.perf_counter() - started)
     counter = _RowCounter()
     try:
@@ -161,7 +164,7 @@ def apply_repo(settings: Settings) -> ApplyResult:
 
 def materialize_feature_view(settings: Settings, feature_view: str, end: datetime) -> MaterializeResult:
     """Materialise one batch view of the repo into Redis up to ``end``."""
-    return materialize_view(get_store(settings), feature_view, end)
+    return materialize_view(get_store(settings), feature_view, end, settings.materialize_offline_memory_mb)
 
 
 def sample_entity_rows(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+import duckdb
+import pytest
 import redis
 
-from mlstack.features.materialization import MaterializationError, write_failure
+from mlstack.features.materialization import MaterializationError, _duckdb_memory_cap, write_failure
 from mlstack.features.redis_writer import RedisWriteError, describe_redis_error
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
@@ -44,3 +47,42 @@ def test_lost_connection_is_retried_and_stack_errors_are_chained_as_they_are():
     failure = write_failure("credit_history", START, END, 5, refused)
     assert failure.__cause__ is refused and not failure.retryable
     assert "failed after 5 rows were written to Redis (Redis refused 5 of a chunk's 10 rows" in str(failure)
+
+
+def test_memory_cap_spills_a_latest_row_query_to_the_same_answer_and_resets_after(tmp_path):
+    connection = duckdb.connect()
+    snapshots = tmp_path / "snapshots.parquet"  # 1.5M snapshots of 300k entities: ~20 MB of hash table
+    connection.execute(
+        f"COPY (SELECT i % 300000 AS k, i AS ts, hash(i) AS v FROM range(1500000) r(i)) TO '{snapshots}'"
+    )
+    latest = (
+        "SELECT k, ts, v FROM (SELECT *, row_number() OVER (PARTITION BY k ORDER BY ts DESC) AS rn "
+        f"FROM read_parquet('{snapshots}')) WHERE rn = 1"
+    )
+    default_limit = connection.execute("SELECT current_setting('memory_limit')").fetchone()
+    uncapped = sorted(connection.execute(latest).fetchall())
+
+    with _duckdb_memory_cap(connection, 64):
+        limit, spill = connection.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone()
+        capped = sorted(connection.execute(latest).fetchall())
+
+    assert limit == "61.0 MiB"  # 64 MB as DuckDB prints it
+    assert "mlstack-duckdb-" in spill and Path(spill).is_dir()  # not .tmp in the working directory
+    assert capped == uncapped and len(capped) == 300_000
+    assert connection.execute("SELECT current_setting('memory_limit')").fetchone() == default_limit
+
+
+def test_memory_cap_is_enforced_while_the_query_runs(tmp_path):
+    connection = duckdb.connect()
+    with _duckdb_memory_cap(connection, 16), pytest.raises(duckdb.OutOfMemoryException):
+        connection.execute("SELECT list(range) FROM range(10000000)").fetchall()  # no spilling for one list
+
+
+def test_memory_cap_none_leaves_the_connection_alone():
+    connection = duckdb.connect()
+    connection.execute("SET memory_limit = '1GB'")
+    with _duckdb_memory_cap(connection, None):
+        pass
+    assert connection.execute("SELECT current_setting('memory_limit')").fetchone() == ("953.6 MiB",)
