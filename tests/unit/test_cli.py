@@ -207,7 +207,7 @@ def test_model_show_renders_the_gate_decision(state_dir: Path, monkeypatch: pyte
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
     assert "verdict: promote" in text
-    assert "log loss (decides)" in text and "ROC AUC (non-inferiority)" in text
+    assert "log loss (decides)" in text and "ROC AUC (harm guard)" in text
     assert f"{float(info['diff_log_loss']):+.4f}" in text
     assert f"{float(info['champion_calibration_intercept']):.4f}" in text
     assert "95% confidence" in text
