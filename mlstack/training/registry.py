@@ -528,7 +528,8 @@ def describe(settings: Settings, ref: str) -> dict[str, str]:
         info.update({key: str(value) for key, value in sorted(version.tags.items())})
         if version.run_id:
             metrics = client.get_run(version.run_id).data.metrics
-            info.update({key: _format_metric(value) for key, value in sorted(metrics.items())})
+            # A tag and a run metric can share a name (the gate's `gate_*` numbers): the tag keeps its exact text.
+            info.update({key: _format_metric(value) for key, value in sorted(metrics.items()) if key not in info})
     return info
 
 
