@@ -1,4 +1,4 @@
-"""Flow `train-model`: Feast training set -> time split -> LightGBM + calibrator (candidates on a retrain) -> MLflow -> gate."""
+"""Flow `train-model`: Feast training set -> time split -> LightGBM + calibrator (candidates) -> MLflow -> gate."""
 
 from __future__ import annotations
 

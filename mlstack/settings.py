@@ -112,7 +112,7 @@ class Settings(BaseSettings):
 
     # Champion / challenger gate
     # The rule and why (docs/training.md, "The gate"): a challenger is promoted when its holdout log loss
-    # is lower than the champion's with this confidence and its ROC AUC is not significantly lower by more than the margin.
+    # is lower than the champion's with this confidence, unless its ROC AUC is significantly lower beyond the margin.
     gate_confidence: float = Field(
         default=0.95,
         ge=0.5,

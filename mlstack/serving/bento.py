@@ -86,7 +86,7 @@ def load_bundled_model(directory: Path | None = None) -> BundledModel | None:
 
 
 def export_champion(settings: Settings, destination: Path) -> dict[str, str]:
-    """Write @champion's Booster (text format), calibrator (JSON) and lineage into `destination`; returns the lineage."""
+    """Write @champion's Booster (text format), calibrator (JSON) and lineage into `destination`; returns lineage."""
     champion = registry.load_booster(settings, "@champion")
     version = champion.model_version
     destination.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import lightgbm
 import numpy as np
@@ -134,7 +134,7 @@ def default_probabilities(
     The one place a served model ("booster + calibrator") is applied. With the identity calibrator
     this is exactly `booster.predict`, so versions registered before calibration score as before.
     """
-    options = {} if num_threads is None else {"num_threads": num_threads}
+    options: dict[str, Any] = {} if num_threads is None else {"num_threads": num_threads}
     if calibrator.is_identity:
         return np.asarray(booster.predict(matrix, **options), dtype=np.float64)
     return calibrator.apply(booster.predict(matrix, raw_score=True, **options))
@@ -160,9 +160,7 @@ def choose_method(setting: CalibrationSetting, rows: int, isotonic_min_rows: int
     return "isotonic"
 
 
-def fit_calibrator(
-    raw_scores: npt.ArrayLike, labels: npt.ArrayLike, method: CalibratorMethod
-) -> Calibrator:
+def fit_calibrator(raw_scores: npt.ArrayLike, labels: npt.ArrayLike, method: CalibratorMethod) -> Calibrator:
     """Fit `method` on raw scores (log-odds) and 0/1 labels of a calibration slice.
 
     scikit-learn does the fitting (`CalibratedClassifierCV` around a `FrozenEstimator` that only
@@ -206,7 +204,7 @@ def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return np.asarray(0.5 * (1.0 + np.tanh(0.5 * x)), dtype=np.float64)
 
 
-class _RawScores(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class _RawScores(ClassifierMixin, BaseEstimator):
     """A "classifier" whose decision function is its single input column: the Booster's raw score."""
 
     def fit(self, features: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]) -> _RawScores:

@@ -201,7 +201,11 @@ def split_by_time(
     ordered = frame.sort_values(order, kind="stable").reset_index(drop=True)
     times = ordered["event_timestamp"]
     rows = len(ordered)
-    names = ["train", "validation", "calibration", "holdout"] if calibration_fraction else ["train", "validation", "holdout"]
+    names = (
+        ["train", "validation", "calibration", "holdout"]
+        if calibration_fraction
+        else ["train", "validation", "holdout"]
+    )
     parts = {name: ordered.iloc[:0] for name in ("train", "validation", "calibration", "holdout")}
     if rows:
         later = {"validation": validation_fraction + calibration_fraction + holdout_fraction}

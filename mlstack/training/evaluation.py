@@ -84,7 +84,9 @@ class HoldoutScore:
     metrics: Metrics
 
 
-def predict(booster: lightgbm.Booster, frame: pd.DataFrame, calibrator: Calibrator = IDENTITY) -> npt.NDArray[np.float64]:
+def predict(
+    booster: lightgbm.Booster, frame: pd.DataFrame, calibrator: Calibrator = IDENTITY
+) -> npt.NDArray[np.float64]:
     """Default probabilities of "booster + calibrator" for each row of ``frame``, shape (rows,).
 
     The batch path: ``model_input.encode`` then ``calibration.default_probabilities``, the function

@@ -41,7 +41,6 @@ from mlstack.training.dataset import (
 )
 from mlstack.training.evaluation import HoldoutScore, Metrics
 
-
 CandidateKind = Literal["retrained", "recalibrated", "continued"]
 CANDIDATE_KINDS: tuple[CandidateKind, ...] = typing.get_args(CandidateKind)
 CANDIDATE_WORDS: dict[CandidateKind, str] = {
@@ -134,7 +133,7 @@ def candidates_from_tags(tags: typing.Mapping[str, str]) -> list[CandidateResult
     """The candidates table recorded by `candidate_tags` (empty for versions recorded without one)."""
     kinds = [kind for kind in tags.get("candidates", "").split(",") if kind in CANDIDATE_KINDS]
     results = []
-    for kind in typing.cast(list[CandidateKind], kinds):
+    for kind in kinds:
         numbers = {name: float(tags.get(f"candidate_{kind}_{name}", "nan")) for name in CANDIDATE_METRICS}
         results.append(CandidateResult(kind=kind, calibrator=tags.get(f"candidate_{kind}_calibrator", "-"), **numbers))
     return results
@@ -143,7 +142,7 @@ def candidates_from_tags(tags: typing.Mapping[str, str]) -> list[CandidateResult
 def chosen_candidate(tags: typing.Mapping[str, str]) -> CandidateKind:
     """The candidate a version was registered as (`challenger_candidate`; "retrained" when not recorded)."""
     value = tags.get("challenger_candidate", "retrained")
-    return typing.cast(CandidateKind, value) if value in CANDIDATE_KINDS else "retrained"
+    return value if value in CANDIDATE_KINDS else "retrained"
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,11 @@ def fit_calibration(settings: Settings, booster: lightgbm.Booster, parts: Split)
 
 
 def make_candidate(
-    settings: Settings, kind: CandidateKind, booster: lightgbm.Booster, parts: Split, calibrator: Calibrator | None = None
+    settings: Settings,
+    kind: CandidateKind,
+    booster: lightgbm.Booster,
+    parts: Split,
+    calibrator: Calibrator | None = None,
 ) -> Candidate:
     """A candidate: `booster` with `calibrator` (default: fitted on the calibration slice), scored on the holdout."""
     calibrator = fit_calibration(settings, booster, parts) if calibrator is None else calibrator
@@ -489,8 +492,8 @@ def training_markdown(outcome: TrainingOutcome) -> str:
     lines += [
         "",
         f"Rule: promote when the {rule.confidence:.0%} interval of the log-loss difference lies below 0, unless the "
-        f"ROC AUC difference's interval lies wholly below -{rule.auc_margin:.4f}; at least {rule.min_defaults} defaults "
-        f"(and non-defaults) to compare; {rule.bootstrap_rounds:,} paired bootstrap rounds, seed "
+        f"ROC AUC difference's interval lies wholly below -{rule.auc_margin:.4f}; at least {rule.min_defaults} "
+        f"defaults (and non-defaults) to compare; {rule.bootstrap_rounds:,} paired bootstrap rounds, seed "
         f"{rule.bootstrap_seed}.",
         "",
         f"**Decision: {decision.verdict_text}**",

@@ -55,7 +55,7 @@ def book_traffic(settings: Settings, plan: TrafficPlan, at: datetime) -> float:
 
 
 def tell_story(base: Settings, customers: int) -> Story:
-    """Data, first champion, normal and recession traffic an hour after the data end, the retrain on the recent window."""
+    """Data, first champion, normal then recession traffic an hour after the data end, the retrain on the last days."""
     settings = demo_settings(base)
     generate_data(settings.data_dir, customers=customers, months=STORY_MONTHS, end=DATA_END, seed=settings.seed)
     apply_features(get_store(settings), settings.feature_repo)
