@@ -231,11 +231,12 @@ def build_floor(stack: BenchStack) -> tuple[Callable[[dict], float], str]:
     from mlstack.features.online_store import make_client
     from mlstack.features.store import BATCH_VIEWS, get_store
     from mlstack.serving.runtime import ServingRuntime, load_model
+    from mlstack.training.calibration import default_probabilities
     from mlstack.training.model_input import encode_row
 
     settings = stack.settings
     store = get_store(settings, stack.target)
-    booster = load_model(settings).booster
+    model = load_model(settings)  # "booster + calibrator", applied as the service applies it
     client = make_client(stack.target, settings)
     version = store.config.entity_key_serialization_version
     project = store.project.encode()
@@ -274,7 +275,7 @@ def build_floor(stack: BenchStack) -> tuple[Callable[[dict], float], str]:
         inputs["loan_to_income"] = amount / income if good else None
         monthly = amount / term + debt if good and debt is not None else None
         inputs["payment_to_income"] = monthly / (income / 12) if monthly is not None else None
-        return float(booster.predict(encode_row(inputs), num_threads=1)[0])
+        return float(default_probabilities(model.booster, model.calibrator, encode_row(inputs), num_threads=1)[0])
 
     applications = stack.applications
     for application in applications[:200]:

@@ -54,15 +54,20 @@ NOOP_ANSWER = Prediction(
 
 
 class PyfuncModel:
-    """The MLflow pyfunc of a model behind the one Booster method the Scorer calls."""
+    """The MLflow pyfunc of a model behind the one Booster method the Scorer calls (`predict`, raw score too)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def predict(self, matrix: np.ndarray, num_threads: int = 1) -> np.ndarray:
-        """Probabilities of the rows of `matrix` (columns in model_input.FEATURES order)."""
+    def predict(self, matrix: np.ndarray, num_threads: int = 1, raw_score: bool = False) -> np.ndarray:
+        """Probabilities of the rows of `matrix` (columns in model_input.FEATURES order), or their log-odds.
+
+        The pyfunc gives probabilities only; a calibrated model needs the raw score, recovered as
+        logit(p) (equal to LightGBM's raw score within float error).
+        """
         frame = pd.DataFrame(matrix, columns=list(model_input.FEATURES))
-        return np.asarray(self.model.predict(frame), dtype=np.float64)
+        probabilities = np.asarray(self.model.predict(frame), dtype=np.float64)
+        return np.log(probabilities) - np.log1p(-probabilities) if raw_score else probabilities
 
 
 def load_pyfunc(settings: Settings) -> PyfuncModel:
@@ -160,6 +165,7 @@ class CreditRiskPeer(CreditRisk.inner):
         ttls = scoring.load_feature_ttls(get_store(settings))  # start-up only: the TTLs are in the registry
         scorer = Scorer(
             model.booster,
+            calibrator=model.calibrator,
             model_name=model.name,
             model_version=model.version,
             threshold=settings.decision_threshold,

@@ -1,10 +1,9 @@
-"""Flow `train-model`: Feast training set -> time split -> LightGBM -> MLflow -> champion/challenger gate."""
+"""Flow `train-model`: Feast training set -> time split -> LightGBM + calibrator (candidates) -> MLflow -> gate."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-import lightgbm
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,7 +13,6 @@ from mlstack.stack.rollout import Rollout, roll_out
 from mlstack.training import registry
 from mlstack.training import steps as training_steps
 from mlstack.training.dataset import Split, TrainingSet, requested_window
-from mlstack.training.evaluation import HoldoutScore
 from mlstack.training.promotion import Decision
 
 # Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
@@ -32,47 +30,61 @@ def split_by_time(training_set: TrainingSet) -> Split:
 
 
 @step
-def train_lightgbm(parts: Split) -> lightgbm.Booster:
-    return training_steps.train(get_settings(), parts)
+def load_champion() -> training_steps.ChampionModel | None:
+    return training_steps.load_champion(get_settings())
 
 
 @step
-def evaluate_holdout(booster: lightgbm.Booster, parts: Split) -> HoldoutScore:
-    return training_steps.evaluate_challenger(get_settings(), booster, parts)
+def train_and_calibrate(parts: Split) -> training_steps.Candidate:
+    return training_steps.train_retrained(get_settings(), parts)
 
 
 @step
-def check_leakage(challenger: HoldoutScore, parts: Split) -> list[str]:
-    return training_steps.check_leakage(get_settings(), challenger, parts)
+def build_champion_candidates(
+    champion: training_steps.ChampionModel | None, parts: Split, enabled: bool
+) -> list[training_steps.Candidate]:
+    return training_steps.champion_candidates(get_settings(), champion, parts, enabled)
 
 
 @step
-def score_champion(parts: Split) -> training_steps.ChampionScore:
-    return training_steps.score_champion(get_settings(), parts)
+def select_challenger(candidates: list[training_steps.Candidate]) -> training_steps.Candidate:
+    return training_steps.select_challenger(candidates)
+
+
+@step
+def check_leakage(challenger: training_steps.Candidate, parts: Split) -> list[str]:
+    return training_steps.check_leakage(get_settings(), challenger.score, parts)
+
+
+@step
+def score_champion(champion: training_steps.ChampionModel | None, parts: Split) -> training_steps.ChampionScore:
+    return training_steps.score_champion(get_settings(), champion, parts)
 
 
 @step
 def write_artifacts(
-    booster: lightgbm.Booster, parts: Split, champion: training_steps.ChampionScore
+    challenger: training_steps.Candidate, parts: Split, champion: training_steps.ChampionScore
 ) -> training_steps.RunArtifacts:
-    return training_steps.write_artifacts(booster, parts, champion, training_steps.run_directory(get_settings()))
+    return training_steps.write_artifacts(challenger, parts, champion, training_steps.run_directory(get_settings()))
 
 
 @step
 def log_and_register(
-    booster: lightgbm.Booster,
+    challenger: training_steps.Candidate,
+    candidates: list[training_steps.Candidate],
     training_set: TrainingSet,
     parts: Split,
-    challenger: HoldoutScore,
     artifacts: training_steps.RunArtifacts,
     leakage: list[str],
 ) -> registry.RegisteredVersion:
-    return training_steps.register(get_settings(), booster, training_set, parts, challenger, artifacts, leakage)
+    return training_steps.register(get_settings(), challenger, candidates, training_set, parts, artifacts, leakage)
 
 
 @step
-def decide_promotion(challenger: HoldoutScore, champion: training_steps.ChampionScore, leakage: list[str]) -> Decision:
-    return training_steps.gate(get_settings(), challenger, champion, leakage)
+def decide_promotion(
+    challenger: training_steps.Candidate, champion: training_steps.ChampionScore, leakage: list[str]
+) -> Decision:
+    return training_steps.gate(get_settings(), challenger.score, champion, leakage)
 
 
 @step
@@ -99,7 +111,10 @@ def train_model_flow(
     rollout: bool = False,
     reason: str = "",
 ) -> training_steps.TrainingOutcome:
-    """Train a challenger on labelled applications in [start, end] and gate it against @champion.
+    """Train and calibrate a challenger on labelled applications in [start, end] and gate it against @champion.
+
+    A retrain (`recent`) with a champion also builds the champion recalibrated and the champion's
+    trees continued on the window; the candidate with the lowest holdout log loss goes to the gate.
 
     Parameters:
         start: first application time of the window (default: MLSTACK_TRAIN_WINDOW_DAYS before end, or all).
@@ -116,16 +131,17 @@ def train_model_flow(
     training_set = build_training_set(start, end)
     logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
     parts = split_by_time(training_set)
-    booster = train_lightgbm(parts)
-    challenger = evaluate_holdout(booster, parts)
+    champion_model = load_champion()
+    candidates = [train_and_calibrate(parts), *build_champion_candidates(champion_model, parts, recent)]
+    challenger = select_challenger(candidates)
     leakage = check_leakage(challenger, parts)
-    champion = score_champion(parts)
-    artifacts = write_artifacts(booster, parts, champion)
-    registered = log_and_register(booster, training_set, parts, challenger, artifacts, leakage)
+    champion = score_champion(champion_model, parts)
+    artifacts = write_artifacts(challenger, parts, champion)
+    registered = log_and_register(challenger, candidates, training_set, parts, artifacts, leakage)
     decision = decide_promotion(challenger, champion, leakage)
     promoted = move_champion_alias(registered.version, decision)
     outcome = training_steps.outcome_of(
-        registered, training_set, parts, challenger, champion, decision, promoted, leakage
+        registered, training_set, parts, challenger, candidates, champion, decision, promoted, leakage
     )
     publish_report(outcome)
     logger.info(outcome.summary())

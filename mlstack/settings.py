@@ -102,13 +102,27 @@ class Settings(BaseSettings):
     feature_fraction: float = Field(default=0.9, gt=0, le=1, description="LightGBM feature_fraction.")
     num_boost_round: int = Field(default=1000, ge=1, description="Maximum boosting rounds.")
     early_stopping_rounds: int = Field(default=50, ge=1, description="Stop when validation log loss stalls this long.")
+    calibration: Literal["platt", "isotonic", "auto", "none"] = Field(
+        default="platt",
+        description=(
+            "How every training run calibrates its booster on the calibration slice (after validation, before "
+            "the holdout): platt, isotonic (needs MLSTACK_CALIBRATION_ISOTONIC_MIN_ROWS rows), auto (isotonic "
+            "from that many rows, else platt) or none."
+        ),
+    )
+    calibration_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5, description="Share of rows (by time, just before the holdout) for calibration."
+    )
+    calibration_isotonic_min_rows: int = Field(
+        default=5000, ge=1000, description="Fewest calibration rows for isotonic calibration (fewer: Platt)."
+    )
     decision_threshold: float = Field(
         default=0.2, gt=0, lt=1, description="Default probability at or above which an application is declined."
     )
 
     # Champion / challenger gate
     # The rule and why (docs/training.md, "The gate"): a challenger is promoted when its holdout log loss
-    # is lower than the champion's with this confidence and its ROC AUC is not lower beyond the margin.
+    # is lower than the champion's with this confidence, unless its ROC AUC is significantly lower beyond the margin.
     gate_confidence: float = Field(
         default=0.95,
         ge=0.5,
@@ -119,7 +133,10 @@ class Settings(BaseSettings):
         default=0.01,
         ge=0,
         le=0.5,
-        description="Non-inferiority margin: the lower end of the ROC AUC difference's interval must be above -margin.",
+        description=(
+            "ROC AUC harm margin: a challenger whose AUC difference interval lies wholly below -margin "
+            "(significantly worse ranking by more than the margin) is rejected."
+        ),
     )
     gate_min_defaults: int = Field(
         default=30,

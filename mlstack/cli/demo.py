@@ -27,10 +27,13 @@ if TYPE_CHECKING:
 
 def demo(
     customers: Annotated[int | None, typer.Option(min=1, help="Customers to simulate.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the synthetic data and the traffic (default MLSTACK_SEED).")
+    ] = None,
     reuse_data: Annotated[bool, typer.Option(help="Keep the offline data of an earlier run (default: fresh).")] = False,
 ) -> None:
     """The whole loop as a story: data, features, train, bento, serve, traffic, drift, event, retrain, new champion."""
-    settings = context.settings(customers=customers)
+    settings = context.settings(customers=customers, seed=seed)
     from mlstack.simulation.demo import DemoFlows, run_demo
 
     flows = DemoFlows(materialize=run_materialize, train=run_train, monitor=_monitor_window)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mlstack.stack.local import ComponentStatus
     from mlstack.stack.service import LocalService
     from mlstack.training.promotion import Decision
-    from mlstack.training.steps import TrainingOutcome
+    from mlstack.training.steps import CandidateKind, CandidateResult, TrainingOutcome
 
 console = Console()
 err_console = Console(stderr=True)
@@ -143,8 +143,10 @@ def training(settings: Settings, outcome: TrainingOutcome, champion: str | None)
         f"recall {metrics.recall_at_threshold:.3f} / precision {metrics.precision_at_threshold:.3f} "
         f"at threshold {metrics.threshold:.2f} ({metrics.rows:,} applications)"
     )
+    console.print(f"  calibrator: {outcome.calibrator}")
     for warning in outcome.leakage:
         console.print(f"  [red]probable leakage:[/] {warning}")
+    candidates(outcome.candidates, outcome.challenger_kind)
     gate(outcome.decision, f"v{outcome.version}")
     console.print(f"  @champion is now version {champion or '(none)'}")
     if not settings.mlflow_tracking_uri:
@@ -152,6 +154,20 @@ def training(settings: Settings, outcome: TrainingOutcome, champion: str | None)
             f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri()} "
             "--port 5000, then open http://127.0.0.1:5000"
         )
+
+
+def candidates(results: Sequence[CandidateResult], chosen: CandidateKind) -> None:
+    """The candidates of a retrain on the same holdout (nothing for a run with one candidate)."""
+    if len(results) < 2:
+        return
+    from mlstack.training.steps import candidate_rows
+
+    table = Table(title="candidates on the same holdout (the lowest log loss goes to the gate)")
+    for column in ("candidate", "log loss", "Brier", "ROC AUC", "cal. intercept", "cal. slope"):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for row in candidate_rows(results, chosen):
+        table.add_row(*row)
+    console.print(table)
 
 
 def gate(decision: Decision, challenger: str) -> None:
@@ -174,7 +190,7 @@ def gate(decision: Decision, challenger: str) -> None:
         console.print(table)
     rule = decision.rule
     console.print(
-        f"  rule: {rule.confidence:.0%} confidence, ROC AUC non-inferiority margin {rule.auc_margin:.4f}, "
+        f"  rule: {rule.confidence:.0%} confidence, ROC AUC harm margin {rule.auc_margin:.4f}, "
         f"at least {rule.min_defaults} defaults, {rule.bootstrap_rounds} bootstrap rounds (seed {rule.bootstrap_seed})"
     )
     colour = "green" if decision.promote else "yellow"

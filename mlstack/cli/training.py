@@ -51,9 +51,11 @@ def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias
     settings = context.settings()
     from mlstack.training.promotion import Decision
     from mlstack.training.registry import describe
+    from mlstack.training.steps import candidates_from_tags, chosen_candidate
 
     info = describe(settings, ref)
     render.model_info(f"{settings.model_name} {ref}", info)
+    render.candidates(candidates_from_tags(info), chosen_candidate(info))
     if "promotion_decision" in info:
         try:
             decision = Decision.from_tags(info)

@@ -2,7 +2,8 @@
 
 The build context is staged in a temporary directory: the `services`, `mlstack` and `feature_store`
 packages, the locked runtime requirements (`uv export` of uv.lock), and `model/` — the @champion
-Booster pulled from MLflow by alias at build time (native text format) with its lineage. The bento
+Booster pulled from MLflow by alias at build time (native text format), its calibrator (JSON
+numbers) and its lineage. The bento
 version is `mlflow-v<version>-<fingerprint>`, so the tag says which registered model is inside.
 At run time the service loads `model/` when it is there (a bento) and asks MLflow otherwise (source).
 """
@@ -25,6 +26,7 @@ import lightgbm
 from mlstack.errors import StackError
 from mlstack.settings import PROJECT_ROOT, Settings, stack_environment
 from mlstack.training import registry
+from mlstack.training.calibration import CALIBRATOR_FILE, IDENTITY, Calibrator
 
 BENTO_NAME = "credit-risk"
 BENTOFILE = PROJECT_ROOT / "services" / "bentofile.yaml"
@@ -40,9 +42,10 @@ class BentoError(StackError):
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A Booster shipped inside a bento, with the registry coordinates it was pulled from."""
+    """A "booster + calibrator" shipped inside a bento, with the registry coordinates it was pulled from."""
 
     booster: lightgbm.Booster
+    calibrator: Calibrator
     name: str
     version: str
     info: dict[str, str]
@@ -64,25 +67,31 @@ def bundled_model_dir() -> Path:
 
 
 def load_bundled_model(directory: Path | None = None) -> BundledModel | None:
-    """The Booster shipped in `directory` (default: the bento's `model/`); None when there is none."""
+    """The model shipped in `directory` (default: the bento's `model/`); None when there is none.
+
+    A bento built before calibration existed has no calibrator file: it serves the Booster as it is.
+    """
     directory = directory or bundled_model_dir()
     booster_file, info_file = directory / BOOSTER_FILE, directory / MODEL_INFO_FILE
+    calibrator_file = directory / CALIBRATOR_FILE
     if not booster_file.is_file():
         return None
     try:
         info = json.loads(info_file.read_text())
         booster = lightgbm.Booster(model_file=str(booster_file))
+        calibrator = Calibrator.from_json(calibrator_file.read_text()) if calibrator_file.is_file() else IDENTITY
     except (OSError, ValueError, lightgbm.basic.LightGBMError) as exc:
         raise BentoError(f"the bundled model in {directory} is unreadable: {exc}") from exc
-    return BundledModel(booster, info["model_name"], str(info["model_version"]), info)
+    return BundledModel(booster, calibrator, info["model_name"], str(info["model_version"]), info)
 
 
 def export_champion(settings: Settings, destination: Path) -> dict[str, str]:
-    """Write @champion's Booster (text format) and lineage into `destination`; returns the lineage."""
+    """Write @champion's Booster (text format), calibrator (JSON) and lineage into `destination`; returns lineage."""
     champion = registry.load_booster(settings, "@champion")
     version = champion.model_version
     destination.mkdir(parents=True, exist_ok=True)
     champion.booster.save_model(str(destination / BOOSTER_FILE))
+    (destination / CALIBRATOR_FILE).write_text(champion.calibrator.to_json())
     info = {
         "model_name": settings.model_name,
         "model_version": champion.version,
@@ -90,6 +99,7 @@ def export_champion(settings: Settings, destination: Path) -> dict[str, str]:
         "source": _redact(settings.tracking_uri()),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "booster_sha256": hashlib.sha256((destination / BOOSTER_FILE).read_bytes()).hexdigest(),
+        "calibrator_sha256": hashlib.sha256((destination / CALIBRATOR_FILE).read_bytes()).hexdigest(),
         **{f"tag.{key}": value for key, value in sorted(version.tags.items())},
     }
     (destination / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

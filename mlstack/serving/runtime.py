@@ -21,6 +21,7 @@ from mlstack.serving.bento import load_bundled_model
 from mlstack.serving.scoring import Prediction, Scorer
 from mlstack.settings import Settings
 from mlstack.training import registry
+from mlstack.training.calibration import Calibrator
 
 if TYPE_CHECKING:
     import lightgbm
@@ -28,9 +29,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The Booster a worker serves, with its registered name and version."""
+    """The "booster + calibrator" a worker serves, with its registered name and version."""
 
     booster: lightgbm.Booster
+    calibrator: Calibrator
     name: str
     version: str
 
@@ -39,9 +41,9 @@ def load_model(settings: Settings) -> ServedModel:
     """The model to serve: the one shipped in the bento if any (immutable), else @champion from MLflow."""
     bundled = load_bundled_model()
     if bundled is not None:
-        return ServedModel(bundled.booster, bundled.name, bundled.version)
+        return ServedModel(bundled.booster, bundled.calibrator, bundled.name, bundled.version)
     champion = registry.load_booster(settings, "@champion")
-    return ServedModel(champion.booster, settings.model_name, champion.version)
+    return ServedModel(champion.booster, champion.calibrator, settings.model_name, champion.version)
 
 
 class ServingObserver(Protocol):
@@ -75,6 +77,7 @@ class ServingRuntime:
         store = get_store(settings)
         scorer = Scorer(
             model.booster,
+            calibrator=model.calibrator,
             model_name=model.name,
             model_version=model.version,
             threshold=settings.decision_threshold,

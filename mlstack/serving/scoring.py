@@ -38,6 +38,7 @@ from mlstack.errors import StackError
 from mlstack.features.online_store import OnlineStoreError
 from mlstack.monitoring.live_profiles import VERSION_KEY
 from mlstack.training import model_input
+from mlstack.training.calibration import IDENTITY, Calibrator, default_probabilities
 
 if TYPE_CHECKING:
     import lightgbm
@@ -344,7 +345,7 @@ class ScoredApplication:
 
 
 class Scorer:
-    """A loaded booster plus its decision rule and the feature TTLs; turns feature rows into predictions."""
+    """A loaded "booster + calibrator", its decision rule and the feature TTLs; turns feature rows into predictions."""
 
     def __init__(
         self,
@@ -354,6 +355,7 @@ class Scorer:
         model_version: str,
         threshold: float,
         feature_ttls: Mapping[str, timedelta],
+        calibrator: Calibrator = IDENTITY,
     ) -> None:
         names = booster.feature_name()
         if list(names) != list(model_input.FEATURES):
@@ -369,6 +371,7 @@ class Scorer:
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.booster = booster
+        self.calibrator = calibrator
         self.model_name = model_name
         self.model_version = str(model_version)
         self.threshold = float(threshold)
@@ -417,7 +420,8 @@ class Scorer:
             inputs, freshness = self._model_inputs(application, values, stamps, now)
             matrix[i] = model_input.encode_row(inputs)[0]
             rows.append((inputs, freshness))
-        probabilities = self.booster.predict(matrix, num_threads=1)
+        # The same function as training's evaluation and the batch path: served == offline, row for row.
+        probabilities = default_probabilities(self.booster, self.calibrator, matrix, num_threads=1)
         return [
             self._scored(float(probability), inputs, freshness)
             for probability, (inputs, freshness) in zip(probabilities, rows, strict=True)

@@ -34,7 +34,8 @@ from mlstack.stack.components import settings_environment
 from mlstack.stack.prefect import deploy_flows, ensure_work_pool, request_json, start_prefect_server, start_worker
 from mlstack.stack.service import LocalService, running_service, start_service, stop_service
 from mlstack.training import registry
-from mlstack.training.steps import TrainingOutcome
+from mlstack.training.promotion import Decision
+from mlstack.training.steps import CANDIDATE_WORDS, TrainingOutcome, candidates_from_tags, chosen_candidate
 
 RETRAIN_DEPLOYMENT = "weekly-and-on-drift"
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -124,12 +125,45 @@ class Orchestration:
 
 @dataclass(frozen=True)
 class Retraining:
-    """The retraining run the drift event triggered, and the gate's record on the version it registered."""
+    """The retraining run the drift event triggered, and the registry's record of the version it registered."""
 
     run_name: str
     state: str
     version: str
-    decision: dict[str, str]
+    decision: dict[str, str]  # the version's tags and run metrics (`registry.describe`)
+
+    def lines(self, window_days: int) -> list[str]:
+        """The candidates, the gate's log-loss and AUC differences with their intervals, and the outcome."""
+        info = self.decision
+        head = f"retrained v{self.version} on the last {window_days} days"
+        try:
+            decision = Decision.from_tags(info)
+        except ValueError as exc:
+            return [f"{head}: no gate record ({exc})"]
+        chosen = chosen_candidate(info)
+        candidates = candidates_from_tags(info)
+        rows = f"{decision.challenger.rows:,}-row post-drift holdout ({decision.challenger.positives:,} defaults)"
+        lines = [
+            f"{head}; candidates on the same {rows}, log loss: "
+            + ", ".join(f"{c.kind} {c.log_loss:.4f}" for c in candidates)
+            + f" -> {chosen} ({CANDIDATE_WORDS[chosen]}) goes to the gate"
+        ]
+        comparison, champion = decision.comparison, decision.champion
+        if comparison is not None and champion is not None:
+            level = f"{decision.rule.confidence:.0%}"
+            loss, auc = comparison.log_loss, comparison.roc_auc
+            lines.append(
+                f"gate, v{self.version} vs champion v{decision.champion_version}: log loss "
+                f"{decision.challenger.log_loss:.4f} vs {champion.log_loss:.4f}, difference {loss.estimate:+.4f} "
+                f"({level} interval [{loss.lower:+.4f}, {loss.upper:+.4f}]); ROC AUC difference {auc.estimate:+.4f} "
+                f"([{auc.lower:+.4f}, {auc.upper:+.4f}], harm margin {decision.rule.auc_margin:.2f}); calibration "
+                f"intercept {decision.challenger.calibration_intercept:+.2f} vs {champion.calibration_intercept:+.2f}"
+            )
+        lines.append(
+            f"decision: {decision.verdict_text} -> {info.get('promotion_outcome', '-')}"
+            + (f" ({decision.reasons[-1]})" if not decision.promote and decision.reasons else "")
+        )
+        return lines
 
 
 @dataclass(frozen=True)
@@ -151,7 +185,6 @@ class DemoSummary:
 
     def lines(self) -> list[str]:
         """The closing summary, one line per beat of the story."""
-        decision = self.retraining.decision
         return [
             f"first champion: v{self.first_champion} (holdout ROC AUC {self.first_roc_auc:.3f} on pre-drift data)",
             f"normal traffic: {self.quiet.summary()}",
@@ -159,10 +192,7 @@ class DemoSummary:
             f"(normal traffic: {self.normal.default_rate:.1%}); the champion approved "
             f"{approval_rate(self.recession):.0%} of applications (normal: {approval_rate(self.normal):.0%})",
             f"recession traffic: {self.drifted.summary()}",
-            f"retrained v{self.retraining.version} on the last {self.retrain_window_days} days (post-drift holdout): "
-            f"challenger ROC AUC {_auc(decision['challenger_roc_auc'])} vs champion "
-            f"v{decision['compared_with_version']} {_auc(decision['champion_roc_auc'])} -> "
-            f"{decision['promotion_outcome']}",
+            *self.retraining.lines(self.retrain_window_days),
             f"@champion is v{self.final_champion}; the service runs {self.service.target} at {self.service.url}",
         ]
 
@@ -270,7 +300,7 @@ def serve_champion(settings: Settings, view: DemoView) -> LocalService:
 
 
 def send(settings: Settings, view: DemoView, plan: TrafficPlan, url: str) -> TrafficRun:
-    """Run one burst of traffic against the service at `url` and write its outcomes."""
+    """Run one burst of traffic against the service at `url` and write its outcomes (seeded by the data seed too)."""
     with view.sending(get_scenario(plan.scenario), url) as progress:
         run = run_traffic(
             settings,
@@ -278,7 +308,7 @@ def send(settings: Settings, view: DemoView, plan: TrafficPlan, url: str) -> Tra
             url=url,
             rate=plan.rate,
             duration=timedelta(seconds=plan.duration_seconds),
-            seed=plan.seed,
+            seed=traffic_seed(settings, plan),
             token=service_token(settings),
             progress=progress,
         )
@@ -299,17 +329,15 @@ def await_retraining(settings: Settings, view: DemoView, orchestration: Orchestr
     return Retraining(str(run["name"]), str(run["state_type"]), newest, version_decision(settings, newest))
 
 
+def traffic_seed(settings: Settings, plan: TrafficPlan) -> int:
+    """The seed of a burst: the plan's, moved by the data seed, so `mlstack demo --seed N` is another world."""
+    return plan.seed + 1000 * settings.seed
+
+
 def approval_rate(run: TrafficRun) -> float:
     """Share of the run's answered applications the model approved (NaN if none was answered)."""
     frame = run.result.answered_frame()
     return float((frame["decision"] == "approve").mean()) if len(frame) else math.nan
-
-
-def _auc(value: str) -> str:
-    try:
-        return f"{float(value):.3f}"
-    except ValueError:
-        return value
 
 
 def _champion(settings: Settings) -> str | None:
@@ -369,10 +397,8 @@ def wait_for_triggered_run(
 
 
 def version_decision(settings: Settings, version: str) -> dict[str, str]:
-    """The gate's record on a version: decision, AUCs, compared-with version, outcome (from its MLflow tags)."""
-    info = registry.describe(settings, version)
-    keys = ("promotion_outcome", "challenger_roc_auc", "champion_roc_auc", "compared_with_version")
-    return {key: info.get(key, "-") for key in keys}
+    """The registry's record of a version: its tags (the gate's decision, the candidates) and run metrics."""
+    return registry.describe(settings, version)
 
 
 def latest_version(settings: Settings) -> str:

@@ -395,12 +395,8 @@ def run_traffic(
 
     scenario = get_scenario(scenario_name)
     seed = int(time.time()) if seed is None else seed
-    snapshots = latest_snapshots(settings.data_dir)
-    written: dict[str, int] = {}
-    if scenario.moves_features:
-        at = datetime.now(UTC)
-        snapshots = shift_snapshots(snapshots, scenario, at, seed)
-        written = append_snapshots(settings.data_dir, snapshots)
+    snapshots, written = prepare_scenario(settings, scenario, datetime.now(UTC), seed)
+    if written:
         for done, view in enumerate(BATCH_VIEWS, start=1):
             materialize_feature_view(settings, view, datetime.now(UTC))
             if progress:
@@ -416,10 +412,34 @@ def run_traffic(
 
     result = send_traffic(url, applications, rate, token=token, progress=sent)
     finished = datetime.now(UTC)
-    answered = result.answered_frame()
-    labelled, default_rate = 0, math.nan
-    if len(answered):
-        outcomes = realise_outcomes(answered, snapshots, scenario, next_application_id(settings.data_dir), seed + 2)
-        labelled = append_applications(settings.data_dir, outcomes)
-        default_rate = float(outcomes["defaulted"].mean())
+    labelled, default_rate = book_outcomes(settings, result.answered_frame(), snapshots, scenario, seed + 2)
     return TrafficRun(scenario, started, finished, result, written, labelled, default_rate)
+
+
+def prepare_scenario(
+    settings: Settings, scenario: Scenario, at: datetime, seed: int
+) -> tuple[Snapshots, dict[str, int]]:
+    """The snapshots applications are drawn from; a drift scenario's shifted ones are written, stamped `at`.
+
+    Returns the snapshots and the rows written per feature table (empty when the scenario moves nothing).
+    The online store is not touched: materialise the views to serve the new values.
+    """
+    snapshots = latest_snapshots(settings.data_dir)
+    if not scenario.moves_features:
+        return snapshots, {}
+    shifted = shift_snapshots(snapshots, scenario, at, seed)
+    return shifted, append_snapshots(settings.data_dir, shifted)
+
+
+def book_outcomes(
+    settings: Settings, answered: pd.DataFrame, snapshots: Snapshots, scenario: Scenario, seed: int
+) -> tuple[int, float]:
+    """Realise the answered applications' outcomes and append them to the labelled applications.
+
+    `answered` holds the application columns and `sent_at`. Returns (rows labelled, realised
+    default rate); (0, NaN) when nothing was answered.
+    """
+    if not len(answered):
+        return 0, math.nan
+    outcomes = realise_outcomes(answered, snapshots, scenario, next_application_id(settings.data_dir), seed)
+    return append_applications(settings.data_dir, outcomes), float(outcomes["defaulted"].mean())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -41,11 +41,24 @@ class TrainingSet:
 
 @dataclass(frozen=True)
 class Split:
-    """Train / validation / holdout frames, in time order with no overlap."""
+    """Train / validation / calibration / holdout frames, in time order with no overlap.
+
+    `calibration` (the slice a calibrator is fitted on) is empty when the run does not calibrate.
+    """
 
     train: pd.DataFrame
     validation: pd.DataFrame
     holdout: pd.DataFrame
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def rows(self) -> dict[str, int]:
+        """Rows per part, in time order."""
+        return {
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "calibration": len(self.calibration),
+            "holdout": len(self.holdout),
+        }
 
 
 class TrainingDataError(StackError):
@@ -161,16 +174,24 @@ def fingerprint_frame(frame: pd.DataFrame) -> str:
     return f"{len(frame)}:{hashlib.sha256(hashes.tobytes()).hexdigest()[:16]}"
 
 
-def split_by_time(frame: pd.DataFrame, validation_fraction: float, holdout_fraction: float) -> Split:
-    """Split by event_timestamp into train < validation < holdout; equal timestamps stay in one part.
+def split_by_time(
+    frame: pd.DataFrame, validation_fraction: float, holdout_fraction: float, calibration_fraction: float = 0.0
+) -> Split:
+    """Split by event_timestamp into train < validation < calibration < holdout; equal timestamps stay in one part.
 
-    Cut points are the timestamps at the ``1 - v - h`` and ``1 - h`` row quantiles; rows at a cut
-    timestamp go to the later part, so fractions are approximate when timestamps tie.
+    Cut points are the timestamps at the ``1 - v - c - h``, ``1 - c - h`` and ``1 - h`` row
+    quantiles; rows at a cut timestamp go to the later part, so fractions are approximate when
+    timestamps tie. With ``calibration_fraction`` 0 there is no calibration part (an empty frame).
     """
-    if not (0 < validation_fraction < 1 and 0 < holdout_fraction < 1 and validation_fraction + holdout_fraction < 1):
+    fractions = (validation_fraction, holdout_fraction)
+    if not (
+        all(0 < f < 1 for f in fractions)
+        and 0 <= calibration_fraction < 1
+        and validation_fraction + holdout_fraction + calibration_fraction < 1
+    ):
         raise ValueError(
-            "validation_fraction and holdout_fraction must be in (0, 1) with a sum below 1, "
-            f"got {validation_fraction} and {holdout_fraction}"
+            "validation_fraction and holdout_fraction must be in (0, 1), calibration_fraction in [0, 1), with a "
+            f"sum below 1, got {validation_fraction}, {holdout_fraction} and {calibration_fraction}"
         )
     if "event_timestamp" not in frame.columns:
         raise ValueError("split_by_time needs an event_timestamp column")
@@ -180,21 +201,32 @@ def split_by_time(frame: pd.DataFrame, validation_fraction: float, holdout_fract
     ordered = frame.sort_values(order, kind="stable").reset_index(drop=True)
     times = ordered["event_timestamp"]
     rows = len(ordered)
-    parts = {"train": ordered.iloc[:0], "validation": ordered.iloc[:0], "holdout": ordered.iloc[:0]}
+    names = (
+        ["train", "validation", "calibration", "holdout"]
+        if calibration_fraction
+        else ["train", "validation", "holdout"]
+    )
+    parts = {name: ordered.iloc[:0] for name in ("train", "validation", "calibration", "holdout")}
     if rows:
-        first_validation = times.iloc[min(rows - 1, round(rows * (1 - validation_fraction - holdout_fraction)))]
-        first_holdout = times.iloc[min(rows - 1, round(rows * (1 - holdout_fraction)))]
-        parts = {
-            "train": ordered[times < first_validation],
-            "validation": ordered[(times >= first_validation) & (times < first_holdout)],
-            "holdout": ordered[times >= first_holdout],
-        }
-    empty = [name for name, part in parts.items() if part.empty]
+        later = {"validation": validation_fraction + calibration_fraction + holdout_fraction}
+        later["calibration"] = calibration_fraction + holdout_fraction
+        later["holdout"] = holdout_fraction
+        cuts = [times.iloc[min(rows - 1, round(rows * (1 - later[name])))] for name in names[1:]]
+        bounds = [None, *cuts, None]
+        for name, lower, upper in zip(names, bounds[:-1], bounds[1:], strict=True):
+            inside = pd.Series(True, index=ordered.index)
+            if lower is not None:
+                inside &= times >= lower
+            if upper is not None:
+                inside &= times < upper
+            parts[name] = ordered[inside]
+    empty = [name for name in names if parts[name].empty]
     if empty:
         raise ValueError(
             f"split_by_time: the {' and '.join(empty)} part(s) would be empty ({rows} rows, "
             f"{times.nunique()} distinct event timestamps, validation_fraction={validation_fraction}, "
-            f"holdout_fraction={holdout_fraction}); more rows or distinct timestamps are needed"
+            f"holdout_fraction={holdout_fraction}, calibration_fraction={calibration_fraction}); more rows or distinct "
+            "timestamps are needed"
         )
     return Split(**{name: part.reset_index(drop=True) for name, part in parts.items()})
 
@@ -247,10 +279,12 @@ def training_params(settings: Settings) -> TrainingParams:
     )
 
 
-def train_booster(split: Split, params: TrainingParams) -> lightgbm.Booster:
+def train_booster(split: Split, params: TrainingParams, init_model: lightgbm.Booster | None = None) -> lightgbm.Booster:
     """Train a binary LightGBM booster on ``split.train``, early-stopped on ``split.validation`` log loss.
 
     The returned booster predicts with its best iteration by default (``booster.best_iteration``).
+    With ``init_model``, training continues from that booster: its trees are kept and new ones are
+    added on ``split.train`` (the result holds both).
     """
     train_labels = _labels(split.train, "train")
     validation_labels = _labels(split.validation, "validation")
@@ -271,6 +305,7 @@ def train_booster(split: Split, params: TrainingParams) -> lightgbm.Booster:
         valid_sets=[validation_set],
         valid_names=["validation"],
         callbacks=[lightgbm.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)],
+        init_model=init_model,
     )
 
 

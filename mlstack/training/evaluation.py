@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 from mlstack.training import model_input
+from mlstack.training.calibration import IDENTITY, Calibrator, default_probabilities
 
 
 @dataclass(frozen=True)
@@ -83,26 +84,36 @@ class HoldoutScore:
     metrics: Metrics
 
 
-def predict(booster: lightgbm.Booster, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
-    """Default probabilities for each row of ``frame``, shape (rows,), via ``model_input.encode``."""
+def predict(
+    booster: lightgbm.Booster, frame: pd.DataFrame, calibrator: Calibrator = IDENTITY
+) -> npt.NDArray[np.float64]:
+    """Default probabilities of "booster + calibrator" for each row of ``frame``, shape (rows,).
+
+    The batch path: ``model_input.encode`` then ``calibration.default_probabilities``, the function
+    the service applies too.
+    """
     expected = list(model_input.FEATURES)
     if booster.feature_name() != expected:
         raise ValueError(
             f"the booster was trained on features {booster.feature_name()}, but the model input is {expected}"
         )
-    return np.asarray(booster.predict(model_input.encode(frame)), dtype=np.float64)
+    return default_probabilities(booster, calibrator, model_input.encode(frame))
 
 
-def evaluate(booster: lightgbm.Booster, frame: pd.DataFrame, threshold: float) -> Metrics:
-    """Metrics of ``booster`` on ``frame`` (which carries the ``defaulted`` label) at a decision threshold."""
-    return score_holdout(booster, frame, threshold).metrics
+def evaluate(
+    booster: lightgbm.Booster, frame: pd.DataFrame, threshold: float, calibrator: Calibrator = IDENTITY
+) -> Metrics:
+    """Metrics of ``booster`` (+ ``calibrator``) on ``frame`` (which carries the ``defaulted`` label) at a threshold."""
+    return score_holdout(booster, frame, threshold, calibrator).metrics
 
 
-def score_holdout(booster: lightgbm.Booster, frame: pd.DataFrame, threshold: float) -> HoldoutScore:
-    """``booster``'s predictions on ``frame`` (which carries the ``defaulted`` label), with its metrics."""
+def score_holdout(
+    booster: lightgbm.Booster, frame: pd.DataFrame, threshold: float, calibrator: Calibrator = IDENTITY
+) -> HoldoutScore:
+    """``booster`` + ``calibrator``'s predictions on ``frame`` (which carries the ``defaulted`` label), with metrics."""
     if model_input.LABEL not in frame.columns:
         raise ValueError(f"the evaluation frame has no {model_input.LABEL!r} label column")
-    return score_predictions(frame[model_input.LABEL].to_numpy(), predict(booster, frame), threshold)
+    return score_predictions(frame[model_input.LABEL].to_numpy(), predict(booster, frame, calibrator), threshold)
 
 
 def score_predictions(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold: float) -> HoldoutScore:
@@ -289,6 +300,7 @@ def write_plots(
     *,
     champion: HoldoutScore | None = None,
     champion_label: str = "champion",
+    calibrator: Calibrator = IDENTITY,
 ) -> list[Path]:
     """Write roc.png, pr.png, calibration.png and feature_importance.png of ``booster`` on ``frame``; returns paths.
 
@@ -297,7 +309,7 @@ def write_plots(
     """
     if model_input.LABEL not in frame.columns:
         raise ValueError(f"write_plots needs the {model_input.LABEL!r} label column")
-    labels, probs = _checked(frame[model_input.LABEL].to_numpy(), predict(booster, frame))
+    labels, probs = _checked(frame[model_input.LABEL].to_numpy(), predict(booster, frame, calibrator))
     if champion is not None and not np.array_equal(champion.labels, labels):
         raise ValueError("the champion's score must be of the same holdout rows as the frame")
     finite = np.isfinite(probs)

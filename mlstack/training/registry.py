@@ -39,6 +39,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 
 from mlstack.errors import StackError
 from mlstack.settings import Settings
+from mlstack.training.calibration import CALIBRATOR_FILE, IDENTITY, Calibrator
 from mlstack.training.dataset import Split, TrainingSet
 from mlstack.training.evaluation import Metrics
 from mlstack.training.promotion import Decision, history_after_promotion, history_after_rollback, plan_rollback
@@ -52,6 +53,8 @@ LAST_ROLLBACK_TAG = "last_rollback"
 MODEL_ARTIFACT = "model"
 PLOTS_DIR = "plots"
 REFERENCE_PROFILE_DIR = "reference_profile"
+CALIBRATOR_DIR = "calibrator"
+CALIBRATOR_URI_TAG = "calibrator_uri"  # absent on versions registered before calibration: identity
 BOOSTER_CLASS = "lightgbm.basic.Booster"
 LOCK_TIMEOUT_SECONDS = 120.0
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
@@ -77,10 +80,11 @@ class RegisteredVersion:
 
 @dataclass(frozen=True)
 class LoadedBooster:
-    """A registered version's native Booster and its registry record (`load_booster`)."""
+    """A registered version's native Booster, its calibrator and its registry record (`load_booster`)."""
 
     booster: lightgbm.Booster
     model_version: ModelVersion
+    calibrator: Calibrator = IDENTITY  # versions registered before calibration existed have none
 
     @property
     def version(self) -> str:
@@ -183,8 +187,13 @@ def log_and_register(
     signature_frame: pd.DataFrame,
     git_commit: str | None,
     extra_tags: dict[str, str] | None = None,
+    calibrator: Calibrator = IDENTITY,
+    extra_metrics: dict[str, float] | None = None,
 ) -> RegisteredVersion:
-    """Log one training run (params, holdout metrics, plots, reference profile, native Booster) and register it.
+    """Log one training run (params, holdout metrics, plots, reference profile, native Booster, calibrator JSON).
+
+    Registers it as a new version. The calibrator is a JSON artifact of the run (never a pickle),
+    named on the version by the `calibrator_uri` tag; `extra_metrics` go on the run as they are.
 
     The new version gets lineage tags and the `@challenger` alias. Inputs are checked before anything
     is written; a failure during logging leaves a FAILED run and no model version.
@@ -212,10 +221,20 @@ def log_and_register(
                     **params,
                     "train_rows": len(split.train),
                     "validation_rows": len(split.validation),
+                    "calibration_rows": len(split.calibration),
                     "holdout_rows": len(split.holdout),
                 }
             )
             mlflow.log_metrics({f"holdout_{key}": value for key, value in metrics.as_dict().items()})
+            if extra_metrics:
+                mlflow.log_metrics(extra_metrics)
+            with tempfile.TemporaryDirectory(prefix="mlstack-calibrator-") as tmp:
+                calibrator_file = Path(tmp) / CALIBRATOR_FILE
+                calibrator_file.write_text(calibrator.to_json())
+                mlflow.log_artifact(str(calibrator_file), artifact_path=CALIBRATOR_DIR)
+            tags[CALIBRATOR_URI_TAG] = f"{run.info.artifact_uri}/{CALIBRATOR_DIR}/{CALIBRATOR_FILE}"
+            tags["calibrator_method"] = calibrator.method
+            tags["calibrator"] = calibrator.describe()
             for plot in plots:
                 mlflow.log_artifact(str(plot), artifact_path=PLOTS_DIR)
             mlflow.log_artifact(str(reference_profile), artifact_path=REFERENCE_PROFILE_DIR)
@@ -293,7 +312,17 @@ def load_booster(settings: Settings, ref: str) -> LoadedBooster:
                     f"(flavor {flavor or 'missing'}); refusing to load it"
                 )
             booster = lightgbm.Booster(model_file=os.path.join(local, flavor["data"]))
-    return LoadedBooster(booster, version)
+            calibrator = IDENTITY
+            uri = version.tags.get(CALIBRATOR_URI_TAG)
+            if uri:
+                path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+                try:
+                    calibrator = Calibrator.from_json(Path(path).read_text())
+                except ValueError as exc:
+                    raise RegistryError(
+                        f"model {name!r} version {version.version} has an unreadable calibrator ({uri}): {exc}"
+                    ) from exc
+    return LoadedBooster(booster, version, calibrator)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -499,7 +528,8 @@ def describe(settings: Settings, ref: str) -> dict[str, str]:
         info.update({key: str(value) for key, value in sorted(version.tags.items())})
         if version.run_id:
             metrics = client.get_run(version.run_id).data.metrics
-            info.update({key: _format_metric(value) for key, value in sorted(metrics.items())})
+            # A tag and a run metric can share a name (the gate's `gate_*` numbers): the tag keeps its exact text.
+            info.update({key: _format_metric(value) for key, value in sorted(metrics.items()) if key not in info})
     return info
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
+from mlstack.data.schema import CUSTOMER_PROFILE_FILE
+from mlstack.features.store import get_store
 from mlstack.processes import free_port
+from mlstack.serving import scoring
 from mlstack.serving.bento import MODEL_DIR_NAME, build_bento, load_bundled_model
+from mlstack.settings import get_settings
 from mlstack.stack.service import start_service, stop_service
-from mlstack.training import registry
-from tests.support.serving_stack import build_serving_stack
+from mlstack.training import evaluation, model_input, registry
+from tests.support.serving_stack import GOOD, build_serving_stack
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +95,64 @@ def test_bento_serves_its_own_model_with_mlflow_unreachable(built):
         assert response.json()["model_version"] == bento.model_version
     finally:
         stop_service(stack.settings, timeout=10)
+
+
+def _applications(stack, count: int) -> list[dict]:
+    """Applications of the first `count` customers, each with its latest zipcode, loan sizes varied."""
+    profiles = pd.read_parquet(stack.settings.data_dir / CUSTOMER_PROFILE_FILE, columns=["customer_id", "zipcode"])
+    latest = profiles.drop_duplicates("customer_id", keep="last").sort_values("customer_id").head(count)
+    return [
+        {**GOOD, "customer_id": int(row.customer_id), "zipcode": str(row.zipcode), "loan_amount": 4000.0 + 900 * i}
+        for i, row in enumerate(latest.itertuples())
+    ]
+
+
+@contextmanager
+def _source_service(stack):
+    """The service run from source (`CreditRisk.to_asgi()`), loading @champion from MLflow, in this process."""
+    from starlette.testclient import TestClient
+
+    saved = dict(os.environ)
+    os.environ.update(stack.environment())
+    get_settings.cache_clear()
+    from services.credit_risk import CreditRisk
+
+    try:
+        with TestClient(CreditRisk.to_asgi()) as client:
+            yield client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+def test_served_booster_and_calibrator_equal_the_offline_ones_row_for_row(built):
+    stack, bento = built
+    champion = registry.load_booster(stack.settings, "@champion")
+    assert champion.calibrator.method == "platt"  # every training run calibrates: there is something to apply
+    applications = _applications(stack, 40)
+    body = {"applications": applications}
+
+    service = start_service(stack.settings, stack.environment(), target=bento.tag)
+    try:
+        from_bento = httpx.post(f"{service.url}/predict_batch", json=body, timeout=30)
+    finally:
+        stop_service(stack.settings, timeout=10)
+    with _source_service(stack) as client:
+        from_source = client.post("/predict_batch", json=body)
+    assert from_bento.status_code == 200 and from_source.status_code == 200, (from_bento.text, from_source.text)
+    bento_rows, source_rows = from_bento.json()["predictions"], from_source.json()["predictions"]
+    assert {row["model_version"] for row in bento_rows + source_rows} == {champion.version}
+
+    # The batch path on the same model inputs: the online values the service read, the request fields.
+    online = scoring.fetch_online_features(get_store(stack.settings, stack.target), applications)
+    fresh = [i for i, row in enumerate(source_rows) if not row["stale_features"] and row["features_found"]]
+    assert len(fresh) >= 20, "too few applications with fresh features to compare"
+    frame = pd.DataFrame([{**online.values[i], **applications[i]} for i in fresh])[list(model_input.FEATURES)]
+    offline = evaluation.predict(champion.booster, frame, champion.calibrator)
+    uncalibrated = champion.booster.predict(model_input.encode(frame))
+    served_bento = np.array([bento_rows[i]["default_probability"] for i in fresh])
+    served_source = np.array([source_rows[i]["default_probability"] for i in fresh])
+    np.testing.assert_array_equal(served_bento, offline)
+    np.testing.assert_array_equal(served_source, offline)
+    assert not np.allclose(offline, uncalibrated)  # the calibrator really changed the probabilities

@@ -104,8 +104,10 @@ def test_registered_champion_reproduces_logged_holdout_metric_exactly(stack_env)
     parts = training_steps.split(stack_env, training_set)
     champion = registry.load_booster(stack_env, "@champion")
     assert type(champion.booster).__name__ == "Booster"
-    metrics = evaluation.evaluate(champion.booster, parts.holdout, stack_env.decision_threshold)
+    assert champion.calibrator.method == "platt"  # calibrated on the slice before the holdout
+    metrics = evaluation.evaluate(champion.booster, parts.holdout, stack_env.decision_threshold, champion.calibrator)
     logged = registry.describe(stack_env, champion.version)
+    assert logged["calibrator_method"] == "platt" and f"on {len(parts.calibration):,} rows" in logged["calibrator"]
     assert metrics.roc_auc == float(logged["holdout_roc_auc"])
     assert metrics.log_loss == float(logged["holdout_log_loss"])
 
@@ -120,13 +122,12 @@ def test_model_trained_on_shuffled_labels_is_never_promoted(stack_env):
         frame, real.feature_service, real.feature_refs, real.window_start, real.window_end, "shuffled"
     )
     parts = training_steps.split(stack_env, shuffled)
-    booster = training_steps.train(stack_env, parts)
-    challenger = training_steps.evaluate_challenger(stack_env, booster, parts)
-    leakage = training_steps.check_leakage(stack_env, challenger, parts)
-    champion = training_steps.score_champion(stack_env, parts)
-    artifacts = training_steps.write_artifacts(booster, parts, champion, training_steps.run_directory(stack_env))
-    registered = training_steps.register(stack_env, booster, shuffled, parts, challenger, artifacts, leakage)
-    decision = training_steps.gate(stack_env, challenger, champion, leakage)
+    challenger = training_steps.train_retrained(stack_env, parts)
+    leakage = training_steps.check_leakage(stack_env, challenger.score, parts)
+    champion = training_steps.score_champion(stack_env, training_steps.load_champion(stack_env), parts)
+    artifacts = training_steps.write_artifacts(challenger, parts, champion, training_steps.run_directory(stack_env))
+    registered = training_steps.register(stack_env, challenger, [challenger], shuffled, parts, artifacts, leakage)
+    decision = training_steps.gate(stack_env, challenger.score, champion, leakage)
 
     assert not decision.promote
     assert registry.promote(stack_env, registered.version, decision) is False

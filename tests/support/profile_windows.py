@@ -9,16 +9,16 @@ import pandas as pd
 
 from mlstack.monitoring.live_profiles import FsspecProfileSink, ProfileWindow
 from mlstack.settings import Settings
-from mlstack.training import model_input, registry
+from mlstack.training import evaluation, model_input, registry
 from mlstack.training import steps as training_steps
 
 
 def scored_training_rows(settings: Settings) -> pd.DataFrame:
     """The champion's training rows and its predictions (`model_input.PROFILE_COLUMNS`): clean traffic."""
     parts = training_steps.split(settings, training_steps.load_training_set(settings, None, None))
-    booster = registry.load_booster(settings, "@champion").booster
+    champion = registry.load_booster(settings, "@champion")
     rows = parts.train[list(model_input.FEATURES)].copy()
-    rows[model_input.PREDICTION] = booster.predict(model_input.encode(rows))
+    rows[model_input.PREDICTION] = evaluation.predict(champion.booster, rows, champion.calibrator)
     return rows
 
 

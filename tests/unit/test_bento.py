@@ -38,6 +38,38 @@ def test_load_bundled_model_corrupt_raises_a_clear_error(tmp_path):
         load_bundled_model(tmp_path)
 
 
+def _bundle(directory, calibrator=None):
+    from mlstack.training.dataset import split_by_time, train_booster
+    from tests.support.training_data import FAST_PARAMS, synthetic_applications
+
+    booster = train_booster(split_by_time(synthetic_applications(800), 0.15, 0.15), FAST_PARAMS)
+    booster.save_model(str(directory / "booster.txt"))
+    (directory / "model.json").write_text(json.dumps({"model_name": "m", "model_version": "1"}))
+    if calibrator is not None:
+        (directory / "calibrator.json").write_text(calibrator)
+    return booster
+
+
+def test_load_bundled_model_without_a_calibrator_serves_the_booster_as_it_is(tmp_path):
+    from mlstack.training.calibration import IDENTITY
+
+    _bundle(tmp_path)  # a bento built before calibration existed
+    bundled = load_bundled_model(tmp_path)
+    assert bundled is not None and bundled.calibrator == IDENTITY
+
+
+def test_load_bundled_model_reads_its_calibrator_and_refuses_a_bad_one(tmp_path):
+    from mlstack.training.calibration import Calibrator
+
+    platt = Calibrator("platt", a=-1.1, b=0.3, rows=500, defaults=90)
+    _bundle(tmp_path, platt.to_json())
+    bundled = load_bundled_model(tmp_path)
+    assert bundled is not None and bundled.calibrator == platt
+    (tmp_path / "calibrator.json").write_text('{"format": 1, "method": "platt"}')
+    with pytest.raises(BentoError, match=r"unreadable.*finite a and b"):
+        load_bundled_model(tmp_path)
+
+
 def test_build_context_ships_code_packages_named_data_but_not_local_state(tmp_path):
     source = tmp_path / "pkg"
     (source / "data").mkdir(parents=True)  # a package: code

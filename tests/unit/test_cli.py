@@ -207,7 +207,7 @@ def test_model_show_renders_the_gate_decision(state_dir: Path, monkeypatch: pyte
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
     assert "verdict: promote" in text
-    assert "log loss (decides)" in text and "ROC AUC (non-inferiority)" in text
+    assert "log loss (decides)" in text and "ROC AUC (harm guard)" in text
     assert f"{float(info['diff_log_loss']):+.4f}" in text
     assert f"{float(info['champion_calibration_intercept']):.4f}" in text
     assert "95% confidence" in text
@@ -332,3 +332,48 @@ def test_predict_reports_an_unreachable_service() -> None:
         port = sock.getsockname()[1]
     with pytest.raises(ServiceClientError, match="not reachable"):
         predict(f"http://127.0.0.1:{port}", APPLICATION, timeout=2)
+
+
+def _candidates_recorded() -> dict[str, str]:
+    """The candidates table a retrain leaves on a version (the continued candidate chosen)."""
+    from mlstack.training.steps import CandidateResult, candidate_tags
+
+    results = [
+        CandidateResult("retrained", 0.5193, 0.1746, 0.7556, 0.054, 1.12, "Platt a=-0.93, b=-0.03 on 591 rows"),
+        CandidateResult("recalibrated", 0.5392, 0.1809, 0.7287, 0.013, 1.19, "Platt a=-0.64, b=-0.30 on 591 rows"),
+        CandidateResult("continued", 0.5101, 0.1701, 0.7577, 0.057, 1.20, "Platt a=-0.69, b=0.03 on 591 rows"),
+    ]
+    return candidate_tags(results, "continued")
+
+
+def test_model_show_renders_the_candidates_table(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlstack.training import registry
+
+    info = {**_recorded_decision(), **_candidates_recorded()}
+    monkeypatch.setattr(registry, "describe", lambda settings, ref: info)
+    monkeypatch.setenv("COLUMNS", "200")
+    result = _run("model", "show", "2")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "candidates on the same holdout" in text
+    assert "continued (challenger)" in text and "0.5392" in text and "0.7287" in text
+
+
+def test_demo_summary_shows_candidates_log_loss_interval_and_decision() -> None:
+    from mlstack.simulation.demo import Retraining
+
+    info = {**_recorded_decision(), **_candidates_recorded(), "promotion_outcome": "promoted"}
+    text = "\n".join(Retraining("run", "COMPLETED", "2", info).lines(14))
+    assert "retrained 0.5193, recalibrated 0.5392, continued 0.5101 -> continued" in text
+    lower, upper = float(info["diff_log_loss_lower"]), float(info["diff_log_loss_upper"])
+    assert f"difference {float(info['diff_log_loss']):+.4f} (95% interval [{lower:+.4f}, {upper:+.4f}])" in text
+    assert "decision: promote -> promoted" in text
+
+
+def test_demo_summary_says_why_a_retrain_was_rejected() -> None:
+    from mlstack.simulation.demo import Retraining
+
+    info = _recorded_decision()
+    info.update({"promotion_verdict": "not_better", "promotion_reasons": "not better on log loss: interval reaches 0"})
+    lines = Retraining("run", "COMPLETED", "2", {**info, "promotion_outcome": "rejected"}).lines(14)
+    assert lines[-1] == "decision: not better -> rejected (not better on log loss: interval reaches 0)"
