@@ -135,7 +135,8 @@ def training(settings: Settings, outcome: TrainingOutcome, champion: str | None)
     """A training run's verdict, holdout metrics, leakage warnings and the @champion afterwards."""
     metrics = outcome.metrics
     verdict = "[green]promoted to @champion[/]" if outcome.promoted else "[yellow]not promoted[/]"
-    console.print(f"model {settings.model_name} version {outcome.version}: {verdict}")
+    semantic = f" ({outcome.semantic_version})" if outcome.semantic_version else ""
+    console.print(f"model {settings.model_name} version {outcome.version}{semantic}: {verdict}")
     console.print(f"  decision: {outcome.decision.summary()}")
     console.print(
         f"  holdout: ROC AUC {metrics.roc_auc:.4f}, PR AUC {metrics.pr_auc:.4f}, log loss {metrics.log_loss:.4f}, "

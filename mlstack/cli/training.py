@@ -53,7 +53,8 @@ def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias
     from mlstack.training.registry import describe
 
     info = describe(settings, ref)
-    render.model_info(f"{settings.model_name} {ref}", info)
+    semantic = info.get("semantic_version", "no semantic version")
+    render.model_info(f"{settings.model_name} {ref}: version {info['version']} ({semantic})", info)
     if "promotion_decision" in info:
         try:
             decision = Decision.from_tags(info)

@@ -42,6 +42,15 @@ from mlstack.settings import Settings
 from mlstack.training.dataset import Split, TrainingSet
 from mlstack.training.evaluation import Metrics
 from mlstack.training.promotion import Decision, history_after_promotion, history_after_rollback, plan_rollback
+from mlstack.training.versioning import (
+    CALIBRATION_TAG,
+    NO_CALIBRATION,
+    SEMANTIC_VERSION_TAG,
+    Recipe,
+    hyperparameters_fingerprint,
+    latest_versioned,
+    next_semantic_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,7 @@ MODEL_ARTIFACT = "model"
 PLOTS_DIR = "plots"
 REFERENCE_PROFILE_DIR = "reference_profile"
 BOOSTER_CLASS = "lightgbm.basic.Booster"
+MODEL_FAMILY = "lightgbm"  # what `log_and_register` logs; a semantic version's major part changes with it
 LOCK_TIMEOUT_SECONDS = 120.0
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 
@@ -73,6 +83,7 @@ class RegisteredVersion:
     version: str
     run_id: str
     model_uri: str  # models:/<name>/<version>
+    semantic_version: str = ""  # v<major>.<minor>.<patch> from lineage (`versioning`)
 
 
 @dataclass(frozen=True)
@@ -235,6 +246,8 @@ def log_and_register(
                 ],
             )
         _ensure_registered_model(client, name)
+        semantic = _semantic_version_tags(client, name, tags, params)
+        tags.update(semantic)
         version = client.create_model_version(
             name=name,
             source=model_info.model_uri,
@@ -244,7 +257,31 @@ def log_and_register(
         )
         client.set_registered_model_alias(name, CHALLENGER, str(version.version))
     logger.info("registered %s version %s (run %s)", name, version.version, run.info.run_id)
-    return RegisteredVersion(name, str(version.version), run.info.run_id, f"models:/{name}/{version.version}")
+    return RegisteredVersion(
+        name,
+        str(version.version),
+        run.info.run_id,
+        f"models:/{name}/{version.version}",
+        semantic[SEMANTIC_VERSION_TAG],
+    )
+
+
+def _semantic_version_tags(client: MlflowClient, name: str, tags: dict[str, str], params: dict) -> dict[str, str]:
+    """The recipe tags and semantic version of a version about to be registered with `tags` and `params`.
+
+    Compared with the newest registered version that has one. Two registrations at the same instant
+    may get the same semantic version; MLflow's integer version stays the unique one.
+    """
+    recipe = Recipe(
+        feature_service_version=tags["feature_service_version"],
+        model_family=MODEL_FAMILY,
+        hyperparameters=hyperparameters_fingerprint(params),
+        calibration=str(tags.get(CALIBRATION_TAG) or params.get(CALIBRATION_TAG) or NO_CALIBRATION),
+        data=tags["training_set_fingerprint"],
+    )
+    existing = {int(version.version): version.tags for version in client.search_model_versions(f"name = '{name}'")}
+    semantic = next_semantic_version(recipe, latest_versioned(existing))
+    return recipe.to_tags() | {SEMANTIC_VERSION_TAG: str(semantic)}
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

@@ -68,6 +68,7 @@ class TrainingOutcome:
     window_end: datetime
     fingerprint: str
     rows: dict[str, int] = field(default_factory=dict)
+    semantic_version: str = ""  # v<major>.<minor>.<patch> beside MLflow's integer version
 
     def summary(self) -> str:
         """One line for logs."""
@@ -215,6 +216,7 @@ def outcome_of(
         window_end=training_set.window_end,
         fingerprint=training_set.fingerprint,
         rows={"train": len(parts.train), "validation": len(parts.validation), "holdout": len(parts.holdout)},
+        semantic_version=registered.semantic_version,
     )
 
 
@@ -256,7 +258,8 @@ def training_markdown(outcome: TrainingOutcome) -> str:
     challenger = outcome.metrics
     champion_name = f"champion v{outcome.champion.version}" if outcome.champion.version else "champion (none)"
     lines = [
-        f"# train-model: version {outcome.version} {'**promoted**' if outcome.promoted else 'not promoted'}",
+        f"# train-model: version {outcome.version} ({outcome.semantic_version or 'no semantic version'}) "
+        f"{'**promoted**' if outcome.promoted else 'not promoted'}",
         "",
         f"Training window {outcome.window_start:%Y-%m-%d} → {outcome.window_end:%Y-%m-%d}, "
         f"fingerprint `{outcome.fingerprint}`, rows {outcome.rows}.",
