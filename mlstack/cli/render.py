@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mlstack.simulation.traffic import TrafficRun
     from mlstack.stack.local import ComponentStatus
     from mlstack.stack.service import LocalService
+    from mlstack.training.champion_history import Tenure
     from mlstack.training.promotion import Decision
     from mlstack.training.steps import TrainingOutcome
 
@@ -191,6 +192,25 @@ def model_info(title: str, info: Mapping[str, str]) -> None:
     table.add_column("value")
     for key, value in info.items():
         table.add_row(key, value)
+    console.print(table)
+
+
+def champion_tenures(title: str, held: Sequence[Tenure]) -> None:
+    """One row per tenure of @champion, oldest first: version, from, until, how it got there, by whom, why."""
+    table = Table(title=title)
+    for column in ("version", "from", "until", "move", "by", "why", "recorded by"):
+        table.add_column(column)
+    for tenure in held:
+        move = tenure.move
+        table.add_row(
+            f"v{tenure.version}",
+            f"{tenure.start:%Y-%m-%d %H:%M:%S}",
+            f"{tenure.end:%Y-%m-%d %H:%M:%S}" if tenure.end else "[green]now[/]",
+            f"{move.kind} from v{move.previous}" if move.previous else move.kind,
+            move.by,
+            move.reason,
+            move.seen_by,
+        )
     console.print(table)
 
 

@@ -72,3 +72,17 @@ def model_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on bo
 
     moved = rollback(settings, reason)
     render.line(f"@champion moved from version {moved.previous} back to version {moved.restored}")
+
+
+@model_app.command("history")
+def model_history() -> None:
+    """Which version held @champion when, who or what moved it there, and why (from the stack's own records)."""
+    settings = context.settings()
+    from mlstack.training.champion_history import tenures
+    from mlstack.training.registry import champion_moves
+
+    held = tenures(champion_moves(settings))
+    if not held:
+        render.line(f"no @champion move of {settings.model_name} recorded yet")
+        return
+    render.champion_tenures(f"{settings.model_name} @champion history", held)
