@@ -24,7 +24,7 @@ REDIS_URL = "REDIS_URL"  # the conventional name (`redis-cli -u "$REDIS_URL"`); 
 
 
 def shell_environment(settings: Settings) -> dict[str, str]:
-    """The variables of the resolved stack: Feast (``FEAST_MLSTACK_*``), MLflow, Prefect, Redis; starts the embedded Redis.
+    """The resolved stack as variables: Feast (``FEAST_MLSTACK_*``), MLflow, Prefect, Redis; starts the embedded Redis.
 
     ``PREFECT_API_URL`` is included when the local Prefect server runs (`mlstack up`) or is already set.
     """

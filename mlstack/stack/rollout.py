@@ -19,8 +19,8 @@ import yaml
 from mlstack.errors import StackError
 from mlstack.serving.bento import BENTO_NAME, BuiltBento, build_bento
 from mlstack.settings import Settings
-from mlstack.training import registry
 from mlstack.stack.service import LocalService, running_service, start_service, stop_service
+from mlstack.training import registry
 
 SERVICE_IMAGE = "mlstack/credit-risk"
 

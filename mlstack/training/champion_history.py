@@ -39,7 +39,11 @@ class ChampionMove:
     def tag(self) -> tuple[str, str]:
         """The registered-model tag (key, JSON value) that records this move; keys sort in time order."""
         key = f"{MOVE_TAG_PREFIX}{int(self.at.timestamp() * 1000):013d}.{self.version}"
-        return key, json.dumps(asdict(self) | {"at": self.at.isoformat()}, sort_keys=True)
+        return key, json.dumps(self.payload(), sort_keys=True)
+
+    def payload(self) -> dict[str, str | None]:
+        """The move as the `mlstack.model.promoted` event's payload (times as ISO text)."""
+        return {key: value for key, value in asdict(self).items() if key != "at"} | {"at": self.at.isoformat()}
 
     @classmethod
     def from_json(cls, text: str) -> ChampionMove:
@@ -87,7 +91,7 @@ def rollback_stack(moves: Sequence[ChampionMove], legacy: Sequence[str] = ()) ->
 
 @dataclass(frozen=True)
 class Tenure:
-    """One version's time as `@champion`: from `start` until `end` (None: still champion), and the move that began it."""
+    """One version's time as `@champion`: from `start` until `end` (None: still champion), and the move starting it."""
 
     version: str
     start: datetime

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,8 +39,6 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 
 from mlstack.errors import StackError
 from mlstack.settings import Settings
-from mlstack.training.dataset import Split, TrainingSet
-from mlstack.training.evaluation import Metrics
 from mlstack.training.champion_history import (
     ChampionMove,
     MoveKind,
@@ -48,6 +46,8 @@ from mlstack.training.champion_history import (
     rollback_stack,
     unrecorded_move,
 )
+from mlstack.training.dataset import Split, TrainingSet
+from mlstack.training.evaluation import Metrics
 from mlstack.training.promotion import Decision, plan_rollback
 from mlstack.training.versioning import (
     CALIBRATION_TAG,
@@ -413,12 +413,13 @@ def _move(version: str, previous: str | None, kind: MoveKind, by: str, reason: s
     return ChampionMove(version, previous, datetime.now(UTC), kind, by, reason, seen_by=by)
 
 
-def observe_champion(settings: Settings, seen_by: str) -> ChampionMove | None:
-    """Record a move of `@champion` made outside the stack; return the move to announce, if any.
+def observe_champion(settings: Settings, seen_by: str, announce: Callable[[ChampionMove], None]) -> ChampionMove | None:
+    """Record a move of `@champion` made outside the stack, and `announce` the champion once; the move announced.
 
-    Called by the webhook receiver and the poll (`seen_by`). A move is announced once: the
-    `champion_rollout` tag names the version whose rollout was started (here, or by a flow that rolls
-    out itself, `mark_rolled_out`). The first champion ever seen is the baseline, not announced.
+    Called by the webhook receiver and the poll (`seen_by`). The `champion_rollout` tag names the version
+    whose rollout was started (announced here, or rolled out by a flow itself, `mark_rolled_out`); it is
+    set only after `announce` returned, so an announcement that fails is made again by the next call.
+    The first champion ever seen is the baseline, not announced. Serialised with promotions and rollbacks.
     """
     name = settings.model_name
     client = tracking(settings)
@@ -434,6 +435,8 @@ def observe_champion(settings: Settings, seen_by: str) -> ChampionMove | None:
         announced = tags.get(ROLLOUT_TAG)
         if current is None or announced == current:
             return None
+        if announced is not None:
+            announce(moves[-1])
         client.set_registered_model_tag(name, ROLLOUT_TAG, current)
         return moves[-1] if announced is not None else None
 
