@@ -56,9 +56,10 @@ def promoted_events(client, expected: int, deadline_seconds: float = 60) -> list
     """The `mlstack.model.promoted` events on the server, polled for a bounded time (persisted asynchronously)."""
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    query = EventFilter(event=EventNameFilter(name=[registry_events.PROMOTED_EVENT]))
     deadline = time.monotonic() + deadline_seconds
     while True:
+        # Built each time: a filter's default time window ends at the moment it is built.
+        query = EventFilter(event=EventNameFilter(name=[registry_events.PROMOTED_EVENT]))
         events = client.read_events(filter=query, limit=50).events
         if len(events) >= expected or time.monotonic() > deadline:
             return sorted(events, key=lambda event: event.occurred)

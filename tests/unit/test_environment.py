@@ -8,7 +8,7 @@ from mlstack.stack.environment import export_lines
 
 
 def test_export_lines_survive_eval_with_quotes_spaces_and_dollars():
-    values = {"A": "plain", "B": "two words", "C": "it's $HOME `x` \"q\"", "D": "a=b,c=null"}
+    values = {"A": "plain", "B": "two words", "C": 'it\'s $HOME `x` "q"', "D": "a=b,c=null"}
     script = export_lines(values) + 'printf "%s\\n" "$A" "$B" "$C" "$D"'
     shown = subprocess.run(["bash", "-c", script], env={}, capture_output=True, text=True, check=True).stdout
     assert shown.splitlines() == list(values.values())
