@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     # --- Local stack (`mlstack up`): ports of the native servers, all bound to 127.0.0.1 ---
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the local Prefect server (UI + API).")
     mlflow_port: int = Field(default=5000, ge=1, le=65535, description="Port of the local MLflow tracking server (UI).")
+    registry_webhooks: bool = Field(
+        default=True,
+        description="`mlstack up` registers an MLflow webhook so a @champion move made in the MLflow UI is rolled "
+        "out at once (the watch-champion poll catches it within a minute either way).",
+    )
     service_port: int = Field(default=3000, ge=1, le=65535, description="Port of the credit-risk service.")
     # --- end local stack ---
 

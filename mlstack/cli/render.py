@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mlstack.simulation.traffic import TrafficRun
     from mlstack.stack.local import ComponentStatus
     from mlstack.stack.service import LocalService
+    from mlstack.training.champion_history import Tenure
     from mlstack.training.promotion import Decision
     from mlstack.training.steps import CandidateKind, CandidateResult, TrainingOutcome
 
@@ -135,7 +136,8 @@ def training(settings: Settings, outcome: TrainingOutcome, champion: str | None)
     """A training run's verdict, holdout metrics, leakage warnings and the @champion afterwards."""
     metrics = outcome.metrics
     verdict = "[green]promoted to @champion[/]" if outcome.promoted else "[yellow]not promoted[/]"
-    console.print(f"model {settings.model_name} version {outcome.version}: {verdict}")
+    semantic = f" ({outcome.semantic_version})" if outcome.semantic_version else ""
+    console.print(f"model {settings.model_name} version {outcome.version}{semantic}: {verdict}")
     console.print(f"  decision: {outcome.decision.summary()}")
     console.print(
         f"  holdout: ROC AUC {metrics.roc_auc:.4f}, PR AUC {metrics.pr_auc:.4f}, log loss {metrics.log_loss:.4f}, "
@@ -206,6 +208,25 @@ def model_info(title: str, info: Mapping[str, str]) -> None:
     table.add_column("value")
     for key, value in info.items():
         table.add_row(key, value)
+    console.print(table)
+
+
+def champion_tenures(title: str, held: Sequence[Tenure]) -> None:
+    """One row per tenure of @champion, oldest first: version, from, until, how it got there, by whom, why."""
+    table = Table(title=title)
+    for column in ("version", "from", "until", "move", "by", "why", "recorded by"):
+        table.add_column(column)
+    for tenure in held:
+        move = tenure.move
+        table.add_row(
+            f"v{tenure.version}",
+            f"{tenure.start:%Y-%m-%d %H:%M:%S}",
+            f"{tenure.end:%Y-%m-%d %H:%M:%S}" if tenure.end else "[green]now[/]",
+            f"{move.kind} from v{move.previous}" if move.previous else move.kind,
+            move.by,
+            move.reason,
+            move.seen_by,
+        )
     console.print(table)
 
 

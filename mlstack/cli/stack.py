@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated
 
@@ -103,3 +104,27 @@ def status() -> None:
             render.line(f"mlflow: [red]{exc}[/]")
     else:
         render.line("mlflow: no local store yet (mlstack train)")
+
+
+def env() -> None:
+    """Print `export` lines for the resolved stack (Feast, MLflow, Prefect, Redis): `eval "$(mlstack env)"`.
+
+    Starts the embedded Redis if needed. Then plain `feast -c feature_store plan`, `feast -c feature_store ui`,
+    `mlflow` and `prefect` commands see the same stores as mlstack.
+    """
+    settings = context.settings()
+    from mlstack.stack.environment import export_lines, shell_environment
+
+    typer.echo(export_lines(shell_environment(settings)), nl=False)
+
+
+def feast(
+    arguments: Annotated[list[str] | None, typer.Argument(help="Arguments for `feast`, after `--`.")] = None,
+) -> None:
+    """Run `feast` with the stack's environment: `mlstack feast -- -c feature_store plan`."""
+    settings = context.settings()
+    from mlstack.stack.environment import feast_command, shell_environment
+
+    command = feast_command(arguments or [])
+    # exec: `feast ui` and Ctrl-C behave as if feast had been run directly; its exit code is ours
+    os.execve(command[0], command, {**os.environ, **shell_environment(settings)})

@@ -54,7 +54,8 @@ def model_show(ref: Annotated[str, typer.Argument(help="Version number or @alias
     from mlstack.training.steps import candidates_from_tags, chosen_candidate
 
     info = describe(settings, ref)
-    render.model_info(f"{settings.model_name} {ref}", info)
+    semantic = info.get("semantic_version", "no semantic version")
+    render.model_info(f"{settings.model_name} {ref}: version {info['version']} ({semantic})", info)
     render.candidates(candidates_from_tags(info), chosen_candidate(info))
     if "promotion_decision" in info:
         try:
@@ -73,3 +74,17 @@ def model_rollback(reason: Annotated[str, typer.Option(help="Why; recorded on bo
 
     moved = rollback(settings, reason)
     render.line(f"@champion moved from version {moved.previous} back to version {moved.restored}")
+
+
+@model_app.command("history")
+def model_history() -> None:
+    """Which version held @champion when, who or what moved it there, and why (from the stack's own records)."""
+    settings = context.settings()
+    from mlstack.training.champion_history import tenures
+    from mlstack.training.registry import champion_moves
+
+    held = tenures(champion_moves(settings))
+    if not held:
+        render.line(f"no @champion move of {settings.model_name} recorded yet")
+        return
+    render.champion_tenures(f"{settings.model_name} @champion history", held)

@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -46,6 +46,15 @@ class RedisTarget:
     def with_db(self, db: int) -> RedisTarget:
         """The same server, another logical database."""
         return RedisTarget(self.host, self.port, self.password, self.username, db, self.ssl)
+
+    def url(self) -> str:
+        """The ``redis://[user:password@]host:port/db`` URL of the target, credentials included (for `redis-cli -u`)."""
+        scheme = "rediss" if self.ssl else "redis"
+        credentials = ""
+        if self.password is not None:
+            user = quote(self.username, safe="") if self.username else ""
+            credentials = f"{user}:{quote(self.password, safe='')}@"
+        return f"{scheme}://{credentials}{self.host}:{self.port}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisTarget:

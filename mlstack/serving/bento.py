@@ -191,6 +191,8 @@ def _build_in(settings: Settings, context: Path) -> BuiltBento:
         f"mlflow_model_version={info['model_version']}",
         "--label",
         f"mlflow_model_name={info['model_name']}",
+        "--label",
+        f"semantic_version={info.get('tag.semantic_version', 'none')}",
         "--output",
         "tag",
     ]

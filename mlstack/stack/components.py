@@ -86,6 +86,19 @@ def require_free_port(port: int, setting: str, alternative: str = "") -> None:
         )
 
 
+def state_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret kept in `path` under the state dir, created (mode 0600) by `make` on first use."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # created concurrently: read theirs
+            return path.read_text().strip()
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(make())
+    return path.read_text().strip()
+
+
 def _state_file(settings: Settings, name: str) -> Path:
     return settings.stack_dir / f"{name}.json"
 

@@ -7,6 +7,9 @@ The components (each server in its own module, every background process through 
   started for a remote one);
 - ``prefect-server``, the work pool, the deployments of ``prefect.yaml`` and ``prefect-worker``
   (`mlstack.stack.prefect`; no server is started when ``PREFECT_API_URL`` names another one);
+- ``mlflow-webhooks`` (`mlstack.stack.registry_events`): the receiver of the local MLflow server's
+  webhook for ``@champion`` moves (setting ``registry_webhooks``); the poll ``watch-champion`` is the
+  source of truth either way;
 - the credit-risk service (`mlstack.stack.service`), only once MLflow has a ``@champion``.
 
 Prefect, MLflow and BentoML run as ``python -m …`` subprocesses: this package never imports them.
@@ -53,6 +56,12 @@ from mlstack.stack.prefect import (
     stop_prefect_server,
     stop_worker,
     worker_ready,
+)
+from mlstack.stack.registry_events import (
+    WEBHOOK_RECEIVER,
+    receiver_healthy,
+    start_webhook_receiver,
+    stop_webhook_receiver,
 )
 from mlstack.stack.service import (
     SCORING_SERVICE,
@@ -169,6 +178,12 @@ def start_stack(
         components.append(
             ComponentStatus(MLFLOW_SERVER, "running", True, mlflow_process.url, mlflow_process.pid, mlflow_process.log)
         )
+        if settings.registry_webhooks:
+            progress("MLflow webhook receiver (@champion moves -> Prefect events)")
+            receiver = start_webhook_receiver(settings, api_url, mlflow_process.url, timeout)
+            components.append(
+                ComponentStatus(WEBHOOK_RECEIVER, "running", True, receiver.url, receiver.pid, receiver.log)
+            )
     elif mlflow_is_remote(settings):
         url = settings.tracking_uri().rstrip("/")
         components.append(ComponentStatus(MLFLOW_SERVER, "external", http_ok(f"{url}/health", 5), url))
@@ -208,7 +223,7 @@ def _start_service(
 
 
 def stop_stack(settings: Settings) -> list[tuple[str, bool]]:
-    """Stop the service (it flushes its profiles), worker, Prefect server, MLflow server, embedded Redis.
+    """Stop the service (it flushes its profiles), worker, Prefect server, webhook receiver, MLflow server, Redis.
 
     Returns (component, was running) in that order; stopping what is not running is not an error.
     """
@@ -217,6 +232,7 @@ def stop_stack(settings: Settings) -> list[tuple[str, bool]]:
         (SCORING_SERVICE, stop_service(settings)),
         (PREFECT_WORKER, stop_worker(settings)),
         (PREFECT_SERVER, stop_prefect_server(settings)),
+        (WEBHOOK_RECEIVER, stop_webhook_receiver(settings)),
         (MLFLOW_SERVER, stop_mlflow_server(settings)),
     ]
     if not settings.redis_url:
@@ -269,6 +285,8 @@ def stack_status(settings: Settings) -> list[ComponentStatus]:
         rows.append(ComponentStatus(MLFLOW_SERVER, "external", http_ok(f"{url}/health"), url))
     else:
         rows.append(_process_status(settings, MLFLOW_SERVER, mlflow_healthy))
+        if settings.registry_webhooks:
+            rows.append(_process_status(settings, WEBHOOK_RECEIVER, receiver_healthy))
     service = running_service(settings)
     if service is None:
         rows.append(ComponentStatus(SCORING_SERVICE, "stopped", False))

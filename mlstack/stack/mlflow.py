@@ -6,6 +6,8 @@ keeps writing to the store directly.
 
 from __future__ import annotations
 
+import base64
+import os
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlparse
@@ -17,6 +19,7 @@ from mlstack.stack.components import (
     launch_process,
     require_free_port,
     running_process,
+    state_secret,
     stop_process,
     wait_ready,
 )
@@ -33,6 +36,13 @@ SERVER_ENVIRONMENT: dict[str, str | None] = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no background job runner processes
     "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS": "false",
     "MLFLOW_TRACKING_URI": None,  # the server is the store, not a client of another one
+    # Webhooks to the stack's receiver on 127.0.0.1 over http: MLflow allows only https and public
+    # addresses by default. Local only: the server binds 127.0.0.1 and only the stack registers webhooks.
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    # The server caches the webhook list per event (default 60 s): a webhook registered just after the
+    # server started would miss the moves of its first minute.
+    "MLFLOW_WEBHOOK_CACHE_TTL": "5",
 }
 
 
@@ -81,7 +91,17 @@ def begin_mlflow_server(settings: Settings) -> ProcessRecord | None:
         settings.tracking_uri(), settings.mlflow_port, ["--default-artifact-root", artifacts.as_uri()]
     )
     url = f"http://127.0.0.1:{settings.mlflow_port}"
-    return launch_process(settings, MLFLOW_SERVER, command, url, SERVER_ENVIRONMENT)
+    # Webhook secrets are stored encrypted; without a fixed key each server start makes a new one
+    # and cannot read the secrets stored before.
+    environment = SERVER_ENVIRONMENT | {"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": webhook_encryption_key(settings)}
+    return launch_process(settings, MLFLOW_SERVER, command, url, environment)
+
+
+def webhook_encryption_key(settings: Settings) -> str:
+    """The Fernet key the local MLflow server encrypts webhook secrets with (kept in the state dir)."""
+    return state_secret(
+        settings.stack_dir / "mlflow-webhook-key", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode()
+    )
 
 
 def start_mlflow_server(settings: Settings, timeout: float = 180) -> str:

@@ -8,15 +8,19 @@ bento version, so the image is expected as `mlstack/credit-risk:<bento version>`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from mlstack.errors import StackError
-from mlstack.serving.bento import BuiltBento, build_bento
+from mlstack.serving.bento import BENTO_NAME, BuiltBento, build_bento
 from mlstack.settings import Settings
 from mlstack.stack.service import LocalService, running_service, start_service, stop_service
+from mlstack.training import registry
 
 SERVICE_IMAGE = "mlstack/credit-risk"
 
@@ -42,11 +46,57 @@ class Rollout:
 
 
 def roll_out(settings: Settings) -> Rollout:
-    """Build the champion's bento, then roll the local service and the overlay onto it."""
+    """Build the champion's bento, then roll the local service and the overlay onto it.
+
+    One rollout at a time per state dir; the champion is marked as rolled out first, so the registry
+    watcher does not announce a promotion that its own flow is rolling out.
+    """
+    with _rollout_lock(settings):
+        return _roll_out(settings)
+
+
+def roll_out_if_needed(settings: Settings) -> Rollout | None:
+    """`roll_out`, unless the local service already serves a bento of the current champion (None then).
+
+    What the `mlstack.model.promoted` event runs: the same move may be announced while the flow that
+    made it rolls it out itself; whichever comes second finds the work done.
+    """
+    with _rollout_lock(settings):
+        champion = registry.champion_version(settings)
+        if champion is None:
+            raise RolloutError(f"model {settings.model_name!r} has no @champion: nothing to roll out")
+        if serves_version(settings, str(champion.version)):
+            return None
+        return _roll_out(settings)
+
+
+def serves_version(settings: Settings, version: str) -> bool:
+    """True when the running local service serves a bento of registered `version` (`credit-risk:mlflow-v<N>-…`)."""
+    service = running_service(settings)
+    return service is not None and service.target.startswith(f"{BENTO_NAME}:mlflow-v{version}-")
+
+
+def _roll_out(settings: Settings) -> Rollout:
+    champion = registry.champion_version(settings)
+    if champion is not None:
+        registry.mark_rolled_out(settings, str(champion.version))
     bento = build_bento(settings)
     service = restart_local_service(settings, bento.tag)
     overlay = set_overlay_image_tag(settings.k8s_overlay, bento.tag.split(":", 1)[1]) if settings.k8s_overlay else None
     return Rollout(bento, service, overlay)
+
+
+@contextlib.contextmanager
+def _rollout_lock(settings: Settings) -> Iterator[None]:
+    """Exclusive lock of this state dir's rollouts (a bento build takes a while: waiters simply wait)."""
+    path = settings.service_dir / "rollout.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def restart_local_service(settings: Settings, bento_tag: str) -> LocalService | None:

@@ -2,8 +2,8 @@
 
 Everything goes through `mlflow.MlflowClient` and `mlflow.lightgbm`. Aliases carry the lifecycle:
 `@challenger` is the newest registered version, `@champion` the one serving. Every champion move
-is recorded: decision tags on the version, and a `champion_history` tag (JSON list of earlier
-champions, oldest first) on the registered model, which is what `rollback` walks back.
+is recorded: decision tags on the version, and one `champion_move.*` tag per move on the registered
+model (`champion_history`), from which `rollback` derives where to go back to.
 
 Promotions and rollbacks are serialised: an exclusive `flock` under the state dir for processes on
 one machine, and a compare-and-set against the tracking server for everyone else (MLflow has no
@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,15 +40,32 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlstack.errors import StackError
 from mlstack.settings import Settings
 from mlstack.training.calibration import CALIBRATOR_FILE, IDENTITY, Calibrator
+from mlstack.training.champion_history import (
+    ChampionMove,
+    MoveKind,
+    moves_from_tags,
+    rollback_stack,
+    unrecorded_move,
+)
 from mlstack.training.dataset import Split, TrainingSet
 from mlstack.training.evaluation import Metrics
-from mlstack.training.promotion import Decision, history_after_promotion, history_after_rollback, plan_rollback
+from mlstack.training.promotion import Decision, plan_rollback
+from mlstack.training.versioning import (
+    CALIBRATION_TAG,
+    NO_CALIBRATION,
+    SEMANTIC_VERSION_TAG,
+    Recipe,
+    hyperparameters_fingerprint,
+    latest_versioned,
+    next_semantic_version,
+)
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-HISTORY_TAG = "champion_history"
+HISTORY_TAG = "champion_history"  # the earlier champions as a JSON list, written before moves were recorded
+ROLLOUT_TAG = "champion_rollout"  # the champion version whose rollout was last started (announced)
 LAST_ROLLBACK_TAG = "last_rollback"
 MODEL_ARTIFACT = "model"
 PLOTS_DIR = "plots"
@@ -56,6 +73,7 @@ REFERENCE_PROFILE_DIR = "reference_profile"
 CALIBRATOR_DIR = "calibrator"
 CALIBRATOR_URI_TAG = "calibrator_uri"  # absent on versions registered before calibration: identity
 BOOSTER_CLASS = "lightgbm.basic.Booster"
+MODEL_FAMILY = "lightgbm"  # what `log_and_register` logs; a semantic version's major part changes with it
 LOCK_TIMEOUT_SECONDS = 120.0
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 
@@ -76,6 +94,7 @@ class RegisteredVersion:
     version: str
     run_id: str
     model_uri: str  # models:/<name>/<version>
+    semantic_version: str = ""  # v<major>.<minor>.<patch> from lineage (`versioning`)
 
 
 @dataclass(frozen=True)
@@ -233,7 +252,7 @@ def log_and_register(
                 calibrator_file.write_text(calibrator.to_json())
                 mlflow.log_artifact(str(calibrator_file), artifact_path=CALIBRATOR_DIR)
             tags[CALIBRATOR_URI_TAG] = f"{run.info.artifact_uri}/{CALIBRATOR_DIR}/{CALIBRATOR_FILE}"
-            tags["calibrator_method"] = calibrator.method
+            tags[CALIBRATION_TAG] = calibrator.method
             tags["calibrator"] = calibrator.describe()
             for plot in plots:
                 mlflow.log_artifact(str(plot), artifact_path=PLOTS_DIR)
@@ -254,6 +273,8 @@ def log_and_register(
                 ],
             )
         _ensure_registered_model(client, name)
+        semantic = _semantic_version_tags(client, name, tags, params)
+        tags.update(semantic)
         version = client.create_model_version(
             name=name,
             source=model_info.model_uri,
@@ -263,7 +284,31 @@ def log_and_register(
         )
         client.set_registered_model_alias(name, CHALLENGER, str(version.version))
     logger.info("registered %s version %s (run %s)", name, version.version, run.info.run_id)
-    return RegisteredVersion(name, str(version.version), run.info.run_id, f"models:/{name}/{version.version}")
+    return RegisteredVersion(
+        name,
+        str(version.version),
+        run.info.run_id,
+        f"models:/{name}/{version.version}",
+        semantic[SEMANTIC_VERSION_TAG],
+    )
+
+
+def _semantic_version_tags(client: MlflowClient, name: str, tags: dict[str, str], params: dict) -> dict[str, str]:
+    """The recipe tags and semantic version of a version about to be registered with `tags` and `params`.
+
+    Compared with the newest registered version that has one. Two registrations at the same instant
+    may get the same semantic version; MLflow's integer version stays the unique one.
+    """
+    recipe = Recipe(
+        feature_service_version=tags["feature_service_version"],
+        model_family=MODEL_FAMILY,
+        hyperparameters=hyperparameters_fingerprint(params),
+        calibration=str(tags.get(CALIBRATION_TAG) or params.get(CALIBRATION_TAG) or NO_CALIBRATION),
+        data=tags["training_set_fingerprint"],
+    )
+    existing = {int(version.version): version.tags for version in client.search_model_versions(f"name = '{name}'")}
+    semantic = next_semantic_version(recipe, latest_versioned(existing))
+    return recipe.to_tags() | {SEMANTIC_VERSION_TAG: str(semantic)}
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -346,26 +391,90 @@ def champion_version(settings: Settings) -> ModelVersion | None:
 
 
 def champion_history(settings: Settings) -> list[str]:
-    """Earlier champions, oldest first (the current one is not included)."""
+    """Earlier champions a rollback walks back through, oldest first (the current one is not included)."""
     client = tracking(settings)
     with _mlflow_errors(settings, "read the champion history"):
         return _read_history(client, settings.model_name)
 
 
-def _read_history(client: MlflowClient, name: str) -> list[str]:
+def champion_moves(settings: Settings) -> list[ChampionMove]:
+    """Every recorded move of `@champion`, oldest first (`champion_history.tenures` says who held it when)."""
+    client = tracking(settings)
+    with _mlflow_errors(settings, "read the champion moves"):
+        return _read_moves(client, settings.model_name)
+
+
+def _model_tags(client: MlflowClient, name: str) -> dict[str, str]:
     try:
-        raw = client.get_registered_model(name).tags.get(HISTORY_TAG)
+        return dict(client.get_registered_model(name).tags)
     except MlflowException as exc:
         if _missing(exc):
-            return []
+            return {}
         raise
-    if not raw:
-        return []
+
+
+def _read_moves(client: MlflowClient, name: str, tags: dict[str, str] | None = None) -> list[ChampionMove]:
+    tags = _model_tags(client, name) if tags is None else tags
     try:
-        history = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise RegistryError(f"tag {HISTORY_TAG} of model {name!r} is not a JSON list: {raw!r}") from exc
-    return [str(version) for version in history]
+        return moves_from_tags(tags)
+    except ValueError as exc:
+        raise RegistryError(f"a champion move tag of model {name!r} is unreadable: {exc}") from exc
+
+
+def _read_history(client: MlflowClient, name: str) -> list[str]:
+    tags = _model_tags(client, name)
+    raw = tags.get(HISTORY_TAG)
+    legacy: list[str] = []
+    if raw:
+        try:
+            legacy = [str(version) for version in json.loads(raw)]
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise RegistryError(f"tag {HISTORY_TAG} of model {name!r} is not a JSON list: {raw!r}") from exc
+    return rollback_stack(_read_moves(client, name, tags), legacy)
+
+
+def _record_move(client: MlflowClient, name: str, move: ChampionMove) -> None:
+    key, value = move.tag()
+    client.set_registered_model_tag(name, key, value)
+
+
+def _move(version: str, previous: str | None, kind: MoveKind, by: str, reason: str) -> ChampionMove:
+    return ChampionMove(version, previous, datetime.now(UTC), kind, by, reason, seen_by=by)
+
+
+def observe_champion(settings: Settings, seen_by: str, announce: Callable[[ChampionMove], None]) -> ChampionMove | None:
+    """Record a move of `@champion` made outside the stack, and `announce` the champion once; the move announced.
+
+    Called by the webhook receiver and the poll (`seen_by`). The `champion_rollout` tag names the version
+    whose rollout was started (announced here, or rolled out by a flow itself, `mark_rolled_out`); it is
+    set only after `announce` returned, so an announcement that fails is made again by the next call.
+    The first champion ever seen is the baseline, not announced. Serialised with promotions and rollbacks.
+    """
+    name = settings.model_name
+    client = tracking(settings)
+    with _promotion_lock(settings), _mlflow_errors(settings, f"observe @{CHAMPION} of {name!r}"):
+        current = _alias_version(client, name, CHAMPION)
+        tags = _model_tags(client, name)
+        moves = _read_moves(client, name, tags)
+        unrecorded = unrecorded_move(current, moves, datetime.now(UTC), seen_by)
+        if unrecorded is not None:
+            _record_move(client, name, unrecorded)
+            moves.append(unrecorded)
+            logger.warning("@%s of %s moved outside the stack to version %s", CHAMPION, name, current)
+        announced = tags.get(ROLLOUT_TAG)
+        if current is None or announced == current:
+            return None
+        if announced is not None:
+            announce(moves[-1])
+        client.set_registered_model_tag(name, ROLLOUT_TAG, current)
+        return moves[-1] if announced is not None else None
+
+
+def mark_rolled_out(settings: Settings, version: str) -> None:
+    """Record that the rollout of `version` started, so the watcher does not announce it again."""
+    client = tracking(settings)
+    with _mlflow_errors(settings, f"record the rollout of {settings.model_name!r} version {version}"):
+        client.set_registered_model_tag(settings.model_name, ROLLOUT_TAG, str(version))
 
 
 @contextlib.contextmanager
@@ -437,10 +546,6 @@ def promote(settings: Settings, version: str, decision: Decision) -> bool:
         stale = _stale_reason(decision, current, version)
         if stale:
             return refuse("refused", stale)
-        history = _read_history(client, name)
-        new_history = history_after_promotion(history, current)
-        if new_history != history:  # written before the move: a crash in between leaves a harmless duplicate
-            client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(new_history))
         # Compare-and-set: the champion must still be the one decided against right before the move.
         now = _alias_version(client, name, CHAMPION)
         if now != current:
@@ -449,6 +554,9 @@ def promote(settings: Settings, version: str, decision: Decision) -> bool:
         after = _alias_version(client, name, CHAMPION)
         if after != version:
             return refuse("lost_race", f"another promotion moved @{CHAMPION} to version {after} at the same time")
+        # Recorded after the move: a crash in between leaves an unrecorded move, which the watcher records
+        # as made outside the stack (with the right previous champion, so rollbacks still work).
+        _record_move(client, name, _move(version, current, "promotion", "gate (train-model)", decision.summary()))
         _set_version_tags(client, name, version, tags | {"promotion_outcome": "promoted", "promoted_at": _now()})
     logger.info("promoted %s version %s to @%s (previous: %s)", name, version, CHAMPION, current)
     return True
@@ -493,10 +601,11 @@ def rollback(settings: Settings, reason: str) -> Rollback:
         if _alias_version(client, name, CHAMPION) != current:
             raise RegistryError(f"@{CHAMPION} of {name!r} moved during the rollback; nothing was changed, try again")
         at = _now()
-        # Alias first, history second: a crash in between leaves `target` last in the history, and
-        # plan_rollback skips the current champion, so the next rollback still goes further back.
+        # Record first, alias second: a crash in between leaves a record of `target` while the alias is
+        # still `current`; the watcher then records the alias's "move" back to `current` from `target`,
+        # which leaves the rollback stack as it was before this rollback.
+        _record_move(client, name, _move(target, current, "rollback", "mlstack model rollback", reason))
         client.set_registered_model_alias(name, CHAMPION, target)
-        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history_after_rollback(history, target)))
         record = {"from": current, "to": target, "reason": reason, "at": at}
         client.set_registered_model_tag(name, LAST_ROLLBACK_TAG, json.dumps(record))
         if current is not None:

@@ -171,6 +171,7 @@ class TrainingOutcome:
     candidates: list[CandidateResult] = field(default_factory=list)
     challenger_kind: CandidateKind = "retrained"
     calibrator: str = "none"  # the registered calibrator, `Calibrator.describe()`
+    semantic_version: str = ""  # v<major>.<minor>.<patch> beside MLflow's integer version
 
     def summary(self) -> str:
         """One line for logs."""
@@ -397,6 +398,7 @@ def outcome_of(
         candidates=[CandidateResult.of(candidate) for candidate in candidates],
         challenger_kind=challenger.kind,
         calibrator=challenger.calibrator.describe(),
+        semantic_version=registered.semantic_version,
     )
 
 
@@ -454,7 +456,8 @@ def training_markdown(outcome: TrainingOutcome) -> str:
     challenger = outcome.metrics
     champion_name = f"champion v{outcome.champion.version}" if outcome.champion.version else "champion (none)"
     lines = [
-        f"# train-model: version {outcome.version} {'**promoted**' if outcome.promoted else 'not promoted'}",
+        f"# train-model: version {outcome.version} ({outcome.semantic_version or 'no semantic version'}) "
+        f"{'**promoted**' if outcome.promoted else 'not promoted'}",
         "",
         f"Training window {outcome.window_start:%Y-%m-%d} → {outcome.window_end:%Y-%m-%d}, "
         f"fingerprint `{outcome.fingerprint}`, rows {outcome.rows}.",

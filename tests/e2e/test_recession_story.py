@@ -65,4 +65,4 @@ def test_recession_retrain_is_promoted_on_the_evidence_across_seeds(seed, tmp_pa
         assert ours.log_loss == theirs.log_loss and ours.roc_auc == theirs.roc_auc
     assert tags["challenger_candidate"] == retrain.challenger_kind
     assert math.isclose(float(tags["candidate_retrained_log_loss"]), retrain.candidates[0].log_loss)
-    assert tags["calibrator_method"] == "platt"
+    assert tags["calibration_method"] == "platt"

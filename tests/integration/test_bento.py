@@ -40,6 +40,8 @@ def test_bento_tag_and_labels_record_the_champion_version(built):
     assert re.fullmatch(rf"credit-risk:mlflow-v{champion.version}-[0-9a-f]{{8}}", bento.tag)
     manifest = yaml.safe_load((bento.path / "bento.yaml").read_text())
     assert manifest["labels"]["mlflow_model_version"] == str(champion.version)
+    assert manifest["labels"]["semantic_version"] == champion.tags["semantic_version"]
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", manifest["labels"]["semantic_version"])
     assert manifest["service"] == "services.credit_risk:CreditRisk"
 
 

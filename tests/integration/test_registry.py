@@ -219,6 +219,7 @@ def test_log_and_register_records_versions_lineage_and_artifacts(server_settings
     second = register(server_settings, good)
     assert (first.version, second.version) == ("1", "2")
     assert second.model_uri == f"models:/{server_settings.model_name}/2"
+    assert (first.semantic_version, second.semantic_version) == ("v1.0.0", "v1.0.1")  # same recipe, same data
 
     client = MlflowClient(server_settings.tracking_uri(), server_settings.tracking_uri())
     version = client.get_model_version(server_settings.model_name, "2")
@@ -233,6 +234,11 @@ def test_log_and_register_records_versions_lineage_and_artifacts(server_settings
     assert tags["training_rows"] == str(len(good.training_set.frame))
     assert tags["git_commit"] == "0123abc"
     assert float(tags["holdout_roc_auc"]) == good.score.metrics.roc_auc
+    assert (tags["semantic_version"], tags["model_family"], tags["calibration_method"]) == (
+        "v1.0.1",
+        "lightgbm",
+        "none",
+    )
     assert version.run_id == second.run_id
     aliases = client.get_registered_model(server_settings.model_name).aliases
     assert {alias: str(number) for alias, number in aliases.items()} == {"challenger": "2"}
@@ -353,6 +359,18 @@ def test_rollback_moves_champion_back_and_records_why(server_settings, good):
 
     assert str(registry.champion_version(server_settings).version) == v1
     assert registry.champion_history(server_settings) == []
+    moves = registry.champion_moves(server_settings)
+    assert [(m.version, m.previous, m.kind) for m in moves] == [
+        (v1, None, "promotion"),
+        (v2, v1, "promotion"),
+        (v1, v2, "rollback"),
+    ]
+    assert moves[-1].reason == "decline rate doubled overnight"
+    assert moves[-1].by == "mlstack model rollback"
+    announced = []
+    assert registry.observe_champion(server_settings, "poll", announced.append) is None  # the baseline
+    assert registry.champion_moves(server_settings) == moves  # every move was recorded: nothing added
+    assert announced == []
     client = MlflowClient(server_settings.tracking_uri(), server_settings.tracking_uri())
     from_tags = client.get_model_version(server_settings.model_name, v2).tags
     to_tags = client.get_model_version(server_settings.model_name, v1).tags

@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from mlstack.features.online_store import EmbeddedRedis
 from mlstack.processes import free_port, port_free
@@ -117,7 +118,14 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
     assert worker_env["PREFECT_API_URL"] == f"{prefect_url}/api"
     assert worker_env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert "PROMETHEUS_MULTIPROC_DIR" not in worker_env
-    for name in ("prefect-server", "prefect-worker", "mlflow-server"):
+    # The MLflow server's webhook for @champion moves points at the receiver `up` started.
+    receiver = _state(settings, "mlflow-webhooks")
+    assert httpx.get(f"{receiver['url']}/health", timeout=5).json() == {"status": "ok"}
+    hooks = MlflowClient(mlflow_url, mlflow_url).list_webhooks()
+    assert [(h.name, h.url, [str(e) for e in h.events]) for h in hooks] == [
+        ("mlstack-champion", f"{receiver['url']}/mlflow-webhook", ["model_version_alias.created"])
+    ]
+    for name in ("prefect-server", "prefect-worker", "mlflow-server", "mlflow-webhooks"):
         state = _state(settings, name)
         assert {"pid", "url", "log", "started_at"} <= state.keys()
         assert Path(state["log"]).is_file()
@@ -125,14 +133,17 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
 
     status = _mlstack("status", env=env)
     assert status.returncode == 0, status.stderr[-3000:]
-    for component in ("redis", "prefect-server", "prefect-worker", "mlflow-server"):
+    for component in ("redis", "prefect-server", "prefect-worker", "mlflow-server", "mlflow-webhooks"):
         row = _row(status.stdout, component)
         assert " running " in row and " healthy " in row, row
     assert f"{len(declared)} deployments" in _row(status.stdout, "prefect-server")
     assert " stopped " in _row(status.stdout, "service")
     assert "@champion = none" in status.stdout  # what status showed before is still there
 
-    pids = {name: _state(settings, name)["pid"] for name in ("prefect-server", "prefect-worker", "mlflow-server")}
+    pids = {
+        name: _state(settings, name)["pid"]
+        for name in ("prefect-server", "prefect-worker", "mlflow-server", "mlflow-webhooks")
+    }
     redis_pid = EmbeddedRedis(settings.redis_dir, settings).pid()
     again = _mlstack("up", "--no-service", env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -141,7 +152,7 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
 
     down = _mlstack("down", env=env)
     assert down.returncode == 0, down.stderr[-3000:]
-    for name in ("prefect-worker", "prefect-server", "mlflow-server", "redis"):
+    for name in ("prefect-worker", "prefect-server", "mlflow-webhooks", "mlflow-server", "redis"):
         assert f"{name}: stopped" in down.stdout
     for pid in [*pids.values(), redis_pid]:
         assert _gone(pid), pid

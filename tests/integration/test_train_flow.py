@@ -13,6 +13,7 @@ from mlstack.settings import get_settings
 from mlstack.training import evaluation, registry
 from mlstack.training import steps as training_steps
 from mlstack.training.dataset import TrainingDataError, TrainingSet
+from mlstack.training.versioning import SemanticVersion
 from tests.support.factories import fresh_db, make_settings
 
 DATA_END = datetime(2025, 6, 1, tzinfo=UTC)  # fixed: the training set does not depend on today's date
@@ -90,6 +91,11 @@ def test_train_model_flow_promotes_first_model_and_refuses_identical_retrain(sta
     assert tags["feature_service"] == "credit_risk_v1"
     assert tags["training_set_fingerprint"] == first.fingerprint == second.fingerprint
     assert "credit_history:accounts_in_collections" in tags["feature_refs"]
+    # Same recipe, same data: the second version is a patch of the first; the report names both versions.
+    assert second.semantic_version == str(SemanticVersion.parse(first.semantic_version).bump("patch"))
+    assert tags["semantic_version"] == second.semantic_version
+    report = training_steps.training_markdown(second)
+    assert report.startswith(f"# train-model: version {second.version} ({second.semantic_version}) not promoted")
 
 
 def _ensure_champion(settings) -> None:
@@ -107,7 +113,7 @@ def test_registered_champion_reproduces_logged_holdout_metric_exactly(stack_env)
     assert champion.calibrator.method == "platt"  # calibrated on the slice before the holdout
     metrics = evaluation.evaluate(champion.booster, parts.holdout, stack_env.decision_threshold, champion.calibrator)
     logged = registry.describe(stack_env, champion.version)
-    assert logged["calibrator_method"] == "platt" and f"on {len(parts.calibration):,} rows" in logged["calibrator"]
+    assert logged["calibration_method"] == "platt" and f"on {len(parts.calibration):,} rows" in logged["calibrator"]
     assert metrics.roc_auc == float(logged["holdout_roc_auc"])
     assert metrics.log_loss == float(logged["holdout_log_loss"])
 

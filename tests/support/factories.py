@@ -24,8 +24,7 @@ def make_settings(state_dir: Path, target: RedisTarget | None = None, **override
 
 def redis_url(target: RedisTarget) -> str:
     """The redis:// (or rediss://) URL of `target`, with its password and DB."""
-    auth = f"{target.username or ''}:{target.password}@" if target.password else ""
-    return f"{'rediss' if target.ssl else 'redis'}://{auth}{target.host}:{target.port}/{target.db}"
+    return target.url()
 
 
 def fresh_db(redis_server: RedisTarget) -> RedisTarget:
