@@ -25,7 +25,8 @@ HYPERPARAMETERS_TAG = "hyperparameters_fingerprint"
 CALIBRATION_TAG = "calibration_method"
 FEATURE_SERVICE_VERSION_TAG = "feature_service_version"
 DATA_TAG = "training_set_fingerprint"
-NO_CALIBRATION = "none"
+# `Calibrator.method` of the identity calibrator, and what versions registered before calibration had.
+NO_CALIBRATION = "identity"
 
 Change = Literal["major", "minor", "patch"]
 _PATTERN = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")

@@ -237,7 +237,7 @@ def test_log_and_register_records_versions_lineage_and_artifacts(server_settings
     assert (tags["semantic_version"], tags["model_family"], tags["calibration_method"]) == (
         "v1.0.1",
         "lightgbm",
-        "none",
+        "identity",
     )
     assert version.run_id == second.run_id
     aliases = client.get_registered_model(server_settings.model_name).aliases
