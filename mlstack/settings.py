@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     service_max_body_bytes: int = Field(
         default=262_144, gt=0, description="Largest request body the service accepts (413 above)."
     )
+    shadow_enabled: bool = Field(
+        default=False,
+        description="Score @challenger beside @champion off the response path and log both scores (shadow mode).",
+    )
 
     # Drift monitoring and retraining
     monitor_lookback_minutes: float = Field(
@@ -233,6 +237,11 @@ class Settings(BaseSettings):
     def profiles_dir(self) -> Path:
         """Default live-traffic profile store (when ``profile_store`` is unset)."""
         return self.state_dir / "profiles"
+
+    @property
+    def shadow_dir(self) -> Path:
+        """The shadow-score log: JSONL segments of champion and challenger scores per request."""
+        return self.state_dir / "shadow"
 
     @property
     def monitor_dir(self) -> Path:
