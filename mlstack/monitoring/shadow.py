@@ -14,12 +14,19 @@ comparison uses the applications the champion approved; how either model would h
 the ones it declined is not observed (``REJECT_INFERENCE``). The traffic simulator books every
 answered application, declined or not (its own simplification); ``include_declined`` uses them,
 which only a simulation can.
+
+A/B mode (a share of customers decided by the challenger, ``serving.shadow.assign_arm``): the
+approval rates of the two arms are compared with a two-proportion z-test at a sample size fixed in
+advance from the settings (``AbPlan``: baseline approval rate, smallest difference to detect,
+alpha = 1 - gate confidence, 80% power) and the arms' shares. The test is run once, on the first
+rows of each arm up to that size, never before: looking at it as data comes in and stopping when it
+is significant would inflate the false-positive rate.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,6 +42,7 @@ from mlstack.training import registry
 from mlstack.training.evaluation import score_predictions
 from mlstack.training.promotion import Decision, Floors, GateRule, decide, floors_from, rule_from
 
+AB_POWER = 0.8  # the conventional power of the A/B test's pre-registered sample size
 # A logged score and a booked application are the same request when their fields are equal and their
 # times (the service's scoring instant, the client's send time) are this close; the nearest wins.
 JOIN_TOLERANCE = timedelta(minutes=5)
@@ -63,6 +71,125 @@ class ShadowPair:
 
 
 @dataclass(frozen=True)
+class AbPlan:
+    """What fixes the A/B test's sample size before it starts: expected approval rate, difference to detect, alpha."""
+
+    baseline_approval_rate: float
+    min_detectable_difference: float
+    alpha: float
+    power: float = AB_POWER
+
+    def sample_sizes(self, share: float) -> tuple[int, int]:
+        """(champion arm, challenger arm) rows the test needs when the challenger decides for `share` of customers.
+
+        Two-sided two-proportion test (statsmodels' NormalIndPower on Cohen's h), for the harder of
+        baseline - difference and baseline + difference (the one nearer 0.5 needs more rows).
+        """
+        from statsmodels.stats.power import NormalIndPower
+        from statsmodels.stats.proportion import proportion_effectsize
+
+        if not 0 < share < 1:
+            raise ValueError(f"the challenger's share must be in (0, 1), got {share}")
+        ratio = share / (1 - share)  # challenger rows per champion row
+        alternatives = [
+            rate
+            for rate in (
+                self.baseline_approval_rate - self.min_detectable_difference,
+                self.baseline_approval_rate + self.min_detectable_difference,
+            )
+            if 0 < rate < 1
+        ]
+        champion_rows = max(
+            NormalIndPower().solve_power(
+                effect_size=abs(proportion_effectsize(rate, self.baseline_approval_rate)),
+                alpha=self.alpha,
+                power=self.power,
+                ratio=ratio,
+                alternative="two-sided",
+            )
+            for rate in alternatives
+        )
+        return math.ceil(champion_rows), math.ceil(ratio * champion_rows)
+
+
+def ab_plan_from(settings: Settings) -> AbPlan:
+    """The A/B plan configured in the settings (alpha: 1 - the gate's confidence)."""
+    return AbPlan(
+        baseline_approval_rate=settings.ab_baseline_approval_rate,
+        min_detectable_difference=settings.ab_min_detectable_difference,
+        alpha=1 - settings.gate_confidence,
+    )
+
+
+@dataclass(frozen=True)
+class ApprovalTest:
+    """Approval rates of the A/B arms and, once both reached their pre-registered size, the two-proportion test."""
+
+    plan: AbPlan
+    share: float
+    required: tuple[int, int]  # (champion arm, challenger arm), from the plan and the share
+    seen: tuple[int, int]  # rows logged in each arm so far
+    champion_rate: float  # over the tested rows once reached, else over all rows so far
+    challenger_rate: float
+    z: float | None = None  # None: not tested yet
+    p_value: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        """Both arms have their pre-registered number of rows."""
+        return self.seen[0] >= self.required[0] and self.seen[1] >= self.required[1]
+
+    @property
+    def significant(self) -> bool:
+        """The approval rates differ at the plan's alpha (False until the test was run)."""
+        return self.p_value is not None and self.p_value < self.plan.alpha
+
+    def summary(self) -> str:
+        """One line: the arms, their approval rates, the test or how far from it."""
+        rates = (
+            f"approval rate challenger {self.challenger_rate:.1%} vs champion {self.champion_rate:.1%} "
+            f"(challenger share {self.share:.0%})"
+        )
+        if not self.reached:
+            return (
+                f"A/B: {rates} so far; not tested: {self.seen[0]:,} of {self.required[0]:,} champion-arm and "
+                f"{self.seen[1]:,} of {self.required[1]:,} challenger-arm decisions (pre-registered sizes)"
+            )
+        assert self.z is not None and self.p_value is not None
+        outcome = "differ" if self.significant else "do not differ detectably"
+        return (
+            f"A/B: {rates} on the first {self.required[0]:,} + {self.required[1]:,} decisions: z = {self.z:+.2f}, "
+            f"p = {self.p_value:.3g}: they {outcome} at alpha {self.plan.alpha:.2f}"
+        )
+
+
+def compare_approval_rates(records: pd.DataFrame, plan: AbPlan) -> ApprovalTest | None:
+    """The A/B test on the logged records of A/B mode (``ab_share`` > 0; the latest share); None: no A/B records."""
+    from statsmodels.stats.proportion import proportions_ztest
+
+    ab = records[records["ab_share"].fillna(0) > 0]
+    if ab.empty:
+        return None
+    share = float(ab["ab_share"].iloc[-1])
+    ab = ab[ab["ab_share"] == share].sort_values("scored_at", kind="stable")
+    required = plan.sample_sizes(share)
+    champion_arm = ab.loc[ab["decided_by"] == "champion", "champion_decision"] == "approve"
+    challenger_arm = ab.loc[ab["decided_by"] == "challenger", "challenger_decision"] == "approve"
+    seen = (len(champion_arm), len(challenger_arm))
+    reached = seen[0] >= required[0] and seen[1] >= required[1]
+    if reached:  # the pre-registered rows only: the first ones of each arm
+        champion_arm, challenger_arm = champion_arm.iloc[: required[0]], challenger_arm.iloc[: required[1]]
+    champion_rate = float(champion_arm.mean()) if len(champion_arm) else math.nan
+    challenger_rate = float(challenger_arm.mean()) if len(challenger_arm) else math.nan
+    if not reached:
+        return ApprovalTest(plan, share, required, seen, champion_rate, challenger_rate)
+    z, p_value = proportions_ztest(
+        [int(challenger_arm.sum()), int(champion_arm.sum())], [len(challenger_arm), len(champion_arm)]
+    )
+    return ApprovalTest(plan, share, required, seen, champion_rate, challenger_rate, float(z), float(p_value))
+
+
+@dataclass(frozen=True)
 class ShadowEvidence:
     """What the logged scores of one pair say once joined to matured outcomes, and the gate's decision on them.
 
@@ -86,6 +213,7 @@ class ShadowEvidence:
     rule: GateRule
     decision: Decision | None  # None: too few matured outcomes to compare at all
     torn_lines: int = 0
+    approval: ApprovalTest | None = field(default=None)  # A/B mode's approval-rate test (None: no A/B records)
 
     @property
     def verdict(self) -> str:
@@ -121,9 +249,9 @@ class ShadowEvidence:
             f"{self.as_of:%Y-%m-%d %H:%M} UTC: {self.records:,} logged, {self.booked:,} booked, {self.matured:,} "
             f"matured, {self.compared:,} compared ({self.defaults:,} defaults)"
         )
-        if self.decision is not None:
-            return f"{head}; {self.decision.summary()}"
-        return f"{head}; insufficient evidence"
+        tail = self.decision.summary() if self.decision is not None else "insufficient evidence"
+        ab = f"; {self.approval.summary()}" if self.approval is not None else ""
+        return f"{head}; {tail}{ab}"
 
     def counts(self) -> dict[str, int]:
         """The counts as MLflow metrics (`shadow_*`)."""
@@ -137,6 +265,24 @@ class ShadowEvidence:
             "shadow_defaults": self.defaults,
             "shadow_torn_lines": self.torn_lines,
         }
+
+    def approval_metrics(self) -> dict[str, float]:
+        """The A/B test's numbers as MLflow metrics (`ab_*`; empty without A/B records)."""
+        test = self.approval
+        if test is None:
+            return {}
+        metrics = {
+            "ab_share": test.share,
+            "ab_required_champion": float(test.required[0]),
+            "ab_required_challenger": float(test.required[1]),
+            "ab_seen_champion": float(test.seen[0]),
+            "ab_seen_challenger": float(test.seen[1]),
+            "ab_champion_approval_rate": test.champion_rate,
+            "ab_challenger_approval_rate": test.challenger_rate,
+        }
+        if test.z is not None and test.p_value is not None:
+            metrics |= {"ab_z": test.z, "ab_p_value": test.p_value}
+        return metrics
 
 
 def resolve_pair(settings: Settings, champion_version: str | None, challenger_version: str | None) -> ShadowPair:
@@ -202,6 +348,7 @@ def evaluate(
     threshold: float,
     include_declined: bool = False,
     torn_lines: int = 0,
+    ab_plan: AbPlan | None = None,
 ) -> ShadowEvidence:
     """The evidence of ``pair``'s logged scores against the outcomes matured by ``as_of`` (module docstring)."""
     if as_of.tzinfo is None:
@@ -214,7 +361,9 @@ def evaluate(
     ambiguous = int(joined["ambiguous"].sum())
     joined = joined[~joined["ambiguous"]]
     matured = joined[joined["event_timestamp"] + pd.Timedelta(OUTCOME_WINDOW) <= pd.Timestamp(as_of)]
-    declined = matured["champion_decision"] == "decline"
+    # Who decided: only what the deciding model approved gets an outcome (A/B mode: the challenger's arm too).
+    given = matured["champion_decision"].where(matured["decided_by"] != "challenger", matured["challenger_decision"])
+    declined = given == "decline"
     compared = matured if include_declined else matured[~declined]
     labels = compared["defaulted"].to_numpy(dtype=np.float64)
     defaults = int(labels.sum())
@@ -239,6 +388,7 @@ def evaluate(
         rule=rule,
         decision=decision,
         torn_lines=torn_lines,
+        approval=compare_approval_rates(mine, ab_plan) if ab_plan is not None else None,
     )
 
 
@@ -263,6 +413,7 @@ def evaluate_shadow(
         threshold=settings.decision_threshold,
         include_declined=include_declined,
         torn_lines=log.torn_lines,
+        ab_plan=ab_plan_from(settings),
     )
 
 
@@ -271,6 +422,7 @@ def record(settings: Settings, evidence: ShadowEvidence) -> str:
     metrics: dict[str, float] = {key: float(value) for key, value in evidence.counts().items()}
     if evidence.decision is not None:
         metrics |= {key: value for key, value in evidence.decision.to_metrics().items() if math.isfinite(value)}
+    metrics |= {key: value for key, value in evidence.approval_metrics().items() if math.isfinite(value)}
     tags = {
         "verdict": evidence.verdict,
         "summary": evidence.summary()[:5000],  # MLflow caps tag values
@@ -327,6 +479,17 @@ def shadow_markdown(evidence: ShadowEvidence) -> str:
                 f"| {measure} | {value} | {interval} | {verdict} |"
                 for measure, value, interval, verdict in decision.difference_rows()
             ),
+        ]
+    if evidence.approval is not None:
+        test = evidence.approval
+        lines += [
+            "",
+            f"**A/B mode.** The challenger decides for {test.share:.0%} of customers (a sticky hash of the id). "
+            f"Pre-registered: {test.required[0]:,} champion-arm and {test.required[1]:,} challenger-arm decisions "
+            f"detect an approval-rate difference of {test.plan.min_detectable_difference:.1%} from "
+            f"{test.plan.baseline_approval_rate:.0%} with {test.plan.power:.0%} power at alpha {test.plan.alpha:.2f}.",
+            "",
+            f"- {test.summary()}",
         ]
     verdict = decision.verdict_text if decision is not None else "insufficient evidence"
     lines += ["", f"**Verdict (the promotion gate): {verdict}**", "", *(f"- {reason}" for reason in evidence.reasons)]

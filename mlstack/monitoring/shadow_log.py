@@ -52,6 +52,7 @@ class ShadowRecord:
     challenger_probability: float
     challenger_decision: str
     decided_by: DecidedBy = "champion"  # whose decision the client got
+    ab_share: float = 0.0  # A/B mode's challenger share when it was scored (0: shadow only)
 
     def to_json(self) -> str:
         """One JSON line (no newline); ``scored_at`` in ISO 8601."""
@@ -133,6 +134,7 @@ def read_shadow_log(directory: Path) -> ShadowLogContents:
             "loan_amount": "float64",
             "loan_term_months": "int64",
             "threshold": "float64",
+            "ab_share": "float64",
             "champion_probability": "float64",
             "challenger_probability": "float64",
             "champion_version": "str",

@@ -128,10 +128,18 @@ class ServingRuntime:
             challenger = load_challenger(settings, model)
             if challenger is not None:
                 shadow = ShadowScorer(
-                    build_scorer(settings, challenger, feature_ttls), ShadowLog(settings.shadow_dir), FEATURE_SERVICE
+                    build_scorer(settings, challenger, feature_ttls),
+                    ShadowLog(settings.shadow_dir),
+                    FEATURE_SERVICE,
+                    ab_share=settings.ab_challenger_share,
                 )
                 shadow.start()
-                logger.info("shadow scoring: challenger v%s beside champion v%s", challenger.version, model.version)
+                logger.info(
+                    "shadow scoring: challenger v%s beside champion v%s (A/B: the challenger decides for %.0f%%)",
+                    challenger.version,
+                    model.version,
+                    100 * settings.ab_challenger_share,
+                )
         profiles = None
         if profile:
             # whylogs in a child process: in this one it would hold the GIL against the request path.
@@ -160,15 +168,18 @@ class ServingRuntime:
             self.observer.feature_fetch(time.perf_counter() - started)
         now = datetime.now(UTC)
         scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, now)
-        for row in scored:
-            if self.profiles is not None:
+        if self.profiles is not None:  # the champion's inputs and scores (one model version per window)
+            for row in scored:
                 self.profiles.add(row.profile_row())
-            if self.observer is not None:
-                self.observer.prediction(row.prediction)
-        predictions = [row.prediction for row in scored]
+        champion = [row.prediction for row in scored]
+        answers, decided_by = champion, None
         if self.shadow is not None:  # the challenger sees the same features, at the same instant
-            self.shadow.submit(applications, online, now, predictions)
-        return predictions
+            answers, decided_by = self.shadow.decide(applications, online, now, champion)
+            self.shadow.submit(applications, online, now, champion, decided_by)
+        if self.observer is not None:
+            for prediction in answers:
+                self.observer.prediction(prediction)
+        return answers
 
     def close(self, timeout: float = 10.0) -> None:
         """Log the queued shadow scores and flush the partial profile window (graceful shutdown)."""

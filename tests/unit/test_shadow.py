@@ -11,12 +11,12 @@ import pytest
 
 from mlstack.data.generator import OUTCOME_WINDOW
 from mlstack.monitoring import shadow
-from mlstack.monitoring.shadow import ShadowPair, evaluate, join_outcomes
+from mlstack.monitoring.shadow import AbPlan, ShadowPair, compare_approval_rates, evaluate, join_outcomes
 from mlstack.monitoring.shadow_log import ShadowLog, ShadowRecord, read_shadow_log
 from mlstack.serving import runtime as serving_runtime
 from mlstack.serving.runtime import ServedModel, ServingRuntime, load_challenger
 from mlstack.serving.scoring import OnlineFeatures, Scorer, parse_online_response
-from mlstack.serving.shadow import ShadowScorer
+from mlstack.serving.shadow import ShadowScorer, assign_arm
 from mlstack.settings import Settings
 from mlstack.training.promotion import Floors, GateRule
 from tests.unit.test_scoring import APPLICATION, STORED, TTLS, FakeFeatureStore, online_response
@@ -212,6 +212,9 @@ def simulated(n: int, seed: int, challenger: str) -> tuple[pd.DataFrame, pd.Data
         champion_probability=champion_p,
         challenger_probability=challenger_p,
         champion_decision=np.where(champion_p >= 0.5, "decline", "approve"),
+        challenger_decision=np.where(challenger_p >= 0.5, "decline", "approve"),
+        decided_by="champion",
+        ab_share=0.0,
     )
     return records, book
 
@@ -285,3 +288,78 @@ def test_evaluate_shadow_only_uses_the_named_pair() -> None:
     other = records.assign(challenger_version="3")
     evidence = run(pd.concat([records.iloc[:100], other]), book)
     assert evidence.records == 100
+
+
+# --- A/B mode ----------------------------------------------------------------------------------
+
+
+def test_assign_arm_is_sticky_and_gives_the_challenger_its_share() -> None:
+    arms = [assign_arm(customer, 0.3, "ab-v2") for customer in range(1, 20_001)]
+    assert abs(arms.count("challenger") / len(arms) - 0.3) < 0.015
+    assert arms == [assign_arm(customer, 0.3, "ab-v2") for customer in range(1, 20_001)]  # same customer, same arm
+    assert arms != [assign_arm(customer, 0.3, "ab-v3") for customer in range(1, 20_001)]  # a new experiment reshuffles
+    assert {assign_arm(customer, 0.0, "ab-v2") for customer in range(1, 1001)} == {"champion"}
+
+
+def test_ab_mode_lets_the_challenger_decide_for_its_arm_and_logs_who_decided(tmp_path, champion, challenger) -> None:
+    apps = applications(40)
+    store = FakeFeatureStore(online_response([(app, STORED, STORED) for app in apps]))
+    scorer = ShadowScorer(challenger, ShadowLog(tmp_path), "credit_risk_v1", ab_share=0.5)
+    runtime = ServingRuntime(champion, store, None, feature_service="credit_risk_v1", shadow=scorer)
+    answers = runtime.predict(apps)
+    runtime.close()
+    records = read_shadow_log(tmp_path).records
+    arms = [assign_arm(app["customer_id"], 0.5, "ab-v2") for app in apps]
+    assert 0 < arms.count("challenger") < len(apps)
+    assert [answer.decided_by for answer in answers] == arms == records["decided_by"].tolist()
+    assert [answer.model_version for answer in answers] == ["2" if arm == "challenger" else "1" for arm in arms]
+    given = np.where(
+        records["decided_by"] == "challenger", records["challenger_probability"], records["champion_probability"]
+    )
+    assert [answer.default_probability for answer in answers] == given.tolist()
+    assert set(records["ab_share"]) == {0.5}
+
+
+def test_ab_sample_size_is_cohens_h_at_the_plan() -> None:
+    from statistics import NormalDist
+
+    plan = AbPlan(baseline_approval_rate=0.75, min_detectable_difference=0.05, alpha=0.05)
+    h = abs(2 * np.arcsin(np.sqrt(0.70)) - 2 * np.arcsin(np.sqrt(0.75)))  # 0.70 is nearer 0.5 than 0.80: harder
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    equal = int(np.ceil(2 * (z / h) ** 2))  # per arm; Cohen's table: h = 0.2 needs 392 (2 * (2.8016 / 0.2) ** 2)
+    assert plan.sample_sizes(0.5) == (equal, equal)
+    champion_rows, challenger_rows = plan.sample_sizes(0.2)  # a smaller challenger arm needs more rows in all
+    assert challenger_rows == int(np.ceil(champion_rows / 4)) and champion_rows + challenger_rows > 2 * equal
+    with pytest.raises(ValueError, match="share"):
+        plan.sample_sizes(0.0)
+
+
+def ab_records(champion_rate: float, challenger_rate: float, per_arm: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = 2 * per_arm
+    decided_by = np.array(["champion", "challenger"] * per_arm)
+    approve_champion = rng.random(rows) < champion_rate
+    approve_challenger = rng.random(rows) < challenger_rate
+    return pd.DataFrame(
+        {
+            "scored_at": pd.Timestamp(APPLIED) + pd.to_timedelta(np.arange(rows), unit="s"),
+            "decided_by": decided_by,
+            "ab_share": 0.5,
+            "champion_decision": np.where(approve_champion, "approve", "decline"),
+            "challenger_decision": np.where(approve_challenger, "approve", "decline"),
+        }
+    )
+
+
+def test_approval_rates_are_tested_once_the_pre_registered_size_is_reached() -> None:
+    plan = AbPlan(baseline_approval_rate=0.75, min_detectable_difference=0.05, alpha=0.05)
+    required, _ = plan.sample_sizes(0.5)
+    different = compare_approval_rates(ab_records(0.75, 0.65, required + 500), plan)
+    assert different is not None and different.reached and different.significant
+    assert different.z is not None and different.z < 0  # challenger minus champion: it approves less
+    same = compare_approval_rates(ab_records(0.75, 0.75, required + 500, seed=3), plan)
+    assert same is not None and same.reached and not same.significant
+    early = compare_approval_rates(ab_records(0.75, 0.55, required // 2), plan)
+    assert early is not None and not early.reached and early.p_value is None  # no peeking, however large it looks
+    assert "not tested" in early.summary()
+    assert compare_approval_rates(ab_records(0.75, 0.75, 10).assign(ab_share=0.0), plan) is None
