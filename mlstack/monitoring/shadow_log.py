@@ -56,7 +56,7 @@ class ShadowRecord:
 
     def to_json(self) -> str:
         """One JSON line (no newline); ``scored_at`` in ISO 8601."""
-        fields = dataclasses.asdict(self)
+        fields = dict(self.__dict__)  # shallow: dataclasses.asdict deep-copies every value (most of the cost)
         fields["scored_at"] = self.scored_at.isoformat()
         return json.dumps(fields, separators=(",", ":"))
 
