@@ -1,4 +1,5 @@
-"""The `evaluate-shadow` flow under Prefect's test harness, on a real stack (Feast, MLflow on sqlite, v1 and v2).
+"""A/B mode over HTTP, and the `evaluate-shadow` flow under Prefect's test harness, on one real stack (Redis, Feast,
+MLflow on sqlite, champion v1 and challenger v2). The A/B test runs first: the flow test promotes v2.
 
 Logged scores and their booked outcomes are simulated in 2024 with known default probabilities (the
 challenger equal to the champion, then better); the flow runs as of 2025-06-01, when every one of them
@@ -7,6 +8,7 @@ has matured, so nothing depends on the date the test runs.
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, datetime
 
@@ -14,11 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack.monitoring.shadow_log import ShadowLog, ShadowRecord
+from mlstack.monitoring.shadow_log import ShadowLog, ShadowRecord, read_shadow_log
+from mlstack.serving.shadow import assign_arm
 from mlstack.settings import Settings, get_settings
 from mlstack.simulation.traffic import append_applications, next_application_id
 from mlstack.training import registry
-from tests.support.serving_stack import build_serving_stack, register_challenger
+from tests.support.serving_stack import GOOD, build_serving_stack, register_challenger
 from tests.unit.test_shadow import simulated
 
 AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
@@ -42,6 +45,41 @@ def flow_env(stack, tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield get_settings(), stack[1]
     get_settings.cache_clear()
+
+
+def test_ab_mode_over_http_lets_the_challenger_decide_for_its_sticky_share(stack):
+    from starlette.testclient import TestClient
+
+    built, challenger = stack
+    saved = dict(os.environ)  # the service exports the stack's library environment into this process
+    os.environ.update({**built.environment(), "MLSTACK_SHADOW_ENABLED": "true", "MLSTACK_AB_CHALLENGER_SHARE": "0.5"})
+    get_settings.cache_clear()
+    from services.credit_risk import CreditRisk
+
+    customers = [1, *range(10**9, 10**9 + 30)]  # a known customer, and unknown ones (scored with missing features)
+    try:
+        with TestClient(CreditRisk.to_asgi()) as client:
+            answers = {
+                customer: [
+                    client.post("/predict", json={**(built.known if customer == 1 else GOOD), "customer_id": customer})
+                    for _ in range(2)
+                ]
+                for customer in customers
+            }
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+    arms = {customer: assign_arm(customer, 0.5, f"ab-v{challenger}") for customer in customers}
+    assert set(arms.values()) == {"champion", "challenger"}
+    for customer, (first, again) in answers.items():
+        assert first.status_code == again.status_code == 200, first.text
+        assert first.json()["decided_by"] == again.json()["decided_by"] == arms[customer]  # sticky
+        assert first.json()["model_version"] == (challenger if arms[customer] == "challenger" else "1")
+    records = read_shadow_log(built.settings.shadow_dir).records
+    assert len(records) == 2 * len(customers)
+    assert dict(zip(records["customer_id"], records["decided_by"], strict=True)) == arms
+    assert set(records["ab_share"]) == {0.5}
 
 
 def log_and_book(settings: Settings, challenger: str, case: str, seed: int, first_customer: int) -> None:
