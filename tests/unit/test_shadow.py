@@ -363,3 +363,10 @@ def test_approval_rates_are_tested_once_the_pre_registered_size_is_reached() -> 
     assert early is not None and not early.reached and early.p_value is None  # no peeking, however large it looks
     assert "not tested" in early.summary()
     assert compare_approval_rates(ab_records(0.75, 0.75, 10).assign(ab_share=0.0), plan) is None
+
+
+def test_evaluate_shadow_of_an_empty_log_is_insufficient_evidence(tmp_path) -> None:
+    _, book = simulated(100, 0, "better")
+    evidence = run(read_shadow_log(tmp_path).records, book)
+    assert (evidence.records, evidence.compared, evidence.verdict) == (0, 0, "insufficient_evidence")
+    assert evidence.first_scored_at is None and "0 logged" in evidence.summary()
