@@ -12,6 +12,8 @@ through 500 known customers, benchmarks/serving_wrk.lua):
   Booster, metrics, whylogs profiling);
 - S1 without profiling, S1 with the MLflow pyfunc instead of the Booster: ablations, each in its own
   service process started with the ablation's environment;
+- S1 with shadow mode on (`MLSTACK_SHADOW_ENABLED=true`): the same path, and @challenger scored on the
+  same features off the response path, both scores logged (the cost of shadow mode);
 - peer: `feast serve` (Feast's feature server) plus a model-only BentoML service that asks it for
   the features over HTTP: two hops;
 - F0: in this process, no HTTP: one pipelined Redis read of the same keys (built with Feast's own
@@ -128,7 +130,7 @@ def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
         **stack.environment(),
         **TELEMETRY_OFF,
     }
-    ports = {name: free_port() for name in ("main", "noprof", "pyfunc", "feast", "peer")}
+    ports = {name: free_port() for name in ("main", "noprof", "pyfunc", "shadow", "feast", "peer")}
     feast_bin = str(Path(sys.executable).with_name("feast"))
 
     def bentoml(name: str, target: str, extra: dict[str, str]) -> Server:
@@ -143,6 +145,7 @@ def start_services(stack: BenchStack, logs: Path) -> dict[str, Server]:
         bentoml("main", BENCH_SERVICE, {}),
         bentoml("noprof", BENCH_SERVICE, {"SERVING_BENCH_PROFILE": "0"}),
         bentoml("pyfunc", BENCH_SERVICE, {"SERVING_BENCH_MODEL": "pyfunc"}),
+        bentoml("shadow", BENCH_SERVICE, {"MLSTACK_SHADOW_ENABLED": "true"}),
         start_server(
             "feast",
             feast_command,
@@ -206,11 +209,11 @@ def check_answers(stack: BenchStack, servers: dict[str, Server], n: int = 25) ->
         for application in stack.applications[:n]:
             answers = {
                 name: http.post(f"{servers[name].url}/predict", json=application).json()["default_probability"]
-                for name in ("main", "noprof", "pyfunc", "peer")
+                for name in ("main", "noprof", "pyfunc", "shadow", "peer")
             }
             if max(answers.values()) - min(answers.values()) > 1e-9:
                 disagreements += 1
-    return f"{n - disagreements} of {n} applications scored identically by S1, both ablations and the peer"
+    return f"{n - disagreements} of {n} applications scored identically by S1, the ablations, shadow on and the peer"
 
 
 # --- F0: the in-process floor -------------------------------------------------------------------
@@ -338,6 +341,7 @@ def main() -> None:
         Variant("S1", "`/predict`, the real path", "main", "/predict"),
         Variant("S1, profiling off", "`/predict`, no whylogs profiling", "noprof", "/predict"),
         Variant("S1, pyfunc", "`/predict`, MLflow pyfunc instead of the Booster", "pyfunc", "/predict"),
+        Variant("S1, shadow on", "`/predict`, @challenger scored off the response path", "shadow", "/predict"),
         Variant("peer", "`feast serve` + model-only BentoML service, two hops", "peer", "/predict"),
     ]
     clients = (1, args.connections)
@@ -373,8 +377,32 @@ def main() -> None:
                         )
         finally:
             stop_servers(list(servers.values()))
+    shadowed = shadow_note(stack, by_label(variants)["S1, shadow on"])
     load_after = os.getloadavg()
-    report(args, variants, floors, floor_note, agreement, load_before, load_after, time.monotonic() - started)
+    report(
+        args,
+        variants,
+        floors,
+        f"{floor_note}; {shadowed}",
+        agreement,
+        load_before,
+        load_after,
+        time.monotonic() - started,
+    )
+
+
+def by_label(variants: list[Variant]) -> dict[str, Variant]:
+    return {variant.label: variant for variant in variants}
+
+
+def shadow_note(stack: BenchStack, variant: Variant) -> str:
+    """How many applications the shadow service logged with both scores (after its shutdown flush)."""
+    from mlstack.monitoring.shadow_log import read_shadow_log
+
+    records = read_shadow_log(stack.settings.shadow_dir).records
+    pairs = zip(records["champion_version"], records["challenger_version"], strict=True)
+    versions = ", ".join(sorted({f"v{a} vs v{b}" for a, b in pairs})) or "no pair"
+    return f"the shadow service logged {len(records):,} applications with both scores ({versions})"
 
 
 def report(args, variants, floors, floor_note, agreement, load_before, load_after, elapsed) -> None:
@@ -384,7 +412,7 @@ def report(args, variants, floors, floor_note, agreement, load_before, load_afte
     import lightgbm
 
     n = args.connections
-    by = {variant.label: variant for variant in variants}
+    by = by_label(variants)
     s0, s1 = by["S0"], by["S1"]
     f0_p50 = statistics.median(percentile(floor, 0.5) for floor in floors)
     f0_p99 = statistics.median(percentile(floor, 0.99) for floor in floors)
@@ -428,6 +456,8 @@ def report(args, variants, floors, floor_note, agreement, load_before, load_afte
     s1_p99, peer_p99 = s1.median(n, lambda run: run.p99), peer.median(n, lambda run: run.p99)
     gap = s1.median(1, lambda run: run.p50) - s0_p50
     profiling_cost = 1 - s1_rate / noprof_rate
+    shadow_rate = by["S1, shadow on"].median(n, lambda run: run.rate)
+    shadow_cost = 1 - shadow_rate / s1_rate
     rows = [
         (f"S1 throughput ≥ 0.85 x S0 ({n} clients)", f"{s1_rate / s0_rate:.2f} x S0", s1_rate >= 0.85 * s0_rate),
         (
@@ -439,6 +469,11 @@ def report(args, variants, floors, floor_note, agreement, load_before, load_afte
             f"profiling costs ≤ 5% throughput ({n} clients)",
             f"{profiling_cost:+.1%} (S1 {s1_rate:,.0f} vs {noprof_rate:,.0f} req/s without)",
             profiling_cost <= 0.05,
+        ),
+        (
+            f"shadow mode costs ≤ 5% throughput ({n} clients)",
+            f"{shadow_cost:+.1%} (S1 shadow on {shadow_rate:,.0f} vs {s1_rate:,.0f} req/s off)",
+            shadow_cost <= 0.05,
         ),
         (
             f"S1 beats the two-hop peer on throughput ({n} clients)",

@@ -26,8 +26,8 @@ import pandas as pd
 from mlstack.features.store import FEATURE_SERVICE, get_store
 from mlstack.monitoring.live_profiles import ProfileBuffer
 from mlstack.serving import scoring
-from mlstack.serving.runtime import ServingRuntime, load_model
-from mlstack.serving.scoring import LoanApplication, Prediction, Scorer
+from mlstack.serving.runtime import ServingRuntime, build_scorer, load_model
+from mlstack.serving.scoring import LoanApplication, Prediction
 from mlstack.settings import Settings
 from mlstack.training import model_input
 from services.credit_risk import CreditRisk
@@ -161,16 +161,8 @@ class CreditRiskPeer(CreditRisk.inner):
     """The real service with its features read from `feast serve` over HTTP instead of from Redis directly."""
 
     def load_runtime(self, settings: Settings, observer: ServiceMetrics) -> ServingRuntime:
-        model = load_model(settings)
         ttls = scoring.load_feature_ttls(get_store(settings))  # start-up only: the TTLs are in the registry
-        scorer = Scorer(
-            model.booster,
-            calibrator=model.calibrator,
-            model_name=model.name,
-            model_version=model.version,
-            threshold=settings.decision_threshold,
-            feature_ttls=ttls,
-        )
+        scorer = build_scorer(settings, load_model(settings), ttls)
         profiles = ProfileBuffer(
             settings.profile_store_url(), window_seconds=settings.profile_window_seconds, process=True
         )

@@ -53,7 +53,7 @@ def prepare_serving(customers: int, root: Path = BENCH_ROOT, sample: int = 500) 
     built = json.loads(marker.read_text()) if marker.is_file() else {}
     target = resolve_redis(settings)  # the embedded Redis of this state dir
     fresh = built.get("date") == today.date().isoformat() and make_client(target, settings).dbsize() > 0
-    if not fresh or not _has_champion(settings):
+    if not fresh or not _has_champion(settings) or not _has_challenger(settings):
         print(f"building the serving benchmark stack ({customers:,} customers) in {state} ...", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress: stdout is the report
             _build(settings, target, customers, today)
@@ -79,6 +79,10 @@ def _build(settings: Settings, target: RedisTarget, customers: int, today: datet
         materialize_view(store, view, datetime.now(UTC))
     if not training_steps.run_training(settings, progress=lambda _: None).promoted:
         raise RuntimeError("the benchmark's first model was not promoted; see the MLflow run")
+    # A second version for shadow mode: @challenger beside @champion (a weaker model, so the gate keeps v1).
+    weaker = settings.model_copy(update={"learning_rate": 0.3, "num_boost_round": 3})
+    if training_steps.run_training(weaker, progress=lambda _: None).promoted:
+        raise RuntimeError("the benchmark's challenger was promoted; shadow mode would have nothing to shadow")
 
 
 def known_applications(settings: Settings, n: int) -> list[dict]:
@@ -99,6 +103,15 @@ def known_applications(settings: Settings, n: int) -> list[dict]:
         }
         for i, (customer_id, zipcode) in enumerate(rows)
     ]
+
+
+def _has_challenger(settings: Settings) -> bool:
+    """A @challenger that is not the champion (shadow mode's second model)."""
+    try:
+        challenger = registry.alias_version(settings, registry.CHALLENGER)
+        return challenger is not None and challenger != registry.alias_version(settings, registry.CHAMPION)
+    except Exception:
+        return False
 
 
 def _has_champion(settings: Settings) -> bool:

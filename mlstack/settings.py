@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +174,27 @@ class Settings(BaseSettings):
     service_max_body_bytes: int = Field(
         default=262_144, gt=0, description="Largest request body the service accepts (413 above)."
     )
+    shadow_enabled: bool = Field(
+        default=False,
+        description="Score @challenger beside @champion off the response path and log both scores (shadow mode).",
+    )
+    # A/B mode (docs/monitoring.md, "A/B mode"): the sample size is fixed from these before the test starts.
+    ab_challenger_share: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="A/B mode: share of customers (sticky hash of the id) whom @challenger decides for; 0: off. "
+        "Needs MLSTACK_SHADOW_ENABLED.",
+    )
+    ab_baseline_approval_rate: float = Field(
+        default=0.75, gt=0, lt=1, description="A/B sample size: the champion's expected approval rate."
+    )
+    ab_min_detectable_difference: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="A/B sample size: the smallest approval-rate difference the test must detect (80% power).",
+    )
 
     # Drift monitoring and retraining
     monitor_lookback_minutes: float = Field(
@@ -213,6 +234,13 @@ class Settings(BaseSettings):
     )
     service_port: int = Field(default=3000, ge=1, le=65535, description="Port of the credit-risk service.")
     # --- end local stack ---
+
+    @model_validator(mode="after")
+    def _ab_needs_the_challenger(self) -> Settings:
+        # A/B mode decides with the challenger that shadow mode loads: without it, a share would silently do nothing.
+        if self.ab_challenger_share > 0 and not self.shadow_enabled:
+            raise ValueError("MLSTACK_AB_CHALLENGER_SHARE > 0 needs MLSTACK_SHADOW_ENABLED=true (it loads @challenger)")
+        return self
 
     def profile_store_url(self) -> str:
         """Where the service writes its whylogs profiles."""
@@ -265,6 +293,11 @@ class Settings(BaseSettings):
     def profiles_dir(self) -> Path:
         """Default live-traffic profile store (when ``profile_store`` is unset)."""
         return self.state_dir / "profiles"
+
+    @property
+    def shadow_dir(self) -> Path:
+        """The shadow-score log: JSONL segments of champion and challenger scores per request."""
+        return self.state_dir / "shadow"
 
     @property
     def monitor_dir(self) -> Path:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from mlstack.features.store import ApplyResult, FreshData, MaterializeResult
     from mlstack.monitoring.drift import DriftReport
+    from mlstack.monitoring.shadow import ShadowEvidence
     from mlstack.serving.bento import BuiltBento
     from mlstack.serving.client import ScoredApplication
     from mlstack.settings import Settings
@@ -172,10 +173,10 @@ def candidates(results: Sequence[CandidateResult], chosen: CandidateKind) -> Non
     console.print(table)
 
 
-def gate(decision: Decision, challenger: str) -> None:
+def gate(decision: Decision, challenger: str, rows: str = "the same holdout") -> None:
     """The gate's numbers: both models side by side, the differences with their intervals, the rule, the verdict."""
     champion = f"champion v{decision.champion_version}" if decision.champion_version else "champion (none)"
-    table = Table(title=f"gate: challenger {challenger} vs {champion} on the same holdout")
+    table = Table(title=f"gate: challenger {challenger} vs {champion} on {rows}")
     table.add_column("measure")
     table.add_column(f"challenger {challenger}", justify="right")
     table.add_column(champion, justify="right")
@@ -294,6 +295,19 @@ def traffic_progress(scenario: Scenario, url: str) -> Iterator[Callable[[str, in
 def traffic_sent(run: TrafficRun) -> None:
     """What a traffic run sent and wrote."""
     console.print(run.summary())
+
+
+def shadow(evidence: ShadowEvidence) -> None:
+    """Shadow evidence: the counts, the gate's table when it was consulted, the A/B test, the population caveat."""
+    console.print(evidence.summary().split("; ", 1)[0])
+    if evidence.decision is not None:
+        gate(evidence.decision, f"v{evidence.pair.challenger_version}", "the same matured live applications")
+    else:
+        for reason in evidence.reasons:
+            console.print(f"[yellow]{reason}[/]")
+    if evidence.approval is not None:
+        console.print(evidence.approval.summary())
+    console.print(f"[dim]{evidence.population_note}[/]")
 
 
 def drift(report: DriftReport) -> None:

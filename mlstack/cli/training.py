@@ -10,10 +10,13 @@ import typer
 from mlstack.cli import context, render
 
 if TYPE_CHECKING:
+    from mlstack.monitoring.shadow import ShadowEvidence
     from mlstack.settings import Settings
     from mlstack.training.steps import TrainingOutcome
 
-model_app = typer.Typer(help="Registered models in MLflow: lineage, champion rollback.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Registered models in MLflow: lineage, champion rollback, shadow evidence.", no_args_is_help=True
+)
 
 
 def train(
@@ -88,3 +91,38 @@ def model_history() -> None:
         render.line(f"no @champion move of {settings.model_name} recorded yet")
         return
     render.champion_tenures(f"{settings.model_name} @champion history", held)
+
+
+@model_app.command("shadow-report")
+def model_shadow_report(
+    as_of: Annotated[datetime | None, typer.Option(help="Outcomes known up to (UTC, default now).")] = None,
+    champion_version: Annotated[str | None, typer.Option("--champion", help="Default: @champion.")] = None,
+    challenger_version: Annotated[str | None, typer.Option("--challenger", help="Default: @challenger.")] = None,
+    include_declined: Annotated[
+        bool, typer.Option(help="Also use applications the champion declined (a simulation only has them).")
+    ] = False,
+    promote: Annotated[bool, typer.Option(help="Move @champion to the challenger if the gate says promote.")] = False,
+) -> None:
+    """Run the flow `evaluate-shadow`: logged champion/challenger scores vs matured outcomes, through the gate."""
+    context.settings()
+    evidence = run_shadow_report(context.utc(as_of), champion_version, challenger_version, include_declined, promote)
+    render.shadow(evidence)
+
+
+def run_shadow_report(
+    as_of: datetime | None = None,
+    champion_version: str | None = None,
+    challenger_version: str | None = None,
+    include_declined: bool = False,
+    promote: bool = False,
+) -> ShadowEvidence:
+    """Run the flow `evaluate-shadow` in this process (call after `context.settings()`)."""
+    from flows.shadow import evaluate_shadow_flow
+
+    return evaluate_shadow_flow(
+        as_of=as_of,
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        include_declined=include_declined,
+        promote=promote,
+    )

@@ -103,6 +103,8 @@ LOGIT_NOISE_SD = 0.6
 SNAPSHOT_MISSING_RATE = 0.05
 DEFAULT_DELAY_MONTHS = (2.0, 12.0)
 DAYS_PER_MONTH = 30.4375  # a month of DEFAULT_DELAY_MONTHS (the mean Gregorian month)
+# A loan's outcome is final (matured) once this has passed since its application: the latest a default comes.
+OUTCOME_WINDOW = timedelta(days=DEFAULT_DELAY_MONTHS[1] * DAYS_PER_MONTH)
 MAX_APPLICATIONS_PER_CUSTOMER = 3
 
 _US_PER_HOUR = 3_600_000_000

@@ -1,4 +1,4 @@
-"""What the online service holds: the champion Booster, the Feast store, the scorer and the profile buffer.
+"""What the online service holds: the champion Booster, the Feast store, the scorer, the profile buffer, the shadow.
 
 `ServingRuntime` is built once per worker; the BentoML service only adapts HTTP to its methods.
 `RequestBatcher` coalesces the requests that arrive while a batch is being scored into the next one.
@@ -7,24 +7,30 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mlstack.errors import StackError
 from mlstack.features.store import FEATURE_SERVICE, get_store
 from mlstack.monitoring.live_profiles import ProfileBuffer
+from mlstack.monitoring.shadow_log import ShadowLog
 from mlstack.serving import scoring
 from mlstack.serving.bento import load_bundled_model
 from mlstack.serving.scoring import Prediction, Scorer
+from mlstack.serving.shadow import ShadowScorer
 from mlstack.settings import Settings
 from mlstack.training import registry
 from mlstack.training.calibration import Calibrator
 
 if TYPE_CHECKING:
     import lightgbm
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,47 @@ def load_model(settings: Settings) -> ServedModel:
     bundled = load_bundled_model()
     if bundled is not None:
         return ServedModel(bundled.booster, bundled.calibrator, bundled.name, bundled.version)
-    champion = registry.load_booster(settings, "@champion")
-    return ServedModel(champion.booster, champion.calibrator, settings.model_name, champion.version)
+    return load_registered_model(settings, f"@{registry.CHAMPION}")
+
+
+def load_registered_model(settings: Settings, ref: str) -> ServedModel:
+    """Version `ref` ("3" or "@alias") of the registered model with its calibrator, as a worker serves it."""
+    loaded = registry.load_booster(settings, ref)
+    return ServedModel(loaded.booster, loaded.calibrator, settings.model_name, loaded.version)
+
+
+def load_challenger(settings: Settings, champion: ServedModel) -> ServedModel | None:
+    """@challenger from MLflow (a bento ships only its champion), or None with a log line when there is nothing
+    to shadow: no @challenger alias, the challenger is the champion, or the registry cannot be read (the
+    service must start without its shadow)."""
+    try:
+        version = registry.alias_version(settings, registry.CHALLENGER)
+        if version is None:
+            logger.info(
+                "shadow scoring is on, but %s has no @%s: nothing to shadow", champion.name, registry.CHALLENGER
+            )
+            return None
+        if version == champion.version:
+            logger.info(
+                "shadow scoring is on, but @%s is the champion (v%s): nothing to shadow", registry.CHALLENGER, version
+            )
+            return None
+        return load_registered_model(settings, version)
+    except StackError:
+        logger.exception("shadow scoring is on, but @%s could not be loaded: serving without it", registry.CHALLENGER)
+        return None
+
+
+def build_scorer(settings: Settings, model: ServedModel, feature_ttls: Mapping[str, timedelta]) -> Scorer:
+    """The Scorer of a served model (booster + calibrator): the one code path champion and challenger are scored by."""
+    return Scorer(
+        model.booster,
+        calibrator=model.calibrator,
+        model_name=model.name,
+        model_version=model.version,
+        threshold=settings.decision_threshold,
+        feature_ttls=feature_ttls,
+    )
 
 
 class ServingObserver(Protocol):
@@ -63,6 +108,7 @@ class ServingRuntime:
     profiles: ProfileBuffer | None
     observer: ServingObserver | None = None
     feature_service: Any = None  # resolved once, not per request
+    shadow: ShadowScorer | None = None  # the challenger, scored off the response path (shadow mode)
 
     def __post_init__(self) -> None:
         if self.feature_service is None:
@@ -72,17 +118,31 @@ class ServingRuntime:
     def from_settings(
         cls, settings: Settings, *, profile: bool = True, observer: ServingObserver | None = None
     ) -> ServingRuntime:
-        """Load the model (the bento's own, else @champion from MLflow), connect Feast, start the profiler."""
+        """Load the model (the bento's own, else @champion from MLflow), connect Feast, start the profiler.
+
+        With ``settings.shadow_enabled``, also load @challenger and start its shadow scorer.
+        """
         model = load_model(settings)
         store = get_store(settings)
-        scorer = Scorer(
-            model.booster,
-            calibrator=model.calibrator,
-            model_name=model.name,
-            model_version=model.version,
-            threshold=settings.decision_threshold,
-            feature_ttls=scoring.load_feature_ttls(store),
-        )
+        feature_ttls = scoring.load_feature_ttls(store)
+        scorer = build_scorer(settings, model, feature_ttls)
+        shadow = None
+        if settings.shadow_enabled:
+            challenger = load_challenger(settings, model)
+            if challenger is not None:
+                shadow = ShadowScorer(
+                    build_scorer(settings, challenger, feature_ttls),
+                    ShadowLog(settings.shadow_dir),
+                    FEATURE_SERVICE,
+                    ab_share=settings.ab_challenger_share,
+                )
+                shadow.start()
+                logger.info(
+                    "shadow scoring: challenger v%s beside champion v%s (A/B: the challenger decides for %.0f%%)",
+                    challenger.version,
+                    model.version,
+                    100 * settings.ab_challenger_share,
+                )
         profiles = None
         if profile:
             # whylogs in a child process: in this one it would hold the GIL against the request path.
@@ -90,7 +150,7 @@ class ServingRuntime:
                 settings.profile_store_url(), window_seconds=settings.profile_window_seconds, process=True
             )
             profiles.start()
-        return cls(scorer, store, profiles, observer)
+        return cls(scorer, store, profiles, observer, shadow=shadow)
 
     def predict(self, applications: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Features from Redis through Feast, one Booster call, rows handed to the profiler (no whylogs here)."""
@@ -109,16 +169,25 @@ class ServingRuntime:
     ) -> list[Prediction]:
         if self.observer is not None:
             self.observer.feature_fetch(time.perf_counter() - started)
-        scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, datetime.now(UTC))
-        for row in scored:
-            if self.profiles is not None:
+        now = datetime.now(UTC)
+        scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, now)
+        if self.profiles is not None:  # the champion's inputs and scores (one model version per window)
+            for row in scored:
                 self.profiles.add(row.profile_row())
-            if self.observer is not None:
-                self.observer.prediction(row.prediction)
-        return [row.prediction for row in scored]
+        champion = [row.prediction for row in scored]
+        answers, decided_by = champion, None
+        if self.shadow is not None:  # the challenger sees the same features, at the same instant
+            answers, decided_by = self.shadow.decide(applications, online, now, champion)
+            self.shadow.submit(applications, online, now, champion, decided_by)
+        if self.observer is not None:
+            for prediction in answers:
+                self.observer.prediction(prediction)
+        return answers
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush the partial profile window (graceful shutdown)."""
+        """Log the queued shadow scores and flush the partial profile window (graceful shutdown)."""
+        if self.shadow is not None:
+            self.shadow.stop(timeout)
         if self.profiles is not None:
             self.profiles.stop(timeout)
 

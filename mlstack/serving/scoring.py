@@ -37,6 +37,7 @@ from mlstack.data.schema import LOAN_AMOUNT_RANGE, REQUEST_FIELDS, LoanPurpose, 
 from mlstack.errors import StackError
 from mlstack.features.online_store import OnlineStoreError
 from mlstack.monitoring.live_profiles import VERSION_KEY
+from mlstack.monitoring.shadow_log import DecidedBy
 from mlstack.training import model_input
 from mlstack.training.calibration import IDENTITY, Calibrator, default_probabilities
 
@@ -120,7 +121,10 @@ class Prediction(BaseModel):
     decision: Decision = Field(description="`decline` when default_probability >= threshold, else `approve`.")
     threshold: float = Field(description="Decision threshold in force.")
     model_name: str
-    model_version: str
+    model_version: str = Field(description="Version of the model that decided (see decided_by).")
+    decided_by: DecidedBy = Field(
+        default="champion", description="`challenger` when A/B mode gave this customer's decision to @challenger."
+    )
     features_found: bool = Field(description="Both the customer and the zipcode had rows in the online store.")
     missing_features: list[str] = Field(description="Model features with no value (scored as missing).")
     stale_features: list[str] = Field(description="Model features older than their view's TTL (scored as missing).")

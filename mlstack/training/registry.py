@@ -382,6 +382,13 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     return None if version is None else str(version)
 
 
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version `@alias` (e.g. "challenger") points to now; None when there is no such alias or model."""
+    client = tracking(settings)
+    with _mlflow_errors(settings, f"read @{alias}"):
+        return _alias_version(client, settings.model_name, alias)
+
+
 def champion_version(settings: Settings) -> ModelVersion | None:
     """The current `@champion` version (None: no champion yet)."""
     client = tracking(settings)
@@ -666,13 +673,29 @@ def log_drift(
     Runs go to the experiment `<mlflow_experiment>-monitoring`, tagged with the model name and version,
     so the UI lists a version's drift history; the version gets `last_drift_*` tags.
     """
+    return log_monitoring_run(settings, "drift", version, metrics, tags, artifacts)
+
+
+def log_monitoring_run(
+    settings: Settings,
+    kind: str,
+    version: str,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: list[Path],
+) -> str:
+    """Log one monitoring run of `kind` ("drift", "shadow") against model `version`; returns the run id.
+
+    The run goes to the experiment `<mlflow_experiment>-monitoring`, named `<kind>-v<version>-<time>`
+    and tagged with the model name and version; the version gets `last_<kind>_*` tags.
+    """
     client = tracking(settings)
     name = settings.model_name
     monitoring = settings.model_copy(update={"mlflow_experiment": f"{settings.mlflow_experiment}-monitoring"})
-    with _mlflow_errors(settings, f"log drift scores for {name!r} version {version}"):
+    with _mlflow_errors(settings, f"log {kind} results for {name!r} version {version}"):
         experiment_id = _experiment_id(client, monitoring)
         run_tags = {"mlstack.model_name": name, "mlstack.model_version": str(version), **tags}
-        run = client.create_run(experiment_id, tags=run_tags, run_name=f"drift-v{version}-{_now()}")
+        run = client.create_run(experiment_id, tags=run_tags, run_name=f"{kind}-v{version}-{_now()}")
         try:
             timestamp = int(time.time() * 1000)
             client.log_batch(
@@ -689,6 +712,6 @@ def log_drift(
             client,
             name,
             str(version),
-            {f"last_drift_{key}": value for key, value in tags.items()} | {"last_drift_run_id": run.info.run_id},
+            {f"last_{kind}_{key}": value for key, value in tags.items()} | {f"last_{kind}_run_id": run.info.run_id},
         )
         return run.info.run_id

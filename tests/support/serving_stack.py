@@ -73,3 +73,12 @@ def background_service(state: Path, extra_env: dict[str, str]) -> Iterator[tuple
     finally:
         stop_service(stack.settings, timeout=10)
         stack.server.stop()
+
+
+def register_challenger(settings: Settings) -> str:
+    """A second registered version, @challenger beside the champion: another, weaker model (3 rounds), rejected."""
+    weaker = settings.model_copy(update={"learning_rate": 0.3, "num_boost_round": 3})
+    outcome = training_steps.run_training(weaker, progress=lambda _: None)
+    if outcome.promoted:
+        raise AssertionError(f"the weaker challenger was promoted: {outcome.summary()}")
+    return outcome.version

@@ -35,6 +35,7 @@ COMMANDS = [
     ["model"],
     ["model", "show"],
     ["model", "rollback"],
+    ["model", "shadow-report"],
     ["bento"],
     ["bento", "build"],
     ["serve"],
@@ -223,6 +224,25 @@ def test_model_show_of_a_version_from_an_older_gate_shows_its_tags(
     result = _run("model", "show", "2")
     assert result.exit_code == 0, result.output
     assert "gate decision not shown" in result.stdout and "promotion_verdict" in result.stdout
+
+
+def test_model_shadow_report_renders_the_evidence_and_its_population(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlstack.cli import training
+    from mlstack.monitoring.shadow import evaluate
+    from tests.unit.test_shadow import AS_OF, FLOORS, PAIR, RULE, simulated
+
+    records, book = simulated(3000, 0, "better")
+    evidence = evaluate(records, book, PAIR, as_of=AS_OF, rule=RULE, floors=FLOORS, threshold=0.5)
+    monkeypatch.setattr(training, "run_shadow_report", lambda *args: evidence)
+    monkeypatch.setenv("COLUMNS", "200")
+    result = _run("model", "shadow-report", "--as-of", "2025-06-01")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "challenger v2 vs champion v1" in text and "3,000 matured" in text
+    assert "the same matured live applications" in text and "verdict: promote" in text
+    assert "reject inference" in text
 
 
 def test_down_on_an_empty_state_dir_reports_nothing_running(state_dir: Path) -> None:
