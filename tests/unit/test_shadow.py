@@ -18,6 +18,7 @@ from mlstack.serving.runtime import ServedModel, ServingRuntime, load_challenger
 from mlstack.serving.scoring import OnlineFeatures, Scorer, parse_online_response
 from mlstack.serving.shadow import ShadowScorer, assign_arm
 from mlstack.settings import Settings
+from mlstack.training.calibration import IDENTITY
 from mlstack.training.promotion import Floors, GateRule
 from tests.unit.test_scoring import APPLICATION, STORED, TTLS, FakeFeatureStore, online_response
 
@@ -170,7 +171,7 @@ def test_shadow_scorer_drops_beyond_its_queue_and_counts_failures(tmp_path, cham
 @pytest.mark.parametrize(("alias", "reason"), [(None, "no @challenger"), ("1", "is the champion")])
 def test_load_challenger_is_a_no_op_with_a_log_line(monkeypatch, caplog, alias, reason) -> None:
     monkeypatch.setattr(serving_runtime.registry, "alias_version", lambda settings, name: alias)
-    champion_model = ServedModel(small_booster(0), "credit-risk", "1")
+    champion_model = ServedModel(small_booster(0), IDENTITY, "credit-risk", "1")
     with caplog.at_level("INFO", logger=serving_runtime.__name__):
         assert load_challenger(Settings(), champion_model) is None
     assert reason in caplog.text
