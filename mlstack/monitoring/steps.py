@@ -18,6 +18,7 @@ from mlstack.monitoring import drift
 from mlstack.monitoring.drift import DriftReport, DriftThresholds, GatheredProfiles
 from mlstack.settings import Settings
 from mlstack.training import registry
+from mlstack.training.mlflow_ui import mlflow_ui
 
 if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
@@ -92,6 +93,11 @@ class RecordedDrift:
     run_id: str
     chart: Path | None
 
+    @property
+    def chart_artifact(self) -> str | None:
+        """The chart's path among the run's artifacts (logged at the root), None when there is none."""
+        return None if self.chart is None else self.chart.name
+
 
 def record(settings: Settings, report: DriftReport) -> RecordedDrift:
     """Log the scores (and the chart and table) to MLflow against the monitored version."""
@@ -110,6 +116,36 @@ def record(settings: Settings, report: DriftReport) -> RecordedDrift:
     files = [markdown, directory / "drift.json", *([chart] if chart else [])]
     run_id = registry.log_drift(settings, report.model_version, metrics, tags, files)
     return RecordedDrift(run_id, chart)
+
+
+def chart_markdown(settings: Settings, report: DriftReport, recorded: RecordedDrift) -> str:
+    """The chart artifact: the PNG from the MLflow server when one serves it (the Prefect UI shows it), else text bars.
+
+    The image links the run's page; the text fallback says where the PNG is.
+    """
+    ui = mlflow_ui(settings)
+    title = f"{report.model_name} v{report.model_version}: {report.verdict.replace('_', ' ')}"
+    if ui is not None and recorded.chart_artifact is not None:
+        image = ui.artifact(recorded.run_id, recorded.chart_artifact)
+        return "\n".join(
+            [
+                f"# Drift chart: {title}",
+                "",
+                f"[![drift severity by column, 1.0 = threshold]({image})]({ui.run(recorded.run_id)})",
+                "",
+                f"Severity by column, 1.0 = threshold. MLflow run [{recorded.run_id}]({ui.run(recorded.run_id)}).",
+            ]
+        )
+    where = f"`{recorded.chart_artifact}` of MLflow run `{recorded.run_id}` ({settings.tracking_uri()})"
+    return "\n".join(
+        [
+            f"# Drift chart: {title}",
+            "",
+            drift.drift_chart_markdown(report),
+            "",
+            f"No MLflow server serves the store, so this is the chart as text; the PNG is {where}.",
+        ]
+    )
 
 
 def _cooldown_file(settings: Settings) -> Path:

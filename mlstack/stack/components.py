@@ -87,7 +87,7 @@ def require_free_port(port: int, setting: str, alternative: str = "") -> None:
 
 
 def _state_file(settings: Settings, name: str) -> Path:
-    return settings.stack_dir / f"{name}.json"
+    return settings.stack_record(name)
 
 
 def launch_process(

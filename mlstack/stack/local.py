@@ -32,7 +32,6 @@ from mlstack.stack.components import (
 )
 from mlstack.stack.mlflow import (
     MLFLOW_ELSEWHERE,
-    MLFLOW_SERVER,
     begin_mlflow_server,
     mlflow_healthy,
     mlflow_is_remote,
@@ -62,6 +61,7 @@ from mlstack.stack.service import (
     start_service,
     stop_service,
 )
+from mlstack.training.mlflow_ui import MLFLOW_SERVER
 
 REDIS = "redis"
 
