@@ -55,8 +55,11 @@ def monitor(
     end: Annotated[datetime | None, typer.Option(help="Window end (UTC, default now).")] = None,
 ) -> None:
     """Run the monitor-drift flow: live profiles vs the champion's training profile; emits the drift event."""
-    context.settings()
-    render.drift(run_monitor(lookback_minutes, context.utc(start), context.utc(end)))
+    settings = context.settings()
+    report = run_monitor(lookback_minutes, context.utc(start), context.utc(end))
+    from mlstack.training.mlflow_ui import drift_run_page
+
+    render.drift(report, drift_run_page(settings, report.model_version))
 
 
 def run_monitor(

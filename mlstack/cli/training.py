@@ -41,8 +41,10 @@ def champion(settings: Settings) -> str | None:
 
 
 def show_training(settings: Settings, outcome: TrainingOutcome) -> None:
-    """Render a training run with the @champion it left behind."""
-    render.training(settings, outcome, champion(settings))
+    """Render a training run with the @champion it left behind and its MLflow pages."""
+    from mlstack.training.mlflow_ui import mlflow_ui
+
+    render.training(settings, outcome, champion(settings), mlflow_ui(settings))
 
 
 @model_app.command("show")

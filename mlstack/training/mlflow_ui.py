@@ -94,3 +94,13 @@ def plots_markdown(settings: Settings, name: str, version: str, run_id: str) -> 
             pair = images[first : first + 2]
             lines.append("| " + " | ".join(pair + [""] * (2 - len(pair))) + " |")
     return "\n".join(lines)
+
+
+def drift_run_page(settings: Settings, version: str) -> str | None:
+    """The UI page of the last monitoring run of `version` (its drift chart), or None without a server or a run."""
+    ui = mlflow_ui(settings)
+    if ui is None:
+        return None
+    tags = registry.tracking(settings).get_model_version(settings.model_name, str(version)).tags
+    run_id = tags.get("last_drift_run_id")
+    return ui.run(run_id) if run_id else None
