@@ -21,7 +21,7 @@ RUN := $(UV) run --frozen --python $(PYTHON)
 export MLSTACK_UV := $(abspath $(UV))
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-unit test-integration test-infra lint docs format bench down clean
+.PHONY: help install system-deps demo test test-unit test-integration test-infra lint docs format bench down clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,19 @@ $(TOOLS)/bin/uv:
 
 install: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(TOOLS)/bin/uv) ## Install the locked dependencies into .venv (bootstraps uv)
 	$(UV) sync --frozen --python $(PYTHON)
+
+# Debian packages some tests drive (browser, Prometheus, Pushgateway, load generator); each installs
+# a binary of its own name. apt-get update runs only when the install fails without it.
+SYSTEM_PACKAGES := chromium prometheus prometheus-pushgateway wrk
+
+system-deps: ## apt-get install the system packages the tests need (chromium, prometheus, prometheus-pushgateway, wrk) when missing
+	@missing=$$(for b in $(SYSTEM_PACKAGES); do command -v $$b >/dev/null || echo $$b; done); \
+	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; exit 0; fi; \
+	echo "missing: $$missing; installing $(SYSTEM_PACKAGES)"; \
+	sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES) \
+	  || { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); }
 
 demo: install ## Run the whole loop on embedded defaults (no Docker, no system services)
 	$(RUN) mlstack demo
