@@ -6,7 +6,6 @@ at the native gateway; the drift panel's expression is read from the Grafana das
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from mlstack.monitoring import export
 from mlstack.processes import free_port
 from mlstack.settings import Settings
 from tests.support import prometheus
-from tests.support.dashboards import DASHBOARDS
+from tests.support.dashboards import panel_expression
 from tests.support.reports import (
     INCOME,
     PURPOSE,
@@ -27,16 +26,6 @@ from tests.support.reports import (
     drift_report,
     unjudged_report,
 )
-
-
-def panel_expression(metric: str) -> str:
-    """The PromQL of the dashboard panel that queries `metric`."""
-    for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                if metric in target["expr"]:
-                    return str(target["expr"])
-    raise AssertionError(f"no dashboard panel queries {metric}")
 
 
 @pytest.fixture(scope="module")

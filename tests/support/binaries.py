@@ -1,4 +1,4 @@
-"""System binaries some tests drive (Debian packages, installed by `make system-deps`): found, or the test fails saying so."""
+"""System binaries some tests drive (Debian packages, `make system-deps`): found, or the test fails naming them."""
 
 from __future__ import annotations
 
