@@ -70,9 +70,9 @@ class ConsoleDemoView:
 
     def trained(self, settings: Settings, outcome: TrainingOutcome, champion: str | None) -> None:
         """The training run, its verdict and its MLflow pages."""
-        from mlstack.training.mlflow_ui import mlflow_ui
+        from mlstack.training.mlflow_ui import mlflow_ui, plots_page
 
-        render.training(settings, outcome, champion, mlflow_ui(settings))
+        render.training(settings, outcome, champion, mlflow_ui(settings), plots_page(settings, outcome.run_id))
 
     def bento_built(self, built: BuiltBento) -> None:
         """The new bento."""

@@ -132,7 +132,13 @@ def vectors(frame: pd.DataFrame) -> None:
     console.print(table)
 
 
-def training(settings: Settings, outcome: TrainingOutcome, champion: str | None, ui: MlflowUi | None = None) -> None:
+def training(
+    settings: Settings,
+    outcome: TrainingOutcome,
+    champion: str | None,
+    ui: MlflowUi | None = None,
+    plots_page: str | None = None,
+) -> None:
     """A training run: verdict, holdout metrics, leakage warnings, the @champion after, its MLflow pages."""
     metrics = outcome.metrics
     verdict = "[green]promoted to @champion[/]" if outcome.promoted else "[yellow]not promoted[/]"
@@ -152,7 +158,9 @@ def training(settings: Settings, outcome: TrainingOutcome, champion: str | None,
         name = settings.model_name
         console.print(f"  MLflow registered model: {ui.model(name)}", soft_wrap=True)
         console.print(f"  MLflow version {outcome.version}: {ui.model_version(name, outcome.version)}", soft_wrap=True)
-        console.print(f"  MLflow run (plots): {ui.run(outcome.run_id)}", soft_wrap=True)
+        console.print(f"  MLflow run: {ui.run(outcome.run_id)}", soft_wrap=True)
+        if plots_page:
+            console.print(f"  MLflow plots (calibration): {plots_page}", soft_wrap=True)
     elif not settings.mlflow_tracking_uri:
         console.print(
             f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri()} "
@@ -270,7 +278,7 @@ def drift(report: DriftReport, run_page: str | None = None) -> None:
     colour = DRIFT_COLOURS.get(report.verdict, "yellow")
     console.print(f"[{colour}]{report.summary()}[/]")
     if run_page:
-        console.print(f"  MLflow monitoring run (chart): {run_page}", soft_wrap=True)
+        console.print(f"  MLflow drift chart: {run_page}", soft_wrap=True)
     if report.verdict == "insufficient_data":
         return
     table = Table(title="drift by column (severity 1.0 = threshold)")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
 DRIFT_EVENT = "mlstack.drift.detected"
+DRIFT_CHART = "drift.png"  # the chart's file name, logged at the root of the monitoring run
 
 
 class MonitorError(StackError):
@@ -106,7 +107,7 @@ def record(settings: Settings, report: DriftReport) -> RecordedDrift:
     markdown = directory / "drift.md"
     markdown.write_text(drift.drift_markdown(report))
     (directory / "drift.json").write_text(json.dumps(report.payload(), indent=2))
-    chart = drift.plot_drift(report, directory / "drift.png") if report.verdict != "insufficient_data" else None
+    chart = drift.plot_drift(report, directory / DRIFT_CHART) if report.verdict != "insufficient_data" else None
     metrics: dict[str, float] = {"rows": float(report.rows), "windows": float(report.windows)}
     for column in report.ranked():
         metrics[f"{column.algorithm}.{column.column}"] = column.score
@@ -121,7 +122,7 @@ def record(settings: Settings, report: DriftReport) -> RecordedDrift:
 def chart_markdown(settings: Settings, report: DriftReport, recorded: RecordedDrift) -> str:
     """The chart artifact: the PNG from the MLflow server when one serves it (the Prefect UI shows it), else text bars.
 
-    The image links the run's page; the text fallback says where the PNG is.
+    Below the image, a link to the run's page; the text fallback says where the PNG is.
     """
     ui = mlflow_ui(settings)
     title = f"{report.model_name} v{report.model_version}: {report.verdict.replace('_', ' ')}"
@@ -131,7 +132,8 @@ def chart_markdown(settings: Settings, report: DriftReport, recorded: RecordedDr
             [
                 f"# Drift chart: {title}",
                 "",
-                f"[![drift severity by column, 1.0 = threshold]({image})]({ui.run(recorded.run_id)})",
+                # A plain image: Prefect's Markdown renders an image inside a link as text.
+                f"![drift severity by column, 1.0 = threshold]({image})",
                 "",
                 f"Severity by column, 1.0 = threshold. MLflow run [{recorded.run_id}]({ui.run(recorded.run_id)}).",
             ]

@@ -39,6 +39,12 @@ class MlflowUi:
         """A run's page (the UI redirects to it within its experiment)."""
         return f"{self.base}/#/runs/{quote(run_id, safe='')}"
 
+    def artifact_page(self, experiment_id: str, run_id: str, path: str) -> str:
+        """A run's Artifacts tab with the file at `path` open (a plot is shown full size)."""
+        return (
+            f"{self.base}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}/artifacts/{path}"
+        )
+
     def artifact(self, run_id: str, path: str) -> str:
         """The raw bytes of a run's artifact at `path` (e.g. ``plots/roc.png``), as the UI itself downloads them."""
         return f"{self.base}/get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
@@ -96,11 +102,24 @@ def plots_markdown(settings: Settings, name: str, version: str, run_id: str) -> 
     return "\n".join(lines)
 
 
-def drift_run_page(settings: Settings, version: str) -> str | None:
-    """The UI page of the last monitoring run of `version` (its drift chart), or None without a server or a run."""
+def run_artifact_page(settings: Settings, run_id: str, path: str) -> str | None:
+    """The UI page showing artifact `path` of run `run_id`, or None without a server serving the store."""
     ui = mlflow_ui(settings)
     if ui is None:
         return None
+    experiment_id = registry.tracking(settings).get_run(run_id).info.experiment_id
+    return ui.artifact_page(experiment_id, run_id, path)
+
+
+def last_drift_run(settings: Settings, version: str) -> str | None:
+    """The id of the last monitoring run of `version` (its `last_drift_run_id` tag), None if it was never judged."""
     tags = registry.tracking(settings).get_model_version(settings.model_name, str(version)).tags
-    run_id = tags.get("last_drift_run_id")
-    return ui.run(run_id) if run_id else None
+    return tags.get("last_drift_run_id") or None
+
+
+def plots_page(settings: Settings, run_id: str) -> str | None:
+    """The UI page of a training run's first plot (by name: the calibration plot), None without a server or plots."""
+    if mlflow_ui(settings) is None:
+        return None
+    plots = run_plots(settings, run_id)
+    return run_artifact_page(settings, run_id, plots[0]) if plots else None

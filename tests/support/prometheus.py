@@ -45,10 +45,11 @@ def _serve(name: str, command: list[str], root: Path, ready_path: str, port: int
 
 @contextlib.contextmanager
 def pushgateway(root: Path) -> Iterator[Server]:
-    """`prometheus-pushgateway` on a free port (in-memory: no persistence file); stopped after."""
+    """`prometheus-pushgateway` on a free port, in memory (Debian defaults to a shared file); stopped after."""
     binary = require_binary("prometheus-pushgateway")
     port = free_port()
-    server = _serve("pushgateway", [str(binary), f"--web.listen-address=127.0.0.1:{port}"], root, "/-/ready", port)
+    command = [str(binary), f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="]
+    server = _serve("pushgateway", command, root, "/-/ready", port)
     try:
         yield server
     finally:
