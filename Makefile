@@ -21,7 +21,7 @@ RUN := $(UV) run --frozen --python $(PYTHON)
 export MLSTACK_UV := $(abspath $(UV))
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps demo test test-unit test-integration test-infra lint docs format bench down clean
+.PHONY: help install system-deps demo test test-unit test-integration test-browser test-infra lint docs format bench down clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,9 @@ test-unit: install ## Run the unit tier only: hermetic (no Redis, no servers), u
 
 test-integration: install ## Run the integration and e2e tiers: real Redis, PostgreSQL, MLflow, Prefect, bentoml serve
 	$(RUN) pytest -m "integration or e2e" tests/integration tests/e2e $(PYTEST_ARGS)
+
+test-browser: install ## Run the browser tier: headless Chromium against a local stack (needs `make system-deps`)
+	$(RUN) pytest -m browser tests/browser $(PYTEST_ARGS)
 
 test-infra: install ## Run the infra tier only: static checks of compose, Dockerfiles, k8s and dashboards
 	$(RUN) pytest -m infra tests/infra $(PYTEST_ARGS)

@@ -73,7 +73,7 @@ def run_plots(settings: Settings, run_id: str) -> list[str]:
 
 
 def plots_markdown(settings: Settings, name: str, version: str, run_id: str) -> str:
-    """Markdown for a training report: the run's plots as images from the MLflow server, two per row, and deep links.
+    """Markdown for a training report: deep links, then the run's plots as images from the MLflow server.
 
     Without a server serving the store (no `mlstack up`, no http tracking URI), the plots are named
     with the run that holds them instead.
@@ -93,13 +93,10 @@ def plots_markdown(settings: Settings, name: str, version: str, run_id: str) -> 
         f" · [run {run_id}]({ui.run(run_id)})",
         "",
     ]
-    images = [f"![{path.rsplit('/', 1)[-1]}]({ui.artifact(run_id, path)})" for path in plots]
-    if images:
-        lines += ["| | |", "|---|---|"]
-        for first in range(0, len(images), 2):
-            pair = images[first : first + 2]
-            lines.append("| " + " | ".join(pair + [""] * (2 - len(pair))) + " |")
-    return "\n".join(lines)
+    # One per paragraph: the UI shows an image at its own width, and a table of them overflows the page.
+    for path in plots:
+        lines += [f"![{path.rsplit('/', 1)[-1]}]({ui.artifact(run_id, path)})", ""]
+    return "\n".join(lines).rstrip()
 
 
 def run_artifact_page(settings: Settings, run_id: str, path: str) -> str | None:

@@ -52,3 +52,19 @@ def test_mlflow_ui_finds_the_server_recorded_by_the_stack_while_it_runs(tmp_path
     gone = dataclasses.replace(running, create_time=running.create_time - 1000)  # the pid was reused
     processes.write_record(settings.stack_record(MLFLOW_SERVER), gone)
     assert mlflow_ui(settings) is None
+
+
+def test_drift_chart_artifact_is_the_served_png_with_a_server_and_text_bars_without(tmp_path):
+    from mlstack.monitoring.steps import DRIFT_CHART, RecordedDrift, chart_markdown
+    from tests.support.reports import INCOME, UNEMPLOYMENT, drift_report
+
+    report = drift_report((UNEMPLOYMENT, INCOME))
+    recorded = RecordedDrift("run42", tmp_path / DRIFT_CHART)
+    served = chart_markdown(Settings(state_dir=tmp_path, mlflow_ui_url="http://127.0.0.1:5000"), report, recorded)
+    image = MlflowUi("http://127.0.0.1:5000").artifact("run42", DRIFT_CHART)
+    assert f"]({image})" in served and "![" in served
+    assert "█" not in served  # no text bars beside the picture
+
+    local = chart_markdown(Settings(state_dir=tmp_path), report, recorded)
+    assert "![" not in local and "█" in local and "unemployment_rate" in local
+    assert "run42" in local  # says where the PNG is
