@@ -1,8 +1,9 @@
 """Where a browser finds the MLflow server, and the deep links into its UI that matter.
 
-The UI is a single-page app with hash routes (MLflow 3.x): opened at its root it lands on the GenAI
-home behind a "new Model Registry UI" modal, so the stack prints links to the registered model, the
-version and the runs instead. Artifacts (the training plots, the drift chart) are served over HTTP by
+The UI is a single-page app with hash routes (MLflow 3.17): opened at its root it lands on its GenAI
+home, so the stack prints links to the registered model, the version, the run and its plots instead
+(the routes were read from the UI bundle of the installed MLflow and opened in Chromium by
+tests/browser). Artifacts (the training plots, the drift chart) are served over HTTP by
 the server's ``/get-artifact`` route, which reads through the server's artifact repository: a local
 ``file://`` artifact root as `mlstack up` configures it, or the ``mlflow-artifacts`` proxy of a shared
 server. A Markdown artifact in the Prefect UI shows them as ``![](…)`` images.
