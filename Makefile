@@ -21,7 +21,7 @@ RUN := $(UV) run --frozen --python $(PYTHON)
 export MLSTACK_UV := $(abspath $(UV))
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-unit test-integration test-infra lint docs format bench down clean
+.PHONY: help install system-deps demo test test-unit test-integration test-browser test-infra lint docs format bench down clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,19 @@ $(TOOLS)/bin/uv:
 install: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(TOOLS)/bin/uv) ## Install the locked dependencies into .venv (bootstraps uv)
 	$(UV) sync --frozen --python $(PYTHON)
 
+# Debian packages some tests drive (browser, Prometheus, Pushgateway, load generator); each installs
+# a binary of its own name. apt-get update runs only when the install fails without it.
+SYSTEM_PACKAGES := chromium prometheus prometheus-pushgateway wrk
+
+system-deps: ## apt-get install the system packages the tests need (chromium, prometheus, prometheus-pushgateway, wrk) when missing
+	@missing=$$(for b in $(SYSTEM_PACKAGES); do command -v $$b >/dev/null || echo $$b; done); \
+	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; exit 0; fi; \
+	echo "missing: $$missing; installing $(SYSTEM_PACKAGES)"; \
+	sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES) \
+	  || { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); }
+
 demo: install ## Run the whole loop on embedded defaults (no Docker, no system services)
 	$(RUN) mlstack demo
 
@@ -45,6 +58,9 @@ test-unit: install ## Run the unit tier only: hermetic (no Redis, no servers), u
 
 test-integration: install ## Run the integration and e2e tiers: real Redis, PostgreSQL, MLflow, Prefect, bentoml serve
 	$(RUN) pytest -m "integration or e2e" tests/integration tests/e2e $(PYTEST_ARGS)
+
+test-browser: install ## Run the browser tier: headless Chromium against a local stack (needs `make system-deps`)
+	$(RUN) pytest -m browser tests/browser $(PYTEST_ARGS)
 
 test-infra: install ## Run the infra tier only: static checks of compose, Dockerfiles, k8s and dashboards
 	$(RUN) pytest -m infra tests/infra $(PYTEST_ARGS)

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from mlstack.monitoring import drift
+from mlstack.monitoring import drift, export
 from mlstack.monitoring import steps as monitoring_steps
 from mlstack.monitoring.drift import DriftReport, GatheredProfiles
 from mlstack.settings import get_settings
@@ -63,12 +63,14 @@ def publish_artifacts(report: DriftReport, recorded: monitoring_steps.RecordedDr
         table = [column.row() for column in report.ranked()]
         create_table_artifact(key=f"{key}-scores", table=table, description=report.summary())
     if recorded.chart is not None:
-        # Prefect's UI shows Markdown and linked images, not local files: the PNG chart is in MLflow.
         create_markdown_artifact(
-            key=f"{key}-chart",
-            markdown=f"Drift chart `{recorded.chart.name}` logged to MLflow run `{recorded.run_id}` "
-            f"({get_settings().tracking_uri()}), experiment `{get_settings().mlflow_experiment}-monitoring`.",
+            key=f"{key}-chart", markdown=monitoring_steps.chart_markdown(get_settings(), report, recorded)
         )
+
+
+@step
+def push_metrics(report: DriftReport) -> export.PushOutcome:
+    return export.push_drift(get_settings(), report)
 
 
 @step
@@ -110,6 +112,7 @@ def monitor_drift_flow(
     report = judge_drift(gathered, reference, version, window)
     recorded = record_in_mlflow(report)
     publish_artifacts(report, recorded)
+    push_metrics(report)
     logger.info(report.summary())
     if report.verdict == "drift":
         emitted = emit_drift_event(report)

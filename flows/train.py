@@ -8,9 +8,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from mlstack.monitoring import export
 from mlstack.settings import get_settings
 from mlstack.stack.rollout import Rollout, roll_out
-from mlstack.training import registry
+from mlstack.training import mlflow_ui, registry
 from mlstack.training import steps as training_steps
 from mlstack.training.dataset import Split, TrainingSet, requested_window
 from mlstack.training.promotion import Decision
@@ -94,7 +95,16 @@ def move_champion_alias(version: str, decision: Decision) -> bool:
 
 @step
 def publish_report(outcome: training_steps.TrainingOutcome) -> None:
-    create_markdown_artifact(key="train-model-report", markdown=training_steps.training_markdown(outcome))
+    settings = get_settings()
+    plots = mlflow_ui.plots_markdown(settings, settings.model_name, outcome.version, outcome.run_id)
+    create_markdown_artifact(
+        key="train-model-report", markdown=f"{training_steps.training_markdown(outcome)}\n\n{plots}"
+    )
+
+
+@step
+def push_decision(version: str, decision: Decision, promoted: bool) -> export.PushOutcome:
+    return export.push_promotion(get_settings(), version, decision, promoted)
 
 
 @step
@@ -144,6 +154,7 @@ def train_model_flow(
         registered, training_set, parts, challenger, candidates, champion, decision, promoted, leakage
     )
     publish_report(outcome)
+    push_decision(registered.version, decision, promoted)
     logger.info(outcome.summary())
     if rollout and promoted:
         logger.info("rolled out: %s", roll_out_champion().summary())

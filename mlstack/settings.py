@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     )
     mlflow_experiment: str = Field(default="credit-risk", description="MLflow experiment of training runs.")
     model_name: str = Field(default="credit-risk", description="Registered model name in MLflow.")
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL of the MLflow server as a browser reaches it (links and charts in Prefect artifacts). "
+            "Unset: the tracking URI when it is http(s), else the server `mlstack up` runs, else none (text charts)."
+        ),
+    )
 
     # Training
     train_window_days: int | None = Field(
@@ -218,6 +225,15 @@ class Settings(BaseSettings):
         description="Kustomize overlay whose credit-risk image tag a rollout updates (e.g. infra/k8s/overlays/prod).",
     )
 
+    # Metrics of the batch flows (drift, promotion) for Prometheus
+    pushgateway_url: str | None = Field(
+        default=None,
+        description=(
+            "Prometheus Pushgateway the monitor and training flows push their results to "
+            "(e.g. http://127.0.0.1:9091). Unset: nothing is pushed (logged)."
+        ),
+    )
+
     # Orchestration (Prefect)
     work_pool: str = Field(
         default="mlstack-process",
@@ -313,6 +329,10 @@ class Settings(BaseSettings):
     def stack_dir(self) -> Path:
         """State files (pid, start time) and logs of the processes `mlstack up` runs."""
         return self.state_dir / "stack"
+
+    def stack_record(self, name: str) -> Path:
+        """The record (pid, start time, url) of the stack process `name` that `mlstack up` started."""
+        return self.stack_dir / f"{name}.json"
 
     @property
     def service_dir(self) -> Path:

@@ -1,6 +1,6 @@
 """Test tiers by directory, and the shared fixtures: a real Redis server, PostgreSQL and MLflow.
 
-Tiers: every test under tests/<tier>/ gets the marker <tier> (unit, integration, e2e, infra) here, in
+Tiers: every test under tests/<tier>/ gets the marker <tier> (unit, integration, e2e, infra, browser) here, in
 one place, so `pytest -m unit` selects by directory and no module repeats it. Unit tests are
 hermetic: one that requests a service fixture fails collection.
 
@@ -24,7 +24,7 @@ for _name, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_name, _value)
 
 TESTS = Path(__file__).parent
-TIERS = ("unit", "integration", "e2e", "infra")  # directories of tests/, each also a marker (pyproject)
+TIERS = ("unit", "integration", "e2e", "infra", "browser")  # directories of tests/, each also a marker (pyproject)
 SERVICE_FIXTURES = frozenset({"redis_server", "redis_db", "postgres_url", "postgres_db", "mlflow_server"})
 
 

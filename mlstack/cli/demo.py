@@ -72,8 +72,10 @@ class ConsoleDemoView:
         render.materialized(results)
 
     def trained(self, settings: Settings, outcome: TrainingOutcome, champion: str | None) -> None:
-        """The training run and its verdict."""
-        render.training(settings, outcome, champion)
+        """The training run, its verdict and its MLflow pages."""
+        from mlstack.training.mlflow_ui import mlflow_ui, plots_page
+
+        render.training(settings, outcome, champion, mlflow_ui(settings), plots_page(settings, outcome.run_id))
 
     def bento_built(self, built: BuiltBento) -> None:
         """The new bento."""

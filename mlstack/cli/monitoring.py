@@ -55,8 +55,13 @@ def monitor(
     end: Annotated[datetime | None, typer.Option(help="Window end (UTC, default now).")] = None,
 ) -> None:
     """Run the monitor-drift flow: live profiles vs the champion's training profile; emits the drift event."""
-    context.settings()
-    render.drift(run_monitor(lookback_minutes, context.utc(start), context.utc(end)))
+    settings = context.settings()
+    report = run_monitor(lookback_minutes, context.utc(start), context.utc(end))
+    from mlstack.monitoring.steps import DRIFT_CHART
+    from mlstack.training.mlflow_ui import last_drift_run, run_artifact_page
+
+    run_id = last_drift_run(settings, report.model_version) if report.verdict != "insufficient_data" else None
+    render.drift(report, run_artifact_page(settings, run_id, DRIFT_CHART) if run_id else None)
 
 
 def run_monitor(

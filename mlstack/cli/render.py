@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mlstack.stack.local import ComponentStatus
     from mlstack.stack.service import LocalService
     from mlstack.training.champion_history import Tenure
+    from mlstack.training.mlflow_ui import MlflowUi
     from mlstack.training.promotion import Decision
     from mlstack.training.steps import CandidateKind, CandidateResult, TrainingOutcome
 
@@ -41,7 +42,7 @@ EXAMPLE_REQUEST = (
 DRIFT_COLOURS = {"drift": "red", "no_drift": "green"}
 STACK_URLS = (
     ("prefect-server", "Prefect UI"),
-    ("mlflow-server", "MLflow UI"),
+    ("mlflow-server", "MLflow UI (registered model)"),
     ("service", "service (Swagger UI; POST /predict)"),
     ("redis", "Redis"),
 )
@@ -133,8 +134,14 @@ def vectors(frame: pd.DataFrame) -> None:
     console.print(table)
 
 
-def training(settings: Settings, outcome: TrainingOutcome, champion: str | None) -> None:
-    """A training run's verdict, holdout metrics, leakage warnings and the @champion afterwards."""
+def training(
+    settings: Settings,
+    outcome: TrainingOutcome,
+    champion: str | None,
+    ui: MlflowUi | None = None,
+    plots_page: str | None = None,
+) -> None:
+    """A training run: verdict, holdout metrics, leakage warnings, the @champion after, its MLflow pages."""
     metrics = outcome.metrics
     verdict = "[green]promoted to @champion[/]" if outcome.promoted else "[yellow]not promoted[/]"
     semantic = f" ({outcome.semantic_version})" if outcome.semantic_version else ""
@@ -152,7 +159,14 @@ def training(settings: Settings, outcome: TrainingOutcome, champion: str | None)
     candidates(outcome.candidates, outcome.challenger_kind)
     gate(outcome.decision, f"v{outcome.version}")
     console.print(f"  @champion is now version {champion or '(none)'}")
-    if not settings.mlflow_tracking_uri:
+    if ui is not None:
+        name = settings.model_name
+        console.print(f"  MLflow registered model: {ui.model(name)}", soft_wrap=True)
+        console.print(f"  MLflow version {outcome.version}: {ui.model_version(name, outcome.version)}", soft_wrap=True)
+        console.print(f"  MLflow run: {ui.run(outcome.run_id)}", soft_wrap=True)
+        if plots_page:
+            console.print(f"  MLflow plots (calibration): {plots_page}", soft_wrap=True)
+    elif not settings.mlflow_tracking_uri:
         console.print(
             f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {settings.tracking_uri()} "
             "--port 5000, then open http://127.0.0.1:5000"
@@ -310,10 +324,12 @@ def shadow(evidence: ShadowEvidence) -> None:
     console.print(f"[dim]{evidence.population_note}[/]")
 
 
-def drift(report: DriftReport) -> None:
-    """The monitor's verdict, and the most drifted columns unless data was insufficient."""
+def drift(report: DriftReport, run_page: str | None = None) -> None:
+    """The monitor's verdict, where its MLflow run is, and the most drifted columns unless data was insufficient."""
     colour = DRIFT_COLOURS.get(report.verdict, "yellow")
     console.print(f"[{colour}]{report.summary()}[/]")
+    if run_page:
+        console.print(f"  MLflow drift chart: {run_page}", soft_wrap=True)
     if report.verdict == "insufficient_data":
         return
     table = Table(title="drift by column (severity 1.0 = threshold)")
@@ -339,12 +355,16 @@ def components(title: str, rows: Sequence[ComponentStatus]) -> None:
     console.print(table)
 
 
-def stack_urls(rows: Sequence[ComponentStatus]) -> None:
-    """The URL of each running component people open."""
+def stack_urls(rows: Sequence[ComponentStatus], model_name: str) -> None:
+    """The URL of each running component people open; MLflow's leads to the registered model, not the GenAI home."""
+    from mlstack.training.mlflow_ui import MlflowUi
+
     urls = {row.name: row.url for row in rows if row.url and row.state in ("running", "external")}
+    if "mlflow-server" in urls:
+        urls["mlflow-server"] = MlflowUi(urls["mlflow-server"].rstrip("/")).model(model_name)
     for name, label in STACK_URLS:
         if name in urls:
-            console.print(f"  {label}: {urls[name]}")
+            console.print(f"  {label}: {urls[name]}", soft_wrap=True)
 
 
 def demo_summary(summary: DemoSummary) -> None:

@@ -64,7 +64,7 @@ def up(
     render.line(f"deployments on work pool {settings.work_pool!r}: {', '.join(report.deployments) or 'none'}")
     for note in report.notes:
         render.line(note)
-    render.stack_urls(report.components)
+    render.stack_urls(report.components, settings.model_name)
     render.line("stop it all with `mlstack down`; `mlstack status` checks health.")
     if any(row.state in ("running", "external") and not row.healthy for row in report.components):
         raise typer.Exit(1)

@@ -18,11 +18,13 @@ from mlstack.monitoring import drift
 from mlstack.monitoring.drift import DriftReport, DriftThresholds, GatheredProfiles
 from mlstack.settings import Settings
 from mlstack.training import registry
+from mlstack.training.mlflow_ui import mlflow_ui
 
 if TYPE_CHECKING:
     from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
 DRIFT_EVENT = "mlstack.drift.detected"
+DRIFT_CHART = "drift.png"  # the chart's file name, logged at the root of the monitoring run
 
 
 class MonitorError(StackError):
@@ -92,6 +94,11 @@ class RecordedDrift:
     run_id: str
     chart: Path | None
 
+    @property
+    def chart_artifact(self) -> str | None:
+        """The chart's path among the run's artifacts (logged at the root), None when there is none."""
+        return None if self.chart is None else self.chart.name
+
 
 def record(settings: Settings, report: DriftReport) -> RecordedDrift:
     """Log the scores (and the chart and table) to MLflow against the monitored version."""
@@ -100,7 +107,7 @@ def record(settings: Settings, report: DriftReport) -> RecordedDrift:
     markdown = directory / "drift.md"
     markdown.write_text(drift.drift_markdown(report))
     (directory / "drift.json").write_text(json.dumps(report.payload(), indent=2))
-    chart = drift.plot_drift(report, directory / "drift.png") if report.verdict != "insufficient_data" else None
+    chart = drift.plot_drift(report, directory / DRIFT_CHART) if report.verdict != "insufficient_data" else None
     metrics: dict[str, float] = {"rows": float(report.rows), "windows": float(report.windows)}
     for column in report.ranked():
         metrics[f"{column.algorithm}.{column.column}"] = column.score
@@ -110,6 +117,37 @@ def record(settings: Settings, report: DriftReport) -> RecordedDrift:
     files = [markdown, directory / "drift.json", *([chart] if chart else [])]
     run_id = registry.log_drift(settings, report.model_version, metrics, tags, files)
     return RecordedDrift(run_id, chart)
+
+
+def chart_markdown(settings: Settings, report: DriftReport, recorded: RecordedDrift) -> str:
+    """The chart artifact: the PNG from the MLflow server when one serves it (the Prefect UI shows it), else text bars.
+
+    Below the image, a link to the run's page; the text fallback says where the PNG is.
+    """
+    ui = mlflow_ui(settings)
+    title = f"{report.model_name} v{report.model_version}: {report.verdict.replace('_', ' ')}"
+    if ui is not None and recorded.chart_artifact is not None:
+        image = ui.artifact(recorded.run_id, recorded.chart_artifact)
+        return "\n".join(
+            [
+                f"# Drift chart: {title}",
+                "",
+                # A plain image: Prefect's Markdown renders an image inside a link as text.
+                f"![drift severity by column, 1.0 = threshold]({image})",
+                "",
+                f"Severity by column, 1.0 = threshold. MLflow run [{recorded.run_id}]({ui.run(recorded.run_id)}).",
+            ]
+        )
+    where = f"`{recorded.chart_artifact}` of MLflow run `{recorded.run_id}` ({settings.tracking_uri()})"
+    return "\n".join(
+        [
+            f"# Drift chart: {title}",
+            "",
+            drift.drift_chart_markdown(report),
+            "",
+            f"No MLflow server serves the store, so this is the chart as text; the PNG is {where}.",
+        ]
+    )
 
 
 def _cooldown_file(settings: Settings) -> Path:

@@ -100,7 +100,7 @@ def state_secret(path: Path, make: Callable[[], str]) -> str:
 
 
 def _state_file(settings: Settings, name: str) -> Path:
-    return settings.stack_dir / f"{name}.json"
+    return settings.stack_record(name)
 
 
 def launch_process(

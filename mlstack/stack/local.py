@@ -35,7 +35,6 @@ from mlstack.stack.components import (
 )
 from mlstack.stack.mlflow import (
     MLFLOW_ELSEWHERE,
-    MLFLOW_SERVER,
     begin_mlflow_server,
     mlflow_healthy,
     mlflow_is_remote,
@@ -71,6 +70,7 @@ from mlstack.stack.service import (
     start_service,
     stop_service,
 )
+from mlstack.training.mlflow_ui import MLFLOW_SERVER
 
 REDIS = "redis"
 

@@ -23,8 +23,7 @@ from mlstack.stack.components import (
     stop_process,
     wait_ready,
 )
-
-MLFLOW_SERVER = "mlflow-server"
+from mlstack.training.mlflow_ui import MLFLOW_SERVER
 
 MLFLOW_ELSEWHERE = (
     ", or MLSTACK_MLFLOW_TRACKING_URI=http://127.0.0.1:{port} to use the MLflow server running there "

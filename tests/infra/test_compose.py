@@ -28,7 +28,7 @@ from tests.support.compose_native import (
     read_env_file,
     referenced_variables,
 )
-from tests.support.dashboards import DASHBOARD_FUTURE_METRICS, DASHBOARDS, dashboard_metric_names
+from tests.support.dashboards import DASHBOARDS, dashboard_metric_names, pushed_metric_names
 
 # The Compose Specification's JSON schema (draft-07, vendored from shared/schemas); MLSTACK_COMPOSE_SCHEMA overrides.
 COMPOSE_SCHEMA = Path(os.environ.get("MLSTACK_COMPOSE_SCHEMA", Path(__file__).parent / "schemas" / "compose-spec.json"))
@@ -321,7 +321,7 @@ def test_grafana_provisions_prometheus_datasource_and_dashboard_folder():
 
 def test_dashboard_panels_query_only_metrics_the_service_exports():
     assert DASHBOARDS, "no Grafana dashboard"
-    known = service_metric_names() | set(BENTOML_METRICS) | DASHBOARD_FUTURE_METRICS
+    known = service_metric_names() | set(BENTOML_METRICS) | pushed_metric_names()
     instruments = _bentoml_source("bentoml", "_internal", "server", "http", "instruments.py")
     for name in BENTOML_METRICS.values():
         assert f'name="{name}"' in instruments, f"BentoML no longer defines {name}"

@@ -59,6 +59,8 @@ SERVICE_EGRESS = {
     ("TCP", 5432): "Feast SQL registry (PostgreSQL)",
     ("TCP", 5000): "MLflow tracking server (loads @champion at start-up)",
 }
+# The pods that accept connections: the scoring service, and the Pushgateway the flow runs push to.
+SERVING_PODS = {"credit-risk", "pushgateway"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 
 
@@ -308,7 +310,7 @@ def test_kubernetes_validate_rejects_unknown_field_when_strict(rendered: dict[st
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_are_restricted_in_overlay(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     found = list(workloads(rendered[overlay]))
-    assert {obj["metadata"]["name"] for obj in found} == {"credit-risk", WORKER}
+    assert {obj["metadata"]["name"] for obj in found} == {"credit-risk", WORKER, "pushgateway"}
     problems = [
         problem
         for workload in found
@@ -552,7 +554,7 @@ def test_every_pod_has_its_own_network_policy(
         labels = {**pod_labels(workload)}
         selecting = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
         assert len(selecting) == 1, f"{workload['kind']} {workload['metadata']}: {len(selecting)} policies"
-        assert not selecting[0]["spec"].get("ingress") or workload["metadata"].get("name") == "credit-risk"
+        assert not selecting[0]["spec"].get("ingress") or workload["metadata"].get("name") in SERVING_PODS
 
 
 # --- the Prefect worker ------------------------------------------------------------------------
@@ -727,3 +729,23 @@ def test_checkov_skips_are_justified_and_still_needed(
     # Without the skip annotations exactly the skipped checks fail: every skip suppresses a real finding.
     unskipped = checkov_report["dev-without-skips"].get("failed", [])
     assert {(c["check_id"], c["resource"]) for c in unskipped} == {(c["check_id"], c["resource"]) for c in skipped}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pushgateway_admits_flow_runs_and_prometheus_only_and_flow_runs_reach_it(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    policy = find(objects, "NetworkPolicy", "pushgateway")
+    assert policy_ports(policy["spec"]["ingress"]) == {("TCP", 9091)}
+    assert not policy["spec"].get("egress") and "Egress" in policy["spec"]["policyTypes"]
+    peers = [peer["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert peers == [{"app.kubernetes.io/component": "flow-run"}, {"app.kubernetes.io/name": "prometheus"}]
+    flow_runs = find(objects, "NetworkPolicy", "flow-runs")
+    assert ("TCP", 9091) in policy_ports(flow_runs["spec"]["egress"])
+    settings = find(objects, "ConfigMap", "mlstack-settings")["data"]
+    service = find(objects, "Service", "pushgateway")
+    assert (
+        settings["MLSTACK_PUSHGATEWAY_URL"]
+        == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    )

@@ -15,8 +15,11 @@ import base64
 import dataclasses
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -28,7 +31,10 @@ from mlstack.data.schema import CUSTOMER_PROFILE_FILE
 from mlstack.features.online_store import make_client, parse_redis_url
 from mlstack.settings import Settings
 from tests.support import compose_native as native
-from tests.support.dashboards import DASHBOARD_FUTURE_METRICS, dashboard_metric_names
+from tests.support import prometheus
+from tests.support.dashboards import dashboard_metric_names, panel_expression, pushed_metric_names
+
+DRIFT_WINDOWS_START = datetime(2026, 1, 2, tzinfo=UTC)  # explicit bounds: nothing depends on today
 
 # Beyond .env.example: a small synthetic population, so the bootstrap job takes seconds, not minutes.
 OVERRIDES = {"MLSTACK_CUSTOMERS": "2000"}
@@ -167,8 +173,45 @@ def test_service_metrics_serve_every_dashboard_metric_after_traffic(stack):
     exposed = httpx.get(f"{url}/metrics", timeout=30).text
     missing = {
         name
-        for name in dashboard_metric_names() - DASHBOARD_FUTURE_METRICS
+        for name in dashboard_metric_names() - pushed_metric_names()
         if not any(line.startswith(name) for line in exposed.splitlines())
     }
     # The errors panel has data once a request failed: the Redis hang of the test above.
     assert not missing, f"dashboard metrics not exported by the service: {sorted(missing)}"
+
+
+def test_drift_panel_query_returns_series_after_a_monitor_run(stack):
+    """The monitor, run as the worker runs it, pushes to the Pushgateway; the dashboard's PromQL then finds series."""
+    running, _ = stack
+    env = running.service("bootstrap").env  # the stack's client environment: MLflow, Redis, Feast, Pushgateway
+    written = subprocess.run(
+        [sys.executable, "-m", "tests.support.profile_windows", DRIFT_WINDOWS_START.isoformat()],
+        env=env,
+        cwd=native.REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert written.returncode == 0, written.stderr[-3000:]
+    start, end = written.stdout.split()
+    monitored = subprocess.run(
+        [str(native.VENV_BIN / "mlstack"), "monitor", "--start", start, "--end", end],
+        env=env,
+        cwd=native.REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert monitored.returncode == 0, monitored.stdout[-3000:] + monitored.stderr[-3000:]
+    assert "drift" in monitored.stdout
+    prometheus_url = running.translation.url("prometheus", 9090)
+    # The repository's 15s scrape interval: a few scrapes' worth of patience.
+    series = prometheus.wait_for_series(prometheus_url, panel_expression("mlstack_drift_score"), timeout=90)
+    features = {item["metric"]["feature"]: float(item["value"][1]) for item in series}
+    assert features, "the drift panel's query returned no series"
+    assert max(features, key=features.__getitem__) == "unemployment_rate", features
+    assert features["unemployment_rate"] > 1.0  # past the threshold
+    verdict = prometheus.query(prometheus_url, "mlstack_drift_verdict == 1")
+    assert [item["metric"]["verdict"] for item in verdict] == ["drift"]

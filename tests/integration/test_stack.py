@@ -88,7 +88,7 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
     prefect_url = f"http://127.0.0.1:{settings.prefect_port}"
     mlflow_url = f"http://127.0.0.1:{settings.mlflow_port}"
     assert f"Prefect UI: {prefect_url}" in up.stdout
-    assert f"MLflow UI: {mlflow_url}" in up.stdout
+    assert f"MLflow UI (registered model): {mlflow_url}/#/models/{settings.model_name}" in up.stdout
 
     # Every component answers its own health check.
     assert httpx.get(f"{prefect_url}/api/health", timeout=5).json() is True

@@ -27,7 +27,10 @@ translation, all of it:
    an empty volume (create ``POSTGRES_USER`` as a superuser with ``POSTGRES_PASSWORD``, create
    ``POSTGRES_DB``, run the ``/docker-entrypoint-initdb.d`` scripts with ``psql`` on PATH, over TCP
    via ``PGHOST``/``PGPORT`` instead of the image's socket), then runs the compose healthcheck
-   against it. ``prometheus`` and ``grafana`` are not run: their configs are checked statically.
+   against it. ``grafana`` is not run: its config is checked statically.
+6. Stock images' entrypoints. ``prometheus`` and ``pushgateway`` run the Debian packages' binaries
+   (``make system-deps``) in place of the images' ``/bin/prometheus`` and ``/bin/pushgateway``
+   (`STOCK_BINARIES`); the compose file spells those entrypoints out, and the argv is entrypoint + command.
 
 Startup follows compose: a service starts once each ``depends_on`` condition holds
 (``service_healthy``: its compose healthcheck command, run natively, exits 0;
@@ -63,7 +66,12 @@ VENV_BIN = REPO / ".venv" / "bin"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 POSTGRES_STAND_IN = "postgres"  # replaced by a running server plus the image entrypoint's init steps
-STATIC_ONLY = frozenset({"prometheus", "grafana"})  # no native binaries: configs are checked statically
+STATIC_ONLY = frozenset({"grafana"})  # no native binary: its config is checked statically
+# A stock image's entrypoint -> (the Debian binary standing in for it, its package).
+STOCK_BINARIES = {
+    "/bin/prometheus": ("prometheus", "prometheus"),
+    "/bin/pushgateway": ("prometheus-pushgateway", "prometheus-pushgateway"),
+}
 
 
 class ComposeError(RuntimeError):
@@ -367,6 +375,17 @@ class Translation:
         if command is None:
             raise ComposeError(f"{service}: the native run needs an explicit command in the compose file")
         argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+        entrypoint = spec.get("entrypoint")
+        if entrypoint is not None:
+            argv = (shlex.split(entrypoint) if isinstance(entrypoint, str) else [str(a) for a in entrypoint]) + argv
+        if argv[0] in STOCK_BINARIES:
+            binary, package = STOCK_BINARIES[argv[0]]
+            if shutil.which(binary, path=env["PATH"]) is None:
+                raise ComposeError(
+                    f"{service}: {binary} is not installed (it stands in for the image's {argv[0]}): "
+                    f"`make system-deps` or `apt-get install {package}`"
+                )
+            argv[0] = binary
         argv = [translate(arg) for arg in argv]
         check = _healthcheck_argv(spec)
         return NativeService(

@@ -37,3 +37,25 @@ def write_windows(
         sink.write(window)
         bounds.append((begins, ends))
     return bounds
+
+
+def write_drifted_windows(settings: Settings, start: datetime, windows: int = 3) -> tuple[datetime, datetime]:
+    """The champion's training rows in a recession (unemployment up ten points) as `windows` 5-minute windows; span."""
+    import numpy as np
+
+    from mlstack.monitoring import steps as monitoring_steps
+
+    rows = scored_training_rows(settings)
+    shifted = rows.assign(unemployment_rate=rows["unemployment_rate"] + 0.10)
+    version = monitoring_steps.monitored_version(settings, None)
+    bounds = write_windows(settings, version, np.array_split(shifted, windows), start, timedelta(minutes=5))
+    return bounds[0][0], bounds[-1][1]
+
+
+if __name__ == "__main__":  # `python -m tests.support.profile_windows START`: in another process's environment
+    import sys
+
+    from mlstack.settings import get_settings
+
+    span = write_drifted_windows(get_settings(), datetime.fromisoformat(sys.argv[1]))
+    print(" ".join(moment.isoformat() for moment in span))
