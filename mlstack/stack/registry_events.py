@@ -45,7 +45,6 @@ from mlstack.stack.components import (
     stop_process,
     wait_ready,
 )
-from mlstack.training import registry
 from mlstack.training.champion_history import ChampionMove
 
 logger = logging.getLogger(__name__)
@@ -121,6 +120,9 @@ def handle_delivery(
     except WebhookRejected as exc:
         logger.warning("webhook delivery refused (%d): %s", exc.status, exc)
         return Reply(exc.status, {"error": str(exc)})
+    # Imported here: the registry imports Feast, which `mlstack up` (importing this module) must not need.
+    from mlstack.training import registry
+
     if event != ALIAS_CREATED or data.get("name") != settings.model_name or data.get("alias") != registry.CHAMPION:
         return Reply(HTTPStatus.ACCEPTED, {"status": "ignored", "event": event})
     move = registry.observe_champion(settings, "webhook", announce)
