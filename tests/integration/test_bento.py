@@ -11,6 +11,7 @@ import yaml
 
 from mlstack.processes import free_port
 from mlstack.serving.bento import MODEL_DIR_NAME, build_bento, load_bundled_model
+from mlstack.stack.rollout import roll_out_if_needed, serves_version
 from mlstack.stack.service import start_service, stop_service
 from mlstack.training import registry
 from tests.support.serving_stack import build_serving_stack
@@ -88,5 +89,9 @@ def test_bento_serves_its_own_model_with_mlflow_unreachable(built):
         response = httpx.post(f"{service.url}/predict", json=stack.known, timeout=10)
         assert response.status_code == 200, response.text
         assert response.json()["model_version"] == bento.model_version
+        # The event-triggered rollout finds the champion already served and builds nothing.
+        assert serves_version(stack.settings, bento.model_version)
+        assert not serves_version(stack.settings, str(int(bento.model_version) + 1))
+        assert roll_out_if_needed(stack.settings) is None
     finally:
         stop_service(stack.settings, timeout=10)
