@@ -185,16 +185,18 @@ def webhook_secret(settings: Settings) -> str:
 
 
 def start_webhook_receiver(settings: Settings, api_url: str, mlflow_url: str, timeout: float) -> ProcessRecord:
-    """Start (or reuse) the receiver process and point the MLflow server's `mlstack-champion` webhook at it."""
+    """Start (or reuse) the receiver; once listening it points the MLflow server's `mlstack-champion` webhook at itself.
+
+    The registration is made by the receiver, not here: an MLflow REST call loads MLflow's request-header
+    plugins, which import Feast, and this process may carry a caller's broken `PROMETHEUS_MULTIPROC_DIR`.
+    """
     process = running_process(settings, WEBHOOK_RECEIVER)
     if process is None:
         port = free_port()
-        command = [sys.executable, "-m", "flows.champion", "--port", str(port)]
+        command = [sys.executable, "-m", "flows.champion", "--port", str(port), "--mlflow-url", mlflow_url]
         url = f"http://127.0.0.1:{port}"
         process = launch_process(settings, WEBHOOK_RECEIVER, command, url, {"PREFECT_API_URL": api_url})
-    ready = wait_ready(settings, process, receiver_healthy, timeout)
-    register_webhook(mlflow_url, f"{ready.url}{WEBHOOK_PATH}", webhook_secret(settings))
-    return ready
+    return wait_ready(settings, process, receiver_healthy, timeout)
 
 
 def receiver_healthy(process: ProcessRecord) -> bool:
