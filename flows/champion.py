@@ -92,12 +92,15 @@ def main() -> None:
     """Serve the MLflow webhook receiver on 127.0.0.1 (the process `mlstack up` starts)."""
     parser = argparse.ArgumentParser(description="MLflow webhook receiver: @champion moves to Prefect events")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mlflow-url", required=True, help="the MLflow server whose webhook is pointed here")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlstack").setLevel(logging.INFO)  # each delivery and what became of it, in its log
     settings = get_settings()
     secret = registry_events.webhook_secret(settings)
     server = registry_events.make_server(settings, secret, send_move_event, arguments.port)
+    receiver_url = f"http://127.0.0.1:{arguments.port}{registry_events.WEBHOOK_PATH}"
+    registry_events.register_webhook(arguments.mlflow_url, receiver_url, secret)  # once listening: no lost delivery
     server.serve_forever()
 
 

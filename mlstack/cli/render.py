@@ -229,7 +229,7 @@ def model_info(title: str, info: Mapping[str, str]) -> None:
 def champion_tenures(title: str, held: Sequence[Tenure]) -> None:
     """One row per tenure of @champion, oldest first: version, from, until, how it got there, by whom, why."""
     table = Table(title=title)
-    for column in ("version", "from", "until", "move", "by", "why", "recorded by"):
+    for column in ("version", "from (UTC)", "until (UTC)", "move", "by", "why", "recorded by"):
         table.add_column(column)
     for tenure in held:
         move = tenure.move

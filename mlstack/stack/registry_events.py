@@ -45,7 +45,6 @@ from mlstack.stack.components import (
     stop_process,
     wait_ready,
 )
-from mlstack.training import registry
 from mlstack.training.champion_history import ChampionMove
 
 logger = logging.getLogger(__name__)
@@ -121,6 +120,9 @@ def handle_delivery(
     except WebhookRejected as exc:
         logger.warning("webhook delivery refused (%d): %s", exc.status, exc)
         return Reply(exc.status, {"error": str(exc)})
+    # Imported here: the registry imports Feast, which `mlstack up` (importing this module) must not need.
+    from mlstack.training import registry
+
     if event != ALIAS_CREATED or data.get("name") != settings.model_name or data.get("alias") != registry.CHAMPION:
         return Reply(HTTPStatus.ACCEPTED, {"status": "ignored", "event": event})
     move = registry.observe_champion(settings, "webhook", announce)
@@ -183,16 +185,18 @@ def webhook_secret(settings: Settings) -> str:
 
 
 def start_webhook_receiver(settings: Settings, api_url: str, mlflow_url: str, timeout: float) -> ProcessRecord:
-    """Start (or reuse) the receiver process and point the MLflow server's `mlstack-champion` webhook at it."""
+    """Start (or reuse) the receiver; once listening it points the MLflow server's `mlstack-champion` webhook at itself.
+
+    The registration is made by the receiver, not here: an MLflow REST call loads MLflow's request-header
+    plugins, which import Feast, and this process may carry a caller's broken `PROMETHEUS_MULTIPROC_DIR`.
+    """
     process = running_process(settings, WEBHOOK_RECEIVER)
     if process is None:
         port = free_port()
-        command = [sys.executable, "-m", "flows.champion", "--port", str(port)]
+        command = [sys.executable, "-m", "flows.champion", "--port", str(port), "--mlflow-url", mlflow_url]
         url = f"http://127.0.0.1:{port}"
         process = launch_process(settings, WEBHOOK_RECEIVER, command, url, {"PREFECT_API_URL": api_url})
-    ready = wait_ready(settings, process, receiver_healthy, timeout)
-    register_webhook(mlflow_url, f"{ready.url}{WEBHOOK_PATH}", webhook_secret(settings))
-    return ready
+    return wait_ready(settings, process, receiver_healthy, timeout)
 
 
 def receiver_healthy(process: ProcessRecord) -> bool:

@@ -36,7 +36,6 @@ def test_recession_retrain_is_promoted_on_the_evidence_across_seeds(seed, tmp_pa
         mlflow_experiment=f"story-{seed}",
     )
     story = tell_story(settings, CUSTOMERS)
-    print(f"seed {seed}:", story.retrain.candidates, story.retrain.decision.summary())
 
     assert story.first.promoted, story.first.decision.summary()
     assert story.recession_default_rate > story.normal_default_rate + 0.08  # the recession really moved the risk

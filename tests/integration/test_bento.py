@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -17,7 +15,7 @@ from mlstack.features.store import get_store
 from mlstack.processes import free_port
 from mlstack.serving import scoring
 from mlstack.serving.bento import MODEL_DIR_NAME, build_bento, load_bundled_model
-from mlstack.settings import get_settings
+from mlstack.stack.rollout import roll_out_if_needed, serves_version
 from mlstack.stack.service import start_service, stop_service
 from mlstack.training import evaluation, model_input, registry
 from tests.support.serving_stack import GOOD, build_serving_stack
@@ -49,9 +47,11 @@ def test_bento_model_scores_exactly_like_the_registered_champion(built):
     stack, bento = built
     bundled = load_bundled_model(bento.path / "src" / MODEL_DIR_NAME)
     assert bundled is not None and bundled.version == bento.model_version
-    reference = registry.load_booster(stack.settings, "@champion").booster
+    registered = registry.load_booster(stack.settings, "@champion")
+    reference = registered.booster
     rows = np.random.default_rng(0).normal(size=(200, reference.num_feature()))
     np.testing.assert_array_equal(bundled.booster.predict(rows), reference.predict(rows))
+    assert bundled.calibrator == registered.calibrator and not bundled.calibrator.is_identity
 
 
 def test_bento_contains_service_feature_repo_and_no_local_state(built):
@@ -95,6 +95,10 @@ def test_bento_serves_its_own_model_with_mlflow_unreachable(built):
         response = httpx.post(f"{service.url}/predict", json=stack.known, timeout=10)
         assert response.status_code == 200, response.text
         assert response.json()["model_version"] == bento.model_version
+        # The event-triggered rollout finds the champion already served and builds nothing.
+        assert serves_version(stack.settings, bento.model_version)
+        assert not serves_version(stack.settings, str(int(bento.model_version) + 1))
+        assert roll_out_if_needed(stack.settings) is None
     finally:
         stop_service(stack.settings, timeout=10)
 
@@ -109,23 +113,16 @@ def _applications(stack, count: int) -> list[dict]:
     ]
 
 
-@contextmanager
-def _source_service(stack):
-    """The service run from source (`CreditRisk.to_asgi()`), loading @champion from MLflow, in this process."""
-    from starlette.testclient import TestClient
-
-    saved = dict(os.environ)
-    os.environ.update(stack.environment())
-    get_settings.cache_clear()
-    from services.credit_risk import CreditRisk
-
+def _served(stack, body: dict, target: str | None) -> list[dict]:
+    """`/predict_batch` answers of `bentoml serve` on `target` (a bento tag; None: the service in source)."""
+    extra = {} if target is None else {"target": target}
+    service = start_service(stack.settings, stack.environment(), **extra)
     try:
-        with TestClient(CreditRisk.to_asgi()) as client:
-            yield client
+        response = httpx.post(f"{service.url}/predict_batch", json=body, timeout=30)
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
+        stop_service(stack.settings, timeout=10)
+    assert response.status_code == 200, response.text
+    return list(response.json()["predictions"])
 
 
 def test_served_booster_and_calibrator_equal_the_offline_ones_row_for_row(built):
@@ -135,15 +132,8 @@ def test_served_booster_and_calibrator_equal_the_offline_ones_row_for_row(built)
     applications = _applications(stack, 40)
     body = {"applications": applications}
 
-    service = start_service(stack.settings, stack.environment(), target=bento.tag)
-    try:
-        from_bento = httpx.post(f"{service.url}/predict_batch", json=body, timeout=30)
-    finally:
-        stop_service(stack.settings, timeout=10)
-    with _source_service(stack) as client:
-        from_source = client.post("/predict_batch", json=body)
-    assert from_bento.status_code == 200 and from_source.status_code == 200, (from_bento.text, from_source.text)
-    bento_rows, source_rows = from_bento.json()["predictions"], from_source.json()["predictions"]
+    bento_rows = _served(stack, body, bento.tag)  # the bento: model/ booster + calibrator, no MLflow needed
+    source_rows = _served(stack, body, None)  # the source service: @champion loaded from MLflow
     assert {row["model_version"] for row in bento_rows + source_rows} == {champion.version}
 
     # The batch path on the same model inputs: the online values the service read, the request fields.

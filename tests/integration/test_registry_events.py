@@ -11,6 +11,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -155,3 +158,15 @@ def test_hand_set_champion_reaches_prefect_by_webhook_then_by_poll_when_webhooks
         ("3", "poll", True),
     ]
     assert registry.champion_history(settings) == ["1", "2"]  # a rollback from the hand-set v3 returns to v2
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "mlstack", "model", "history"],
+        env={**os.environ, **settings_environment(settings), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("│ v")]
+    assert [row.split("│")[1].strip() for row in rows] == ["v1", "v2", "v3"], shown.stdout
+    assert "external from v2" in rows[2] and "poll" in rows[2] and "now" in rows[2]

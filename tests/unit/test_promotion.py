@@ -415,6 +415,40 @@ def test_training_report_has_both_models_the_differences_and_the_decision(world)
     assert "**Decision: promote**" in report
     assert all(f"- {reason}" in report for reason in decision.reasons)
     assert "500 paired bootstrap rounds, seed 0" in report
+    assert "Candidates on the same holdout" not in report  # one candidate: no table
+
+
+def test_training_report_has_the_candidates_table_of_a_retrain(world):
+    from datetime import UTC, datetime
+
+    from mlstack.training.steps import CandidateResult, ChampionScore, TrainingOutcome, training_markdown
+
+    challenger, champion = world.truth(), world.shifted(-0.8)
+    candidates = [
+        CandidateResult("retrained", 0.52, 0.17, 0.75, 0.05, 1.1, "Platt"),
+        CandidateResult("recalibrated", 0.53, 0.18, 0.74, 0.01, 1.0, "Platt"),
+        CandidateResult("continued", 0.51, 0.16, 0.76, 0.02, 0.9, "Platt"),
+    ]
+    outcome = TrainingOutcome(
+        version="2",
+        run_id="run",
+        metrics=challenger.metrics,
+        champion=ChampionScore("1", champion),
+        decision=decide(challenger, champion, RULE, FLOORS, champion_version="1"),
+        promoted=True,
+        leakage=[],
+        window_start=datetime(2025, 1, 1, tzinfo=UTC),
+        window_end=datetime(2025, 6, 1, tzinfo=UTC),
+        fingerprint="4000:abc",
+        candidates=candidates,
+        challenger_kind="continued",
+        calibrator="Platt a=-1.0000, b=0.5000 on 600 rows (150 defaults)",
+    )
+    report = training_markdown(outcome)
+    assert "| candidate | log loss | Brier | ROC AUC | calibration intercept | calibration slope |" in report
+    assert "| recalibrated: the champion recalibrated on the calibration slice | 0.5300 | 0.1800 | 0.7400 |" in report
+    assert "| continued (challenger): the champion's trees continued on the training window | 0.5100 |" in report
+    assert "Calibrator: Platt a=-1.0000, b=0.5000 on 600 rows (150 defaults)." in report
 
 
 def test_decision_compares_by_value(world):
