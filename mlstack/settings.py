@@ -96,6 +96,27 @@ class Settings(BaseSettings):
         default=0.2, gt=0, lt=1, description="Default probability at or above which an application is declined."
     )
 
+    # Data validation gate (mlstack.data.validation; docs/data.md, "Validation")
+    validation_row_count_error_band: float = Field(
+        default=5.0,
+        gt=1,
+        description="A table's newest window may hold 1/band to band times the rows of the one before (else: error).",
+    )
+    validation_row_count_warn_band: float = Field(
+        default=1.5,
+        gt=1,
+        description="Outside 1/band to band times the previous window's rows, the row count is a warning.",
+    )
+    validation_null_rate_band: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Largest rise of a nullable column's null rate from the previous window to the newest.",
+    )
+    validation_failing_rows: int = Field(
+        default=20, ge=1, description="Failing rows per table shown in the validation artifact and report."
+    )
+
     # Champion / challenger gate
     # The rule and why (docs/training.md, "The gate"): a challenger is promoted when its holdout log loss
     # is lower than the champion's with this confidence and its ROC AUC is not lower beyond the margin.
@@ -243,6 +264,11 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """Scratch files of training runs (plots, reference profiles) before they go to MLflow."""
         return self.state_dir / "runs"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rows the data-validation gate refused, one parquet file per table and failed validation."""
+        return self.state_dir / "quarantine"
 
     @property
     def stack_dir(self) -> Path:
