@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.validation import validate_offline_data_task
 from mlstack.settings import get_settings
 from mlstack.stack.rollout import Rollout, roll_out
 from mlstack.training import registry
@@ -113,6 +114,7 @@ def train_model_flow(
     if reason:
         logger.info("training because: %s", reason)
     start, end = requested_window(get_settings(), start, end, window_days, recent)
+    validate_offline_data_task()  # first: a failing window stops the flow before MLflow is written
     training_set = build_training_set(start, end)
     logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
     parts = split_by_time(training_set)

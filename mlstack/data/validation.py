@@ -74,7 +74,7 @@ CATEGORIES: dict[str, tuple[object, ...]] = {
 _CHECK_NAME = re.compile(r"^([a-z_]+)")
 # What each table-wide row check means (the report's detail; pandera names the check only).
 ROW_RULES: dict[str, str] = {
-    "unique": "one row per (entity, event_timestamp)",
+    "unique_key": "one row per (entity, event_timestamp)",
     "created_not_before_event": "created_timestamp must not precede event_timestamp",
     "created_monotone_per_entity": "created_timestamp must not decrease as event_timestamp grows for one entity",
     "default_timestamp_iff_defaulted": "default_timestamp is set exactly when defaulted is 1",
@@ -185,7 +185,7 @@ class ValidationReport:
         records: list[dict[str, object]] = []
         for table in self.tables:
             for row in table.bad_rows.head(limit).astype(str).to_dict(orient="records"):
-                records.append({"table": table.table, **row})
+                records.append({"table": table.table, **{str(key): value for key, value in row.items()}})
         return records
 
 
@@ -313,7 +313,8 @@ def _row_failures(table: str, cases: pd.DataFrame) -> tuple[list[CheckFailure], 
     names = cases["check"].astype(str).map(_check_label)
     table_wide = names.isin([name for name in ROW_RULES if name != "not_in_future"])
     columns = cases["column"].where(~table_wide & cases["column"].notna(), "")
-    for (column, name), group in cases.groupby([columns, names], sort=False):
+    for (column_key, name_key), group in cases.groupby([columns, names], sort=False):
+        column, name = str(column_key), str(name_key)
         rows = group["index"].dropna().unique()
         for index in rows:
             bad_index.setdefault(index, []).append(f"{column}:{name}" if column else name)
@@ -331,7 +332,9 @@ def _check_label(check: str) -> str:
         return "column_present"
     if check.startswith("dtype("):
         return "type"
-    if check == "multiple_fields_uniqueness" or check == "field_uniqueness":
+    if check == "multiple_fields_uniqueness":
+        return "unique_key"
+    if check == "field_uniqueness":
         return "unique"
     match = _CHECK_NAME.match(check)
     return match.group(1) if match else check

@@ -27,6 +27,7 @@ COMMANDS = [
     [],
     ["data"],
     ["data", "generate"],
+    ["data", "validate"],
     ["features"],
     ["features", "apply"],
     ["features", "materialize"],

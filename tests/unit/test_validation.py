@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from mlstack.cli.app import app
 from mlstack.data import validation
 from mlstack.data.generator import generate_data
 from mlstack.data.schema import (
@@ -20,7 +23,7 @@ from mlstack.data.schema import (
     LOAN_APPLICATIONS_FILE,
     ZIPCODE_STATS_FILE,
 )
-from mlstack.settings import Settings
+from mlstack.settings import Settings, get_settings
 from mlstack.simulation.scenarios import SCENARIOS
 from mlstack.simulation.traffic import append_snapshots, latest_snapshots, shift_snapshots
 
@@ -78,7 +81,7 @@ def test_recession_snapshots_pass_validation_drift_is_not_bad_data(settings):
     }
 
 
-def _set(table: str, column: str, value: object, rows: int = 3) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def _set(column: str, value: object, rows: int = 3) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def change(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -100,15 +103,17 @@ def _future_event(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _created_goes_back(frame: pd.DataFrame) -> pd.DataFrame:
-    """Customer 1's latest snapshot claims to have been created before the one before it."""
+    """A customer's latest snapshot claims to have been created before the one before it."""
     frame = frame.copy()
     rows = frame.index[frame["customer_id"] == frame["customer_id"].iloc[0]]
     ordered = frame.loc[rows].sort_values("event_timestamp").index
-    frame.loc[ordered[-1], "created_timestamp"] = frame.loc[ordered[0], "event_timestamp"] - timedelta(days=1)
-    frame.loc[ordered[-1], "event_timestamp"] = frame.loc[ordered[0], "event_timestamp"] - timedelta(days=1, hours=1)
     frame.loc[ordered[-1], "created_timestamp"] = frame.loc[ordered[-2], "created_timestamp"] - timedelta(hours=1)
     frame.loc[ordered[-1], "event_timestamp"] = frame.loc[ordered[-2], "event_timestamp"] + timedelta(minutes=1)
     return frame
+
+
+def _duplicate_application(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([frame, frame.iloc[[7]].assign(customer_id=1)], ignore_index=True)
 
 
 def _default_without_label(frame: pd.DataFrame) -> pd.DataFrame:
@@ -118,19 +123,27 @@ def _default_without_label(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+CUSTOMERS, HISTORY, ZIPCODES, APPLICATIONS = (
+    CUSTOMER_PROFILE_FILE,
+    CREDIT_HISTORY_FILE,
+    ZIPCODE_STATS_FILE,
+    LOAN_APPLICATIONS_FILE,
+)
+# fault: (table, change, failing column (None: table-wide), check, failing rows (0: a column-level check))
 FAULTS = {
-    "out_of_range": (CREDIT_HISTORY_FILE, _set(CREDIT_HISTORY_FILE, "bureau_score", 990), "bureau_score", "in_range", 3),
-    "negative_income": (CUSTOMER_PROFILE_FILE, _set(CUSTOMER_PROFILE_FILE, "annual_income", -5.0), "annual_income", "greater_than_or_equal_to", 3),
-    "unknown_category": (CUSTOMER_PROFILE_FILE, _set(CUSTOMER_PROFILE_FILE, "home_ownership", "CASTLE"), "home_ownership", "isin", 3),
-    "bad_zipcode": (LOAN_APPLICATIONS_FILE, _set(LOAN_APPLICATIONS_FILE, "zipcode", "9410"), "zipcode", "str_matches", 3),
-    "null_key": (LOAN_APPLICATIONS_FILE, _set(LOAN_APPLICATIONS_FILE, "zipcode", None, 2), "zipcode", "not_nullable", 2),
-    "wrong_type": (ZIPCODE_STATS_FILE, lambda f: f.assign(population=f["population"].astype(float)), "population", "type", 0),
-    "duplicate_key": (CREDIT_HISTORY_FILE, _duplicate_key, None, "unique", 2),
-    "future_timestamp": (ZIPCODE_STATS_FILE, _future_event, "event_timestamp", "not_in_future", 2),
-    "created_not_monotone": (CUSTOMER_PROFILE_FILE, _created_goes_back, None, "created_monotone_per_entity", 1),
-    "default_time_without_default": (LOAN_APPLICATIONS_FILE, _default_without_label, None, "default_timestamp_iff_defaulted", 4),
-    "unknown_term": (LOAN_APPLICATIONS_FILE, _set(LOAN_APPLICATIONS_FILE, "loan_term_months", 48), "loan_term_months", "isin", 3),
-}  # fmt: skip
+    "out_of_range": (HISTORY, _set("bureau_score", 990), "bureau_score", "in_range", 3),
+    "negative_income": (CUSTOMERS, _set("annual_income", -5.0), "annual_income", "greater_than_or_equal_to", 3),
+    "unknown_category": (CUSTOMERS, _set("home_ownership", "CASTLE"), "home_ownership", "isin", 3),
+    "bad_zipcode": (APPLICATIONS, _set("zipcode", "9410"), "zipcode", "str_matches", 3),
+    "null_key": (APPLICATIONS, _set("zipcode", None, 2), "zipcode", "not_nullable", 2),
+    "wrong_type": (ZIPCODES, lambda f: f.assign(population=f["population"].astype(float)), "population", "type", 0),
+    "duplicate_key": (HISTORY, _duplicate_key, None, "unique_key", 2),
+    "duplicate_application": (APPLICATIONS, _duplicate_application, "application_id", "unique", 2),
+    "future_timestamp": (ZIPCODES, _future_event, "event_timestamp", "not_in_future", 2),
+    "created_not_monotone": (CUSTOMERS, _created_goes_back, None, "created_monotone_per_entity", 1),
+    "default_time_without_default": (APPLICATIONS, _default_without_label, None, "default_timestamp_iff_defaulted", 4),
+    "unknown_term": (APPLICATIONS, _set("loan_term_months", 48), "loan_term_months", "isin", 3),
+}
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=list(FAULTS))
@@ -178,7 +191,7 @@ def test_row_count_drop_in_newest_window_is_judged_by_band(settings, keep, sever
 
 def test_missing_table_fails_and_quarantine_holds_the_failing_rows(settings):
     (settings.data_dir / ZIPCODE_STATS_FILE).unlink()
-    history = _set(CREDIT_HISTORY_FILE, "bureau_score", 120, rows=4)(_frame(settings, CREDIT_HISTORY_FILE))
+    history = _set("bureau_score", 120, rows=4)(_frame(settings, CREDIT_HISTORY_FILE))
     history.to_parquet(settings.data_dir / CREDIT_HISTORY_FILE, index=False)
 
     report = validation.validate_offline_data(settings, NOW)
@@ -195,3 +208,33 @@ def test_missing_table_fails_and_quarantine_holds_the_failing_rows(settings):
     assert quarantined["failed_checks"].unique().tolist() == ["bureau_score:in_range"]
     assert "bureau_score: in_range (4 rows)" in report.summary()
     assert len(report.bad_row_records(limit=2)) == 2
+
+
+@pytest.fixture
+def cli_env(settings, monkeypatch):
+    """MLSTACK_STATE_DIR of `settings` for the CLI; the environment restored after (commands export the stack's)."""
+    saved = dict(os.environ)
+    for name in [name for name in os.environ if name.startswith("MLSTACK_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLSTACK_STATE_DIR", str(settings.state_dir))
+    get_settings.cache_clear()
+    yield settings
+    os.environ.clear()
+    os.environ.update(saved)
+    get_settings.cache_clear()
+
+
+def test_cli_validate_reports_failures_and_exits_1_when_data_is_bad(cli_env):
+    passing = CliRunner().invoke(app, ["data", "validate"])
+    assert passing.exit_code == 0, passing.output
+    assert "data validation passed: 0 failed checks" in passing.stdout
+
+    frame = _set("home_ownership", "CASTLE", rows=2)(_frame(cli_env, CUSTOMER_PROFILE_FILE))
+    frame.to_parquet(cli_env.data_dir / CUSTOMER_PROFILE_FILE, index=False)
+    failing = CliRunner().invoke(app, ["data", "validate", "--quarantine"])
+
+    assert failing.exit_code == 1, failing.output
+    assert "customer_profile.parquet.home_ownership: isin (2 rows)" in failing.stdout
+    assert "CASTLE" in failing.stdout  # the failing rows are shown
+    assert "data validation FAILED: 1 failed checks" in failing.stdout
+    assert len(list(cli_env.quarantine_dir.iterdir())) == 1
