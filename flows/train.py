@@ -12,9 +12,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.validation import validate_offline_data_task
 from mlstack.settings import get_settings
 from mlstack.stack.rollout import Rollout, roll_out
-from mlstack.training import registry
+from mlstack.training import registry, tuning
 from mlstack.training import steps as training_steps
-from mlstack.training.dataset import Split, TrainingSet, requested_window
+from mlstack.training.dataset import Split, TrainingParams, TrainingSet, requested_window
 from mlstack.training.evaluation import HoldoutScore
 from mlstack.training.promotion import Decision
 
@@ -33,8 +33,18 @@ def split_by_time(training_set: TrainingSet) -> Split:
 
 
 @step
-def train_lightgbm(parts: Split) -> lightgbm.Booster:
-    return training_steps.train(get_settings(), parts)
+def choose_training_params(parts: Split, tune: bool) -> tuning.ParamsChoice:
+    return tuning.choose_params(get_settings(), parts, tune)
+
+
+@step
+def train_lightgbm(parts: Split, params: TrainingParams) -> lightgbm.Booster:
+    return training_steps.train(get_settings(), parts, params)
+
+
+@step
+def record_training_params(registered: registry.RegisteredVersion, choice: tuning.ParamsChoice) -> None:
+    tuning.record_params(get_settings(), registered.version, registered.run_id, choice)
 
 
 @step
@@ -67,8 +77,9 @@ def log_and_register(
     challenger: HoldoutScore,
     artifacts: training_steps.RunArtifacts,
     leakage: list[str],
+    params: TrainingParams,
 ) -> registry.RegisteredVersion:
-    return training_steps.register(get_settings(), booster, training_set, parts, challenger, artifacts, leakage)
+    return training_steps.register(get_settings(), booster, training_set, parts, challenger, artifacts, leakage, params)
 
 
 @step
@@ -99,6 +110,7 @@ def train_model_flow(
     recent: bool = False,
     rollout: bool = False,
     reason: str = "",
+    tune: bool = False,
 ) -> training_steps.TrainingOutcome:
     """Train a challenger on labelled applications in [start, end] and gate it against @champion.
 
@@ -109,6 +121,8 @@ def train_model_flow(
         recent: train on the last MLSTACK_RETRAIN_WINDOW_DAYS days up to now, new labels included (retraining).
         rollout: when the challenger is promoted, build its bento and roll the local service / k8s overlay onto it.
         reason: why this run started (recorded in the log, e.g. "drift detected").
+        tune: search hyperparameters (Optuna, time-ordered folds; the weekly schedule sets it); otherwise
+            reuse the champion's recorded parameters, or the settings' when there is none.
     """
     logger = get_run_logger()
     if reason:
@@ -118,12 +132,15 @@ def train_model_flow(
     training_set = build_training_set(start, end)
     logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
     parts = split_by_time(training_set)
-    booster = train_lightgbm(parts)
+    choice = choose_training_params(parts, tune)
+    logger.info("training parameters (%s): %s", choice.source, choice.detail)
+    booster = train_lightgbm(parts, choice.params)
     challenger = evaluate_holdout(booster, parts)
     leakage = check_leakage(challenger, parts)
     champion = score_champion(parts)
     artifacts = write_artifacts(booster, parts, champion)
-    registered = log_and_register(booster, training_set, parts, challenger, artifacts, leakage)
+    registered = log_and_register(booster, training_set, parts, challenger, artifacts, leakage, choice.params)
+    record_training_params(registered, choice)
     decision = decide_promotion(challenger, champion, leakage)
     promoted = move_champion_alias(registered.version, decision)
     outcome = training_steps.outcome_of(

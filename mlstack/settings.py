@@ -92,6 +92,21 @@ class Settings(BaseSettings):
     feature_fraction: float = Field(default=0.9, gt=0, le=1, description="LightGBM feature_fraction.")
     num_boost_round: int = Field(default=1000, ge=1, description="Maximum boosting rounds.")
     early_stopping_rounds: int = Field(default=50, ge=1, description="Stop when validation log loss stalls this long.")
+    label_maturity_days: int = Field(
+        default=366,
+        ge=0,
+        description=(
+            "Days after an application by which its outcome is known (defaults arrive 2-12 months later): "
+            "the gap between each tuning fold's training rows and its validation rows."
+        ),
+    )
+    tuning_trials: int = Field(default=30, ge=1, description="Optuna trials of a tuning run (the weekly training).")
+    tuning_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Wall-time bound of a tuning run; the study stops after the trial running then.",
+    )
+    tuning_folds: int = Field(default=3, ge=2, description="Time-ordered cross-validation folds of a tuning run.")
     decision_threshold: float = Field(
         default=0.2, gt=0, lt=1, description="Default probability at or above which an application is declined."
     )

@@ -23,6 +23,7 @@ from mlstack.settings import PROJECT_ROOT, Settings
 from mlstack.training import evaluation, model_input, promotion, registry
 from mlstack.training.dataset import (
     Split,
+    TrainingParams,
     TrainingSet,
     build_training_set,
     split_by_time,
@@ -85,9 +86,9 @@ def split(settings: Settings, training_set: TrainingSet) -> Split:
     return split_by_time(training_set.frame, settings.validation_fraction, settings.holdout_fraction)
 
 
-def train(settings: Settings, parts: Split) -> lightgbm.Booster:
-    """LightGBM with early stopping on validation, hyperparameters from settings."""
-    return train_booster(parts, training_params(settings))
+def train(settings: Settings, parts: Split, params: TrainingParams | None = None) -> lightgbm.Booster:
+    """LightGBM with early stopping on validation; hyperparameters given (tuned, reused) or from settings."""
+    return train_booster(parts, params or training_params(settings))
 
 
 def evaluate_challenger(settings: Settings, booster: lightgbm.Booster, parts: Split) -> HoldoutScore:
@@ -139,15 +140,19 @@ def register(
     challenger: HoldoutScore,
     artifacts: RunArtifacts,
     leakage: list[str],
+    params: TrainingParams | None = None,
 ) -> registry.RegisteredVersion:
-    """Log the run to MLflow and register a new version (alias @challenger) with its lineage tags."""
+    """Log the run to MLflow and register a new version (alias @challenger) with its lineage tags.
+
+    `params`: what the booster was trained with (default: the settings').
+    """
     signature_frame = pd.DataFrame(model_input.encode(parts.holdout.head(200)), columns=list(model_input.FEATURES))
     return registry.log_and_register(
         settings,
         booster=booster,
         training_set=training_set,
         split=parts,
-        params=training_params(settings).as_dict(),
+        params=(params or training_params(settings)).as_dict(),
         metrics=challenger.metrics,
         plots=artifacts.plots,
         reference_profile=artifacts.reference_profile,
