@@ -184,6 +184,10 @@ class Settings(BaseSettings):
         default=262_144, gt=0, description="Largest request body the service accepts (413 above)."
     )
 
+    batch_chunk_rows: int = Field(
+        default=50_000, ge=1, description="Applications per chunk of batch scoring (memory is bounded by a chunk)."
+    )
+
     # Drift monitoring and retraining
     monitor_lookback_minutes: float = Field(
         default=60.0, gt=0, description="The monitor judges the live-traffic profiles of the last N minutes."
@@ -279,6 +283,11 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """Scratch files of training runs (plots, reference profiles) before they go to MLflow."""
         return self.state_dir / "runs"
+
+    @property
+    def batch_dir(self) -> Path:
+        """The nightly batch scoring's default input (`applications/*.parquet`) and output (`scores/`)."""
+        return self.state_dir / "batch"
 
     @property
     def quarantine_dir(self) -> Path:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -417,11 +418,20 @@ class Scorer:
             inputs, freshness = self._model_inputs(application, values, stamps, now)
             matrix[i] = model_input.encode_row(inputs)[0]
             rows.append((inputs, freshness))
-        probabilities = self.booster.predict(matrix, num_threads=1)
+        probabilities = self.probabilities(matrix)
         return [
             self._scored(float(probability), inputs, freshness)
             for probability, (inputs, freshness) in zip(probabilities, rows, strict=True)
         ]
+
+    def probabilities(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Default probabilities of a model matrix (`model_input.encode` rows): the one place both the service
+        and batch scoring turn model inputs into scores."""
+        return np.asarray(self.booster.predict(matrix, num_threads=1), dtype=np.float64)
+
+    def decision(self, probability: float) -> Decision:
+        """`decline` at or above the threshold, else `approve`."""
+        return "decline" if probability >= self.threshold else "approve"
 
     def _model_inputs(
         self,
@@ -451,7 +461,7 @@ class Scorer:
         ]
         prediction = Prediction(
             default_probability=probability,
-            decision="decline" if probability >= self.threshold else "approve",
+            decision=self.decision(probability),
             threshold=self.threshold,
             model_name=self.model_name,
             model_version=self.model_version,

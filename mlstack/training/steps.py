@@ -18,7 +18,7 @@ import lightgbm
 import pandas as pd
 
 from mlstack.data import profiles
-from mlstack.features.store import FEATURE_SERVICE, get_store
+from mlstack.features.store import FEATURE_SERVICE_VERSION, get_store
 from mlstack.settings import PROJECT_ROOT, Settings
 from mlstack.training import evaluation, model_input, promotion, registry
 from mlstack.training.dataset import (
@@ -159,7 +159,7 @@ def register(
         signature_frame=signature_frame,
         git_commit=git_commit(),
         extra_tags={
-            "feature_service_version": FEATURE_SERVICE.rsplit("_v", 1)[-1],
+            "feature_service_version": FEATURE_SERVICE_VERSION,
             "feast_project": "mlstack",
             "leakage_warnings": "; ".join(leakage) or "none",
         },

@@ -39,6 +39,7 @@ COMMANDS = [
     ["bento"],
     ["bento", "build"],
     ["serve"],
+    ["score"],
     ["traffic"],
     ["monitor"],
     ["demo"],
@@ -47,7 +48,7 @@ COMMANDS = [
     ["down"],
     ["status"],
 ]
-TOP_LEVEL = ("train", "traffic", "monitor", "serve", "demo", "bootstrap", "up", "down", "status")
+TOP_LEVEL = ("train", "traffic", "monitor", "serve", "score", "demo", "bootstrap", "up", "down", "status")
 GROUPS = ("data", "features", "model", "bento")
 
 
