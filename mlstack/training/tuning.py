@@ -155,10 +155,18 @@ def tune(settings: Settings, parts: Split) -> TuningResult:
 
 
 def choose_params(settings: Settings, parts: Split, tune_now: bool) -> ParamsChoice:
-    """Tune when asked; else reuse the champion's recorded parameters; else the settings'."""
+    """Tune when asked; else reuse the champion's recorded parameters; else the settings'.
+
+    A history too short for one fold with the label-maturity gap does not fail the run: it trains
+    with what it would have reused, and the choice's detail says why tuning was skipped.
+    """
     base = training_params(settings)
     if tune_now:
-        study = tune(settings, parts)
+        try:
+            study = tune(settings, parts)
+        except InsufficientHistoryError as exc:
+            fallback = choose_params(settings, parts, tune_now=False)
+            return dataclasses.replace(fallback, detail=f"{fallback.detail}; tuning skipped: {exc}")
         tuned = dataclasses.replace(base, **study.best.params)  # type: ignore[arg-type]
         return ParamsChoice(
             tuned,

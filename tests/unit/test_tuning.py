@@ -12,7 +12,7 @@ from sklearn.model_selection import TimeSeriesSplit
 from mlstack.data.generator import DAYS_PER_MONTH, DEFAULT_DELAY_MONTHS
 from mlstack.settings import Settings
 from mlstack.training import tuning
-from mlstack.training.dataset import split_by_time
+from mlstack.training.dataset import split_by_time, training_params
 from tests.support.training_data import synthetic_applications
 
 HORIZON = timedelta(days=DEFAULT_DELAY_MONTHS[1] * DAYS_PER_MONTH + 1)  # the generator's longest default delay
@@ -87,3 +87,14 @@ def test_tune_runs_the_bounded_number_of_trials_and_keeps_the_best(tmp_path):
         assert 0 < trial.cv_log_loss < 1 and 1 <= trial.rounds <= 200
     for last_train, validation_start in result.folds:
         assert pd.Timestamp(last_train) + timedelta(days=30) <= pd.Timestamp(validation_start)
+
+
+def test_choose_params_falls_back_to_settings_when_history_is_shorter_than_the_gap(tmp_path):
+    parts = split_by_time(synthetic_applications(rows=2000, seed=1), 0.15, 0.15)  # one year of applications
+    settings = Settings(state_dir=tmp_path, label_maturity_days=366, tuning_trials=2)
+
+    choice = tuning.choose_params(settings, parts, tune_now=True)
+
+    assert choice.source == "settings" and choice.study is None
+    assert choice.params == training_params(settings)
+    assert "tuning skipped: no tuning fold has 200 training rows 366 days" in choice.detail
