@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     validation_row_count_error_band: float = Field(
         default=5.0,
         gt=1,
-        description="A table's newest window may hold 1/band to band times the rows of the one before (else: error).",
+        description="A table's newest window holding fewer than 1/band times the rows of the one before is an error.",
     )
     validation_row_count_warn_band: float = Field(
         default=1.5,

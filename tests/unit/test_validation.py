@@ -176,12 +176,21 @@ def test_null_rate_rise_in_newest_window_fails_one_missing_value_passes(settings
 
 
 @pytest.mark.parametrize(
-    ("keep", "severity"), [(0.1, "error"), (0.55, "warning"), (0.9, None)], ids=["collapse", "dip", "normal"]
+    ("keep", "severity"),
+    [(0.1, "error"), (0.55, "warning"), (0.9, None), (8.0, "warning")],
+    ids=["collapse", "dip", "normal", "surge"],
 )
-def test_row_count_drop_in_newest_window_is_judged_by_band(settings, keep, severity):
+def test_row_count_change_in_newest_window_is_judged_by_band(settings, keep, severity):
     frame = _frame(settings, LOAN_APPLICATIONS_FILE)
     newest = frame.index[_newest_window(frame)]
-    dropped = frame.drop(newest[int(len(newest) * keep) :])
+    if keep <= 1:
+        dropped = frame.drop(newest[int(len(newest) * keep) :])
+    else:  # the newest window's applications again and again, under new ids: more traffic, valid rows
+        copies = [
+            frame.loc[newest].assign(application_id=frame["application_id"].max() + i * len(frame) + newest + 1)
+            for i in range(int(keep) - 1)
+        ]
+        dropped = pd.concat([frame, *copies], ignore_index=True)
 
     report = validation.validate_frame(LOAN_APPLICATIONS_FILE, dropped, settings, NOW)
 
