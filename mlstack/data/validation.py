@@ -8,8 +8,8 @@ timestamp exactly when the loan defaulted. Every row check is an error: the wind
 
 Batch checks compare the table's newest window (the PERIOD up to its newest event timestamp) with
 the one before: the row-count ratio (an error below 1/error band, a warning outside the warning
-band: a surge is drift, not bad data) and, for each nullable column, the rise of its null rate (an error above the band). A table
-without a previous window skips them (said in the report).
+band: a surge is drift, not bad data) and, for each nullable column, the rise of its null rate (an
+error above the band). A table without a previous window skips them (said in the report).
 
 Nothing here writes unless asked: `quarantine` writes the failing rows of a report under the state dir.
 """
