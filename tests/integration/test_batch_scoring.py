@@ -17,6 +17,7 @@ from mlstack.data.schema import CUSTOMER_PROFILE_FILE
 from mlstack.features.store import FEATURE_SERVICE_VERSION
 from mlstack.serving import batch
 from mlstack.serving.runtime import ServingRuntime
+from mlstack.settings import get_settings
 from tests.support.serving_stack import build_serving_stack
 
 APPLICANTS = 40
@@ -85,3 +86,27 @@ def test_batch_input_without_a_column_fails_naming_it_and_writes_nothing(stack, 
     with pytest.raises(batch.BatchScoringError, match="no input file matches"):
         batch.score_applications(stack.settings, str(tmp_path / "nothing-*.parquet"), output)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["applications.parquet"]
+
+
+@pytest.mark.slow
+def test_score_batch_flow_writes_scores_of_every_row(stack, tmp_path, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.score import score_batch_flow
+
+    for name, value in stack.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    get_settings.cache_clear()
+    applications = _applications(stack.settings, datetime.now(UTC))
+    applications.to_parquet(tmp_path / "applications.parquet", index=False)
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            result = score_batch_flow(input=str(tmp_path / "applications.parquet"), output=str(tmp_path / "s.parquet"))
+    finally:
+        get_settings.cache_clear()
+
+    scored = pd.read_parquet(tmp_path / "s.parquet")
+    assert result.rows == len(scored) == len(applications)
+    assert list(scored.columns) == [*applications.columns, *batch.SCORE_COLUMNS]
+    assert scored["default_probability"].between(0, 1).all()
