@@ -398,7 +398,9 @@ def validate_offline_data(settings: Settings, now: datetime | None = None) -> Va
     for table in schema.DATA_FILES:
         path = settings.data_dir / table
         if not path.is_file():
-            missing = CheckFailure(table, "file_present", None, "error", 0, f"{path} not found")
+            missing = CheckFailure(
+                table, "file_present", None, "error", 0, f"{path} not found: run `mlstack data generate` first"
+            )
             reports.append(TableReport(table, path, 0, 1, None, None, [missing]))
             continue
         frame = pq.read_table(path).to_pandas()
