@@ -283,7 +283,7 @@ def validate_frame(
     window, previous = _windows(frame)
     batch = _batch_failures(table, frame, window, previous, settings)
     checks = _count_checks(table_schema_) + (0 if previous is None else 1 + sum(c in NULLABLE for c in frame.columns))
-    bad_rows = frame.loc[[index for index in frame.index if index in bad_index]].copy()
+    bad_rows = frame[frame.index.isin(list(bad_index))].copy()  # index: the row's position in the file
     bad_rows["failed_checks"] = [", ".join(sorted(set(bad_index[index]))) for index in bad_rows.index]
     return TableReport(
         table=table,
