@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import State, flow, get_run_logger, task
 
+from flows.validation import validate_offline_data_task
 from mlstack.features.materialization import MaterializationError
 from mlstack.features.store import (
     BATCH_VIEWS,
@@ -43,13 +44,14 @@ def materialize_view_task(feature_view: str, end: datetime) -> MaterializeResult
 def materialize_features_flow(
     end: datetime | None = None, feature_views: list[str] | None = None
 ) -> list[MaterializeResult]:
-    """Apply the repo, then materialise incrementally up to `end` (default: now), one task per view.
+    """Validate the offline data, apply the repo, then materialise incrementally up to `end` (default: now).
 
     Parameters:
         end: upper bound of the window (UTC); default now.
         feature_views: which batch views; default all of them.
     """
     logger = get_run_logger()
+    validate_offline_data_task()  # first: a failing window stops the flow before Feast or Redis is written
     applied = apply_repo_task()
     logger.info(
         "Applied Feast repo: %d feature views, %d on-demand views, services %s (%.1fs)",

@@ -8,12 +8,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.validation import validate_offline_data_task
 from mlstack.monitoring import export
 from mlstack.settings import get_settings
 from mlstack.stack.rollout import Rollout, roll_out
-from mlstack.training import mlflow_ui, registry
+from mlstack.training import mlflow_ui, registry, tuning
 from mlstack.training import steps as training_steps
-from mlstack.training.dataset import Split, TrainingSet, requested_window
+from mlstack.training.dataset import Split, TrainingParams, TrainingSet, requested_window
 from mlstack.training.promotion import Decision
 
 # Frames and boosters pass between tasks in memory: never hash them into Prefect cache keys.
@@ -36,15 +37,25 @@ def load_champion() -> training_steps.ChampionModel | None:
 
 
 @step
-def train_and_calibrate(parts: Split) -> training_steps.Candidate:
-    return training_steps.train_retrained(get_settings(), parts)
+def choose_training_params(parts: Split, tune: bool) -> tuning.ParamsChoice:
+    return tuning.choose_params(get_settings(), parts, tune)
+
+
+@step
+def record_training_params(registered: registry.RegisteredVersion, choice: tuning.ParamsChoice) -> None:
+    tuning.record_params(get_settings(), registered.version, registered.run_id, choice)
+
+
+@step
+def train_and_calibrate(parts: Split, params: TrainingParams) -> training_steps.Candidate:
+    return training_steps.train_retrained(get_settings(), parts, params)
 
 
 @step
 def build_champion_candidates(
-    champion: training_steps.ChampionModel | None, parts: Split, enabled: bool
+    champion: training_steps.ChampionModel | None, parts: Split, enabled: bool, params: TrainingParams
 ) -> list[training_steps.Candidate]:
-    return training_steps.champion_candidates(get_settings(), champion, parts, enabled)
+    return training_steps.champion_candidates(get_settings(), champion, parts, enabled, params)
 
 
 @step
@@ -77,8 +88,11 @@ def log_and_register(
     parts: Split,
     artifacts: training_steps.RunArtifacts,
     leakage: list[str],
+    params: TrainingParams,
 ) -> registry.RegisteredVersion:
-    return training_steps.register(get_settings(), challenger, candidates, training_set, parts, artifacts, leakage)
+    return training_steps.register(
+        get_settings(), challenger, candidates, training_set, parts, artifacts, leakage, params
+    )
 
 
 @step
@@ -120,6 +134,7 @@ def train_model_flow(
     recent: bool = False,
     rollout: bool = False,
     reason: str = "",
+    tune: bool = False,
 ) -> training_steps.TrainingOutcome:
     """Train and calibrate a challenger on labelled applications in [start, end] and gate it against @champion.
 
@@ -133,21 +148,30 @@ def train_model_flow(
         recent: train on the last MLSTACK_RETRAIN_WINDOW_DAYS days up to now, new labels included (retraining).
         rollout: when the challenger is promoted, build its bento and roll the local service / k8s overlay onto it.
         reason: why this run started (recorded in the log, e.g. "drift detected").
+        tune: search hyperparameters (Optuna, time-ordered folds; the weekly schedule sets it); otherwise
+            reuse the champion's recorded parameters, or the settings' when there is none.
     """
     logger = get_run_logger()
     if reason:
         logger.info("training because: %s", reason)
     start, end = requested_window(get_settings(), start, end, window_days, recent)
+    validate_offline_data_task()  # first: a failing window stops the flow before MLflow is written
     training_set = build_training_set(start, end)
     logger.info("training set: %d applications, fingerprint %s", len(training_set.frame), training_set.fingerprint)
     parts = split_by_time(training_set)
+    choice = choose_training_params(parts, tune)
+    logger.info("training parameters (%s): %s", choice.source, choice.detail)
     champion_model = load_champion()
-    candidates = [train_and_calibrate(parts), *build_champion_candidates(champion_model, parts, recent)]
+    candidates = [
+        train_and_calibrate(parts, choice.params),
+        *build_champion_candidates(champion_model, parts, recent, choice.params),
+    ]
     challenger = select_challenger(candidates)
     leakage = check_leakage(challenger, parts)
     champion = score_champion(champion_model, parts)
     artifacts = write_artifacts(challenger, parts, champion)
-    registered = log_and_register(challenger, candidates, training_set, parts, artifacts, leakage)
+    registered = log_and_register(challenger, candidates, training_set, parts, artifacts, leakage, choice.params)
+    record_training_params(registered, choice)
     decision = decide_promotion(challenger, champion, leakage)
     promoted = move_champion_alias(registered.version, decision)
     outcome = training_steps.outcome_of(

@@ -123,8 +123,45 @@ class Settings(BaseSettings):
     calibration_isotonic_min_rows: int = Field(
         default=5000, ge=1000, description="Fewest calibration rows for isotonic calibration (fewer: Platt)."
     )
+
+    label_maturity_days: int = Field(
+        default=366,
+        ge=0,
+        description=(
+            "Days after an application by which its outcome is known (defaults arrive 2-12 months later): "
+            "the gap between each tuning fold's training rows and its validation rows."
+        ),
+    )
+    tuning_trials: int = Field(default=30, ge=1, description="Optuna trials of a tuning run (the weekly training).")
+    tuning_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Wall-time bound of a tuning run; the study stops after the trial running then.",
+    )
+    tuning_folds: int = Field(default=3, ge=2, description="Time-ordered cross-validation folds of a tuning run.")
     decision_threshold: float = Field(
         default=0.2, gt=0, lt=1, description="Default probability at or above which an application is declined."
+    )
+
+    # Data validation gate (mlstack.data.validation; docs/data.md, "Validation")
+    validation_row_count_error_band: float = Field(
+        default=5.0,
+        gt=1,
+        description="A table's newest window holding fewer than 1/band times the rows of the one before is an error.",
+    )
+    validation_row_count_warn_band: float = Field(
+        default=1.5,
+        gt=1,
+        description="Outside 1/band to band times the previous window's rows, the row count is a warning.",
+    )
+    validation_null_rate_band: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Largest rise of a nullable column's null rate from the previous window to the newest.",
+    )
+    validation_failing_rows: int = Field(
+        default=20, ge=1, description="Failing rows per table shown in the validation artifact and report."
     )
 
     # Champion / challenger gate
@@ -201,6 +238,10 @@ class Settings(BaseSettings):
         gt=0,
         lt=1,
         description="A/B sample size: the smallest approval-rate difference the test must detect (80% power).",
+    )
+
+    batch_chunk_rows: int = Field(
+        default=50_000, ge=1, description="Applications per chunk of batch scoring (memory is bounded by a chunk)."
     )
 
     # Drift monitoring and retraining
@@ -324,6 +365,16 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """Scratch files of training runs (plots, reference profiles) before they go to MLflow."""
         return self.state_dir / "runs"
+
+    @property
+    def batch_dir(self) -> Path:
+        """The nightly batch scoring's default input (`applications/*.parquet`) and output (`scores/`)."""
+        return self.state_dir / "batch"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rows the data-validation gate refused, one parquet file per table and failed validation."""
+        return self.state_dir / "quarantine"
 
     @property
     def stack_dir(self) -> Path:

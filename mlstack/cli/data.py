@@ -34,3 +34,20 @@ def generate(settings: Settings) -> None:
     with render.generation_progress(settings.customers) as progress:
         fresh = generate_fresh_data(settings, progress)
     render.data_generated(fresh)
+
+
+@app.command("validate")
+def data_validate(
+    quarantine: Annotated[
+        bool, typer.Option(help="Write the failing rows under <state dir>/quarantine, as the flows do.")
+    ] = False,
+) -> None:
+    """Run the data-validation gate on the offline tables; exit 1 if a check fails (warnings pass)."""
+    from mlstack.data import validation
+
+    settings = context.settings()
+    report = validation.validate_offline_data(settings)
+    written = validation.quarantine(settings, report) if quarantine and not report.passed else []
+    render.validation_report(report, settings.validation_failing_rows, written)
+    if not report.passed:
+        raise typer.Exit(1)

@@ -31,7 +31,7 @@ def features_materialize(
         list[str] | None, typer.Option(help="Feature view to materialise (repeatable); default all.")
     ] = None,
 ) -> None:
-    """Run the Prefect flow `materialize-features`: apply the repo, load new rows into Redis."""
+    """Run the Prefect flow `materialize-features`: validate the offline data, apply the repo, load new rows."""
     context.settings()
     render.materialized(run_materialize(context.utc(end), view))
 

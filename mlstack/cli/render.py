@@ -15,6 +15,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlstack.data.validation import ValidationReport
     from mlstack.features.store import ApplyResult, FreshData, MaterializeResult
     from mlstack.monitoring.drift import DriftReport
     from mlstack.monitoring.shadow import ShadowEvidence
@@ -97,6 +98,43 @@ def data_generated(data: FreshData) -> None:
         table.add_row(name, f"{getattr(data.summary, name + '_rows'):,}")
     console.print(table)
     console.print(f"default rate of applications: {data.summary.label_rate:.1%} (synthetic data, see docs/data.md)")
+
+
+def validation_report(report: ValidationReport, failing_rows: int, quarantined: Sequence[Path] = ()) -> None:
+    """Each table's rows and checks, then every failed check and the first failing rows; the verdict last."""
+    table = Table(title=f"Data validation at {report.checked_at:%Y-%m-%d %H:%M:%S} UTC")
+    for column in ("table", "rows", "checks", "newest window", "window before", "errors", "warnings"):
+        table.add_column(column, justify="left" if column == "table" else "right")
+    for checked in report.tables:
+        table.add_row(
+            checked.table.removesuffix(".parquet"),
+            f"{checked.rows:,}",
+            str(checked.checks),
+            "-" if checked.window_rows is None else f"{checked.window_rows:,}",
+            "none (batch checks skipped)"
+            if checked.previous_window_rows is None
+            else f"{checked.previous_window_rows:,}",
+            f"[red]{len(checked.errors)}[/]" if checked.errors else "0",
+            f"[yellow]{len(checked.warnings)}[/]" if checked.warnings else "0",
+        )
+    console.print(table)
+    for failure in report.errors:
+        console.print(f"[red]error[/] {failure.line()}", soft_wrap=True)
+    for failure in report.warnings:
+        console.print(f"[yellow]warning[/] {failure.line()}", soft_wrap=True)
+    for checked in report.tables:
+        if not checked.bad_rows.empty:
+            rows = Table(title=f"{checked.table}: first {failing_rows} of {len(checked.bad_rows):,} failing rows")
+            shown = checked.bad_rows.head(failing_rows).astype(str)
+            for column in shown.columns:
+                rows.add_column(str(column))
+            for values in shown.itertuples(index=False):
+                rows.add_row(*values)
+            console.print(rows)
+    for path in quarantined:
+        console.print(f"quarantined: {path}")
+    verdict = "[green]passed[/]" if report.passed else "[bold red]FAILED[/]"
+    console.print(f"data validation {verdict}: {len(report.errors)} failed checks, {len(report.warnings)} warnings")
 
 
 def applied(result: ApplyResult) -> None:

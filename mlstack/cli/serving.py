@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -40,3 +41,14 @@ def build(settings: Settings) -> BuiltBento:
         built = build_bento(settings)
     render.bento_built(built)
     return built
+
+
+def score(
+    input: Annotated[str, typer.Option("--input", help="Parquet file or glob of applications to score.")],
+    output: Annotated[Path, typer.Option("--output", help="Parquet file to write (atomically).")],
+) -> None:
+    """Run the flow `score-batch`: score applications with the champion on point-in-time features."""
+    context.settings()
+    from flows.score import score_batch_flow
+
+    render.line(score_batch_flow(input=input, output=str(output)).summary())

@@ -22,17 +22,21 @@ model_app = typer.Typer(
 def train(
     start: Annotated[datetime | None, typer.Option(help="First application time of the window (UTC).")] = None,
     end: Annotated[datetime | None, typer.Option(help="Last application time of the window (UTC).")] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(help="Search hyperparameters (Optuna, time-ordered folds) instead of reusing the champion's."),
+    ] = False,
 ) -> None:
     """Run the Prefect flow `train-model`: train, log to MLflow, register, and gate against @champion."""
     settings = context.settings()
-    show_training(settings, run_train(context.utc(start), context.utc(end)))
+    show_training(settings, run_train(context.utc(start), context.utc(end), tune=tune))
 
 
-def run_train(start: datetime | None = None, end: datetime | None = None) -> TrainingOutcome:
+def run_train(start: datetime | None = None, end: datetime | None = None, tune: bool = False) -> TrainingOutcome:
     """Run the flow `train-model` in this process (call after `context.settings()`)."""
     from flows.train import train_model_flow
 
-    return train_model_flow(start=start, end=end)
+    return train_model_flow(start=start, end=end, tune=tune)
 
 
 def champion(settings: Settings) -> str | None:

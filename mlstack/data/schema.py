@@ -98,6 +98,27 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     LOAN_APPLICATIONS_FILE: LOAN_APPLICATIONS_SCHEMA,
 }
 
+# The valid range of each numeric column, (low, high) inclusive, high None for no upper bound: the
+# data contract the validation gate checks (mlstack.data.validation), not the generator's parameters.
+COLUMN_RANGES: dict[str, tuple[float, float | None]] = {
+    "customer_id": (1, None),
+    "application_id": (1, None),
+    "median_income": (0.0, None),
+    "unemployment_rate": (0.0, 1.0),
+    "population": (0, None),
+    "regional_default_rate": (0.0, 1.0),
+    "age": (18, 120),
+    "annual_income": (0.0, None),
+    "employment_length_years": (0.0, 80.0),
+    "credit_utilisation": (0.0, 1.2),
+    "open_accounts": (0, None),
+    "delinquencies_2y": (0, None),
+    "bureau_score": (300, 850),
+    "monthly_debt_payments": (0.0, None),
+    "accounts_in_collections": (0, None),
+    "loan_amount": LOAN_AMOUNT_RANGE,
+}
+
 
 @dataclass(frozen=True)
 class RequestFields:

@@ -30,6 +30,7 @@ from mlstack.settings import Settings
 log = logging.getLogger(__name__)
 
 FEATURE_SERVICE = "credit_risk_v1"
+FEATURE_SERVICE_VERSION = FEATURE_SERVICE.rsplit("_v", 1)[-1]  # recorded on model versions and batch scores
 BATCH_VIEWS = ("customer_profile", "credit_history", "zipcode_stats")
 
 

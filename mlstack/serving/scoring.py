@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -424,12 +425,21 @@ class Scorer:
             inputs, freshness = self._model_inputs(application, values, stamps, now)
             matrix[i] = model_input.encode_row(inputs)[0]
             rows.append((inputs, freshness))
-        # The same function as training's evaluation and the batch path: served == offline, row for row.
-        probabilities = default_probabilities(self.booster, self.calibrator, matrix, num_threads=1)
+        probabilities = self.probabilities(matrix)
         return [
             self._scored(float(probability), inputs, freshness)
             for probability, (inputs, freshness) in zip(probabilities, rows, strict=True)
         ]
+
+    def probabilities(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Default probabilities of a model matrix (`model_input.encode` rows): the one place both the service
+        and batch scoring turn model inputs into scores."""
+        # The same function as training's evaluation: served == batch == offline, row for row.
+        return default_probabilities(self.booster, self.calibrator, matrix, num_threads=1)
+
+    def decision(self, probability: float) -> Decision:
+        """`decline` at or above the threshold, else `approve`."""
+        return "decline" if probability >= self.threshold else "approve"
 
     def _model_inputs(
         self,
@@ -459,7 +469,7 @@ class Scorer:
         ]
         prediction = Prediction(
             default_probability=probability,
-            decision="decline" if probability >= self.threshold else "approve",
+            decision=self.decision(probability),
             threshold=self.threshold,
             model_name=self.model_name,
             model_version=self.model_version,

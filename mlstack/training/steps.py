@@ -27,12 +27,13 @@ import lightgbm
 import pandas as pd
 
 from mlstack.data import profiles
-from mlstack.features.store import FEATURE_SERVICE, get_store
+from mlstack.features.store import FEATURE_SERVICE_VERSION, get_store
 from mlstack.settings import PROJECT_ROOT, Settings
 from mlstack.training import calibration, evaluation, model_input, promotion, registry
 from mlstack.training.calibration import Calibrator
 from mlstack.training.dataset import (
     Split,
+    TrainingParams,
     TrainingSet,
     build_training_set,
     split_by_time,
@@ -195,9 +196,9 @@ def split(settings: Settings, training_set: TrainingSet) -> Split:
     )
 
 
-def train(settings: Settings, parts: Split) -> lightgbm.Booster:
-    """LightGBM with early stopping on validation, hyperparameters from settings."""
-    return train_booster(parts, training_params(settings))
+def train(settings: Settings, parts: Split, params: TrainingParams | None = None) -> lightgbm.Booster:
+    """LightGBM with early stopping on validation; hyperparameters given (tuned, reused) or from settings."""
+    return train_booster(parts, params or training_params(settings))
 
 
 def fit_calibration(settings: Settings, booster: lightgbm.Booster, parts: Split) -> Calibrator:
@@ -223,9 +224,9 @@ def make_candidate(
     return Candidate(kind, booster, calibrator, score)
 
 
-def train_retrained(settings: Settings, parts: Split) -> Candidate:
-    """Candidate (a), every run's: LightGBM on the training window, calibrated, scored on the holdout."""
-    return make_candidate(settings, "retrained", train(settings, parts), parts)
+def train_retrained(settings: Settings, parts: Split, params: TrainingParams | None = None) -> Candidate:
+    """Candidate (a), every run's: LightGBM on the training window (`params`, default the settings'), calibrated."""
+    return make_candidate(settings, "retrained", train(settings, parts, params), parts)
 
 
 def load_champion(settings: Settings) -> ChampionModel | None:
@@ -242,7 +243,11 @@ def load_champion(settings: Settings) -> ChampionModel | None:
 
 
 def champion_candidates(
-    settings: Settings, champion: ChampionModel | None, parts: Split, enabled: bool
+    settings: Settings,
+    champion: ChampionModel | None,
+    parts: Split,
+    enabled: bool,
+    params: TrainingParams | None = None,
 ) -> list[Candidate]:
     """Candidates (b) and (c) of a retrain, built from the champion (empty: not a retrain, or no champion).
 
@@ -255,7 +260,7 @@ def champion_candidates(
     if not enabled or champion is None:
         return []
     recalibrated = make_candidate(settings, "recalibrated", champion.booster, parts)
-    continued = train_booster(parts, training_params(settings), init_model=champion.booster)
+    continued = train_booster(parts, params or training_params(settings), init_model=champion.booster)
     return [recalibrated, make_candidate(settings, "continued", continued, parts)]
 
 
@@ -314,8 +319,12 @@ def register(
     parts: Split,
     artifacts: RunArtifacts,
     leakage: list[str],
+    params: TrainingParams | None = None,
 ) -> registry.RegisteredVersion:
-    """Log the run to MLflow and register the challenger (alias @challenger) with lineage and the candidates table."""
+    """Log the run to MLflow and register the challenger (alias @challenger) with lineage and the candidates table.
+
+    `params`: what this run trained with (default: the settings').
+    """
     signature_frame = pd.DataFrame(model_input.encode(parts.holdout.head(200)), columns=list(model_input.FEATURES))
     results = [CandidateResult.of(candidate) for candidate in candidates]
     return registry.log_and_register(
@@ -323,14 +332,14 @@ def register(
         booster=challenger.booster,
         training_set=training_set,
         split=parts,
-        params=training_params(settings).as_dict(),
+        params=(params or training_params(settings)).as_dict(),
         metrics=challenger.metrics,
         plots=artifacts.plots,
         reference_profile=artifacts.reference_profile,
         signature_frame=signature_frame,
         git_commit=git_commit(),
         extra_tags={
-            "feature_service_version": FEATURE_SERVICE.rsplit("_v", 1)[-1],
+            "feature_service_version": FEATURE_SERVICE_VERSION,
             "feast_project": "mlstack",
             "leakage_warnings": "; ".join(leakage) or "none",
             **candidate_tags(results, challenger.kind),

@@ -27,6 +27,7 @@ COMMANDS = [
     [],
     ["data"],
     ["data", "generate"],
+    ["data", "validate"],
     ["features"],
     ["features", "apply"],
     ["features", "materialize"],
@@ -39,6 +40,7 @@ COMMANDS = [
     ["bento"],
     ["bento", "build"],
     ["serve"],
+    ["score"],
     ["traffic"],
     ["monitor"],
     ["demo"],
@@ -47,7 +49,7 @@ COMMANDS = [
     ["down"],
     ["status"],
 ]
-TOP_LEVEL = ("train", "traffic", "monitor", "serve", "demo", "bootstrap", "up", "down", "status")
+TOP_LEVEL = ("train", "traffic", "monitor", "serve", "score", "demo", "bootstrap", "up", "down", "status")
 GROUPS = ("data", "features", "model", "bento")
 
 
