@@ -287,7 +287,7 @@ class Settings(BaseSettings):
     registry_webhooks: bool = Field(
         default=True,
         description="`mlstack up` registers an MLflow webhook so a @champion move made in the MLflow UI is rolled "
-        "out at once (the watch-champion poll catches it within a minute either way).",
+        "out at once (the watch-champion poll catches it within five minutes either way; a poll every minute would start a flow-run process a minute on the worker).",
     )
     service_port: int = Field(default=3000, ge=1, le=65535, description="Port of the credit-risk service.")
     # --- end local stack ---
