@@ -10,17 +10,13 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from mlstack.data import profiles
+from mlstack.data.profiles import Profile
 from mlstack.errors import StackError
 from mlstack.monitoring import drift
 from mlstack.monitoring.drift import DriftReport, DriftThresholds, GatheredProfiles
 from mlstack.settings import Settings
 from mlstack.training import registry
-
-if TYPE_CHECKING:
-    from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
 DRIFT_EVENT = "mlstack.drift.detected"
 
@@ -32,8 +28,7 @@ class MonitorError(StackError):
 def thresholds_of(settings: Settings) -> DriftThresholds:
     """The drift thresholds in force (settings `drift_*`)."""
     return DriftThresholds(
-        hellinger=settings.drift_hellinger_threshold,
-        chi2_alpha=settings.drift_chi2_alpha,
+        alpha=settings.drift_alpha,
         min_rows=settings.drift_min_rows,
     )
 
@@ -60,7 +55,7 @@ def monitored_version(settings: Settings, model_version: str | None) -> str:
     return str(champion.version)
 
 
-def load_reference(settings: Settings, version: str) -> DatasetProfileView:
+def load_reference(settings: Settings, version: str) -> Profile:
     """The training reference profile of `version`, from its MLflow run."""
     with tempfile.TemporaryDirectory(prefix="mlstack-reference-") as tmp:
         return profiles.read_profile(registry.download_reference_profile(settings, version, Path(tmp)))
@@ -72,7 +67,7 @@ def gather(settings: Settings, version: str, window: tuple[datetime, datetime]) 
 
 
 def judge(
-    settings: Settings, gathered: GatheredProfiles, reference: DatasetProfileView, version: str, window: tuple
+    settings: Settings, gathered: GatheredProfiles, reference: Profile, version: str, window: tuple
 ) -> DriftReport:
     """The drift report of the gathered window against the reference."""
     return drift.assess_drift(
