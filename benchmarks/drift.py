@@ -52,6 +52,7 @@ from mlstack.data import generator, profiles
 from mlstack.data.profiles import WhylogsProfile
 from mlstack.monitoring import drift
 from mlstack.monitoring.drift import DriftThresholds, GatheredProfiles
+from mlstack.monitoring.performance import wilson
 from mlstack.settings import PROJECT_ROOT
 from mlstack.simulation import traffic
 from mlstack.simulation.scenarios import SCENARIOS
@@ -278,11 +279,15 @@ def run(out: Path, clean_windows: int, shifted_windows: int, seed: int) -> pd.Da
             started = time.perf_counter()
             p_values = raw_tests(window, reference)
             holm = drift.holm(p_values)
-            named["raw KS/chi2 + BH"] = [c for c, r in zip(COLUMNS, benjamini_hochberg(p_values, 0.05)) if r]
+            named["raw KS/chi2 + BH"] = [
+                c for c, r in zip(COLUMNS, benjamini_hochberg(p_values, 0.05), strict=True) if r
+            ]
             named["raw KS/chi2 + Holm"] = [c for c, p in zip(COLUMNS, holm, strict=True) if p < 0.05]
             timings["raw"] += time.perf_counter() - started
             for detector, columns in named.items():
-                rows.append({**key, "detector": detector, "alarm": bool(columns), "columns": columns, "targets": targets})
+                rows.append(
+                    {**key, "detector": detector, "alarm": bool(columns), "columns": columns, "targets": targets}
+                )
             frames.append(window.assign(size=size, cell=name, window=number))
     pd.concat(frames, ignore_index=True).to_parquet(out / "windows.parquet")
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
@@ -290,9 +295,12 @@ def run(out: Path, clean_windows: int, shifted_windows: int, seed: int) -> pd.Da
     results = pd.DataFrame(rows)
     targets = results.drop_duplicates(["size", "cell", "window"]).set_index(["size", "cell", "window"])["targets"]
     evidently["targets"] = [targets[(s, c, w)] for s, c, w in evidently[["size", "cell", "window"]].itertuples(False)]
-    evidently["kind"] = results.drop_duplicates(["size", "cell"]).set_index(["size", "cell"]).loc[
-        list(zip(evidently["size"], evidently["cell"], strict=True)), "kind"
-    ].to_numpy()
+    evidently["kind"] = (
+        results.drop_duplicates(["size", "cell"])
+        .set_index(["size", "cell"])
+        .loc[list(zip(evidently["size"], evidently["cell"], strict=True)), "kind"]
+        .to_numpy()
+    )
     return pd.concat([results, evidently], ignore_index=True)
 
 
@@ -310,23 +318,17 @@ def run_evidently(out: Path) -> pd.DataFrame:
     return pd.DataFrame(verdicts["rows"])
 
 
-def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion."""
-    if trials == 0:
-        return math.nan, math.nan
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return centre - half, centre + half
-
-
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Per detector, window size and cell: windows, alarm rate, its 95 % Wilson interval, share naming a target."""
     summary = []
     for (detector, size, cell), group in results.groupby(["detector", "size", "cell"], sort=False):
         alarms = int(group["alarm"].sum())
-        low, high = wilson(alarms, len(group))
-        named = [bool(set(c) & set(t)) for c, t, a in zip(group["columns"], group["targets"], group["alarm"]) if a]
+        low, high = wilson(alarms, len(group), 1.96)
+        named = [
+            bool(set(c) & set(t))
+            for c, t, a in zip(group["columns"], group["targets"], group["alarm"], strict=True)
+            if a
+        ]
         summary.append(
             {
                 "detector": detector,
@@ -358,7 +360,11 @@ def markdown(summary: pd.DataFrame, results: pd.DataFrame, header: str) -> str:
     shifted = summary[summary["cell"] != "clean"].set_index(["detector", "size", "cell"])
     cell_names = [c for c in dict.fromkeys(summary["cell"]) if c != "clean"]
     for size in SIZES:
-        lines += ["", f"### Detection rate at {size:,} rows (share of shifted windows with an alarm naming a target column)", ""]
+        lines += [
+            "",
+            f"### Detection rate at {size:,} rows (share of shifted windows with an alarm naming a target column)",
+            "",
+        ]
         lines += ["| shift | " + " | ".join(detectors) + " |", "|---|" + "---|" * len(detectors)]
         for cell in cell_names:
             values = []

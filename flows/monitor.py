@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE

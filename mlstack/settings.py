@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         default=0.05,
         gt=0,
         lt=1,
-        description="Family-wise false-alarm rate of a drift window: Holm-adjusted p-value below which a column has drifted.",
+        description="Drift false-alarm rate per window: a column drifts when its Holm-adjusted p-value is below it.",
     )
     drift_event_cooldown_minutes: float = Field(
         default=30.0, ge=0, description="After a drift event for a model version, no new one for this long."
