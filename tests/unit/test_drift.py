@@ -55,6 +55,15 @@ def test_drift_clean_windows_rarely_alarm(reference):
     assert all(report.verdict != "insufficient_data" for report in reports)
 
 
+def test_drift_clean_windows_alarm_no_more_often_than_alpha(reference):
+    alpha = 0.05
+    alarms = sum(judge(population(400, seed=1_000 + i), reference).verdict == "drift" for i in range(200))
+    # Holm bounds the family-wise rate by alpha; P(Binomial(200, 0.05) > 18) < 0.5 %, so a rule that
+    # alarmed more often than alpha on clean windows would show here (the seeds are fixed).
+    assert DriftThresholds().alpha == alpha
+    assert alarms <= 18, alarms
+
+
 def test_drift_single_numeric_shift_is_attributed_to_that_feature(reference):
     shifted = population(800, seed=7)
     shifted["score"] -= 120
