@@ -201,7 +201,7 @@ def monitor_rule(current: WhylogsProfile, reference: WhylogsProfile, rows: int) 
         model_name="bench",
         model_version="0",
         window=(DATA_END, DATA_END),
-        thresholds=DriftThresholds(alpha=0.05, min_rows=1),
+        thresholds=DriftThresholds(min_rows=1),  # the monitor's default alpha
     )
     return [c.column for c in report.ranked() if c.drifted]
 
@@ -248,7 +248,7 @@ def draw_windows(
     return windows
 
 
-def run(out: Path, clean_windows: int, shifted_windows: int, seed: int) -> pd.DataFrame:
+def run(out: Path, clean_windows: int, shifted_windows: int, seed: int, sizes: tuple[int, ...]) -> pd.DataFrame:
     """Judge every window with every in-process detector, then Evidently in its own environment; one row per verdict."""
     out.mkdir(parents=True, exist_ok=True)
     data = population(200_000, seed, BENCH_ROOT / "drift-data")
@@ -257,7 +257,7 @@ def run(out: Path, clean_windows: int, shifted_windows: int, seed: int) -> pd.Da
     reference_profile = profiles.profile_frame(reference)
     assert isinstance(reference_profile, WhylogsProfile)
     reference.to_parquet(out / "reference.parquet")
-    cells: list[tuple[int, Shift | None]] = [(size, cell) for size in SIZES for cell in (None, *shifts())]
+    cells: list[tuple[int, Shift | None]] = [(size, cell) for size in sizes for cell in (None, *shifts())]
     rows, frames, timings = [], [], {"profile": 0.0, "before": 0.0, "monitor": 0.0, "raw": 0.0}
     for index, (size, shift) in enumerate(cells):
         count = clean_windows if shift is None else shifted_windows
@@ -344,22 +344,22 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(summary)
 
 
-def markdown(summary: pd.DataFrame, results: pd.DataFrame, header: str) -> str:
+def markdown(summary: pd.DataFrame, results: pd.DataFrame, header: str, sizes: tuple[int, ...]) -> str:
     """The report: false alarms per size, power per shift at each size, and what clean alarms named."""
     detectors = list(dict.fromkeys(summary["detector"]))
     lines = [header, "", "### False alarms: share of clean windows with any alarm (95 % Wilson interval)", ""]
-    lines += ["| detector | " + " | ".join(f"{s:,} rows" for s in SIZES) + " |", "|---|" + "---|" * len(SIZES)]
+    lines += ["| detector | " + " | ".join(f"{s:,} rows" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
     clean = summary[summary["cell"] == "clean"].set_index(["detector", "size"])
     for detector in detectors:
         cells = [
             f"{clean.loc[(detector, s), 'alarm_rate']:.1%} ({clean.loc[(detector, s), 'low']:.1%}-"
             f"{clean.loc[(detector, s), 'high']:.1%})"
-            for s in SIZES
+            for s in sizes
         ]
         lines.append(f"| {detector} | " + " | ".join(cells) + " |")
     shifted = summary[summary["cell"] != "clean"].set_index(["detector", "size", "cell"])
     cell_names = [c for c in dict.fromkeys(summary["cell"]) if c != "clean"]
-    for size in SIZES:
+    for size in sizes:
         lines += [
             "",
             f"### Detection rate at {size:,} rows (share of shifted windows with an alarm naming a target column)",
@@ -394,9 +394,11 @@ def main() -> None:
     parser.add_argument("--shifted-windows", type=int, default=25, help="windows per shift and window size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=BENCH_ROOT / "drift")
+    parser.add_argument("--size", type=int, action="append", help=f"window size(s) (default: {SIZES})")
     args = parser.parse_args()
     started = time.perf_counter()
-    results = run(args.out, args.clean_windows, args.shifted_windows, args.seed)
+    sizes = tuple(args.size or SIZES)
+    results = run(args.out, args.clean_windows, args.shifted_windows, args.seed, sizes)
     stored = results.assign(columns=results["columns"].map(json.dumps), targets=results["targets"].map(json.dumps))
     stored.to_parquet(args.out / "results.parquet")
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
@@ -405,7 +407,7 @@ def main() -> None:
         f"{args.clean_windows} clean and {args.shifted_windows} shifted windows per cell, seed {args.seed}, "
         f"{time.perf_counter() - started:.0f} s)"
     )
-    report = markdown(summarise(results), results, header)
+    report = markdown(summarise(results), results, header, sizes)
     (args.out / "report.md").write_text(report)
     print(report)
     sys.stdout.flush()

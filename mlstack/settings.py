@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         lt=1,
         description="Drift false-alarm rate per window: a column drifts when its Holm-adjusted p-value is below it.",
     )
+    drift_context_min_effect: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Zipcode-level columns and the prediction drift only with a KS distance at least this large.",
+    )
     drift_event_cooldown_minutes: float = Field(
         default=30.0, ge=0, description="After a drift event for a model version, no new one for this long."
     )

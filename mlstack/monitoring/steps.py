@@ -39,6 +39,7 @@ def thresholds_of(settings: Settings) -> DriftThresholds:
     """The drift thresholds in force (settings `drift_*`)."""
     return DriftThresholds(
         alpha=settings.drift_alpha,
+        context_min_effect=settings.drift_context_min_effect,
         min_rows=settings.drift_min_rows,
     )
 

@@ -94,6 +94,17 @@ def test_drift_prediction_shift_is_reported_separately(reference):
     assert report.payload()["prediction_drifted"] is True
 
 
+def test_drift_context_columns_need_a_large_effect_other_columns_do_not(reference):
+    window = population(5_000, seed=14)
+    window[drift.PREDICTION] *= 1.15  # KS D ~0.07: significant at 5,000 rows, below the context floor
+    window["score"] += 0.25 * 60  # a quarter of a standard deviation: D ~0.1
+    report = judge(window, reference)
+    prediction = report.prediction
+    assert prediction is not None and prediction.score < 0.05 and prediction.statistic < 0.2
+    assert not prediction.drifted and prediction.possible
+    assert report.drifted_features == ["score"]
+
+
 def test_drift_too_few_rows_is_not_judged(reference):
     shifted = population(150, seed=10)
     shifted["score"] -= 300  # obvious drift, but too few rows to say so
