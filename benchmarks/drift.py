@@ -291,8 +291,9 @@ def run(out: Path, clean_windows: int, shifted_windows: int, seed: int, sizes: t
             frames.append(window.assign(size=size, cell=name, window=number))
     pd.concat(frames, ignore_index=True).to_parquet(out / "windows.parquet")
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
-    evidently = run_evidently(out)
     results = pd.DataFrame(rows)
+    store(results, out / "results-in-process.parquet")  # kept if the Evidently run fails
+    evidently = run_evidently(out)
     targets = results.drop_duplicates(["size", "cell", "window"]).set_index(["size", "cell", "window"])["targets"]
     evidently["targets"] = [targets[(s, c, w)] for s, c, w in evidently[["size", "cell", "window"]].itertuples(False)]
     evidently["kind"] = (
@@ -387,6 +388,13 @@ def markdown(summary: pd.DataFrame, results: pd.DataFrame, header: str, sizes: t
     return "\n".join(lines) + "\n"
 
 
+def store(results: pd.DataFrame, path: Path) -> None:
+    """Write one row per verdict as parquet (column lists as JSON)."""
+    results.assign(columns=results["columns"].map(json.dumps), targets=results["targets"].map(json.dumps)).to_parquet(
+        path
+    )
+
+
 def main() -> None:
     """Run the benchmark and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -399,8 +407,7 @@ def main() -> None:
     started = time.perf_counter()
     sizes = tuple(args.size or SIZES)
     results = run(args.out, args.clean_windows, args.shifted_windows, args.seed, sizes)
-    stored = results.assign(columns=results["columns"].map(json.dumps), targets=results["targets"].map(json.dumps))
-    stored.to_parquet(args.out / "results.parquet")
+    store(results, args.out / "results.parquet")
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
     header = (
         f"## Drift detectors ({datetime.now(UTC):%Y-%m-%d}, git {revision.stdout.strip() or '?'}, "
