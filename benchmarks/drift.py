@@ -405,10 +405,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, action="append", help=f"window size(s) (default: {SIZES})")
     args = parser.parse_args()
     started = time.perf_counter()
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
     sizes = tuple(args.size or SIZES)
     results = run(args.out, args.clean_windows, args.shifted_windows, args.seed, sizes)
     store(results, args.out / "results.parquet")
-    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT)
     header = (
         f"## Drift detectors ({datetime.now(UTC):%Y-%m-%d}, git {revision.stdout.strip() or '?'}, "
         f"{args.clean_windows} clean and {args.shifted_windows} shifted windows per cell, seed {args.seed}, "
