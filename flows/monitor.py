@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from mlstack.data.profiles import Profile
 from mlstack.monitoring import drift, export
 from mlstack.monitoring import steps as monitoring_steps
 from mlstack.monitoring.drift import DriftReport, GatheredProfiles
 from mlstack.settings import get_settings
-
-if TYPE_CHECKING:  # whylogs is a slow import: the steps import it when they need it
-    from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
 step = task(cache_policy=NO_CACHE)
 
@@ -34,7 +31,7 @@ def monitored_version(model_version: str | None) -> str:
 
 
 @step
-def load_reference(version: str) -> DatasetProfileView:
+def load_reference(version: str) -> Profile:
     return monitoring_steps.load_reference(get_settings(), version)
 
 
@@ -45,7 +42,7 @@ def gather_profiles(version: str, window: tuple[datetime, datetime]) -> Gathered
 
 @step
 def judge_drift(
-    gathered: GatheredProfiles, reference: DatasetProfileView, version: str, window: tuple[datetime, datetime]
+    gathered: GatheredProfiles, reference: Profile, version: str, window: tuple[datetime, datetime]
 ) -> DriftReport:
     return monitoring_steps.judge(get_settings(), gathered, reference, version, window)
 

@@ -249,14 +249,36 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="The monitor judges the live-traffic profiles of the last N minutes."
     )
     drift_min_rows: int = Field(default=200, ge=1, description="Fewest live rows the monitor will judge drift on.")
-    drift_hellinger_threshold: float = Field(
-        default=0.4, gt=0, le=1, description="Hellinger distance at or above which a numeric column has drifted."
+    drift_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Drift false-alarm rate per window: a column drifts when its Holm-adjusted p-value is below it.",
     )
-    drift_chi2_alpha: float = Field(
-        default=0.001, gt=0, lt=1, description="Chi-square p-value below which a categorical column has drifted."
+    drift_context_min_effect: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Zipcode-level columns and the prediction drift only with a KS distance at least this large.",
     )
     drift_event_cooldown_minutes: float = Field(
         default=30.0, ge=0, description="After a drift event for a model version, no new one for this long."
+    )
+    performance_outcome_months: float = Field(
+        default=12.0,
+        gt=0,
+        description="An application's outcome is known this many months after it (a cohort is judged once all are).",
+    )
+    performance_min_rows: int = Field(
+        default=200, ge=10, description="Fewest matured applications of a cohort the performance monitor judges."
+    )
+    performance_confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence level of the performance monitor's intervals."
+    )
+    performance_event_cooldown_minutes: float = Field(
+        default=1440.0,
+        ge=0,
+        description="After a performance-degraded event for a model version, no new one for this long.",
     )
     retrain_window_days: int = Field(
         default=120, gt=0, description="Retraining on drift uses the applications of the last N days."
@@ -287,7 +309,7 @@ class Settings(BaseSettings):
     registry_webhooks: bool = Field(
         default=True,
         description="`mlstack up` registers an MLflow webhook so a @champion move made in the MLflow UI is rolled "
-        "out at once (the watch-champion poll catches it within five minutes either way; a poll every minute would start a flow-run process a minute on the worker).",
+        "out at once (the watch-champion poll catches it within five minutes either way).",
     )
     service_port: int = Field(default=3000, ge=1, le=65535, description="Port of the credit-risk service.")
     # --- end local stack ---

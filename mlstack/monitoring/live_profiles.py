@@ -34,16 +34,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import fsspec
 import pandas as pd
 
 from mlstack.data import profiles
-
-if TYPE_CHECKING:
-    from whylogs.core import DatasetProfile
-    from whylogs.core.view.dataset_profile_view import DatasetProfileView
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +50,16 @@ SIDECAR_SUFFIX = ".json"
 
 @dataclass
 class ProfileWindow:
-    """One finished (or open) window: its model version, bounds, row count and whylogs profile."""
+    """One finished (or open) window: its model version, bounds, row count and the profile being tracked."""
 
     model_version: str
     start: datetime
     end: datetime
     rows: int = 0
-    profile: DatasetProfile | None = field(default=None, repr=False)
+    profile: profiles.ProfileTracker | None = field(default=None, repr=False)
 
     def metadata(self) -> dict[str, str]:
-        """The window's metadata as strings (whylogs metadata values must be strings)."""
+        """The window's metadata as strings (stored in the profile too)."""
         return {
             "model_version": self.model_version,
             "window_start": self.start.isoformat(),
@@ -71,11 +67,10 @@ class ProfileWindow:
             "rows": str(self.rows),
         }
 
-    def view(self) -> DatasetProfileView:
-        """The whylogs view of the window, its metadata attached."""
+    def finished(self) -> profiles.Profile:
+        """The window's profile, its metadata attached."""
         assert self.profile is not None, "a window is only written once it has rows"
-        self.profile.metadata.update(self.metadata())
-        return self.profile.view()
+        return self.profile.finish(self.metadata())
 
 
 class ProfileSink(Protocol):
@@ -101,17 +96,17 @@ class FsspecProfileSink:
             stem = f"{base}.{segment}"
         sidecar = {**window.metadata(), "rows": window.rows, "written_at": datetime.now(UTC).isoformat()}
         if self.local:
-            profiles.write_profile(window.view(), Path(stem + profiles.PROFILE_SUFFIX))
+            profiles.write_profile(window.finished(), Path(stem + profiles.PROFILE_SUFFIX))
             profiles.write_bytes_atomic(Path(stem + SIDECAR_SUFFIX), json.dumps(sidecar, indent=2).encode())
         else:
             self.fs.makedirs(directory, exist_ok=True)
-            self.fs.pipe_file(stem + profiles.PROFILE_SUFFIX, window.view().serialize())
+            self.fs.pipe_file(stem + profiles.PROFILE_SUFFIX, window.finished().serialize())
             self.fs.pipe_file(stem + SIDECAR_SUFFIX, json.dumps(sidecar, indent=2).encode())
 
 
 @dataclass(frozen=True)
 class StoredWindow:
-    """A complete window in the profile store: its sidecar metadata, and where its whylogs binary is."""
+    """A complete window in the profile store: its sidecar metadata, and where its profile is."""
 
     metadata: dict[str, Any]
     profile_path: str
@@ -128,7 +123,7 @@ class StoredWindow:
         return datetime.fromisoformat(self.metadata["window_end"]) > start and begins < end
 
     def read_bytes(self) -> bytes:
-        """The window's whylogs binary."""
+        """The window's serialised profile."""
         return self.fs.cat_file(self.profile_path)
 
 
@@ -333,7 +328,7 @@ class ProfilerLost(RuntimeError):
 
 
 class _Tracker(Protocol):
-    """Where rows become whylogs profiles and finished windows are written; raises on failure."""
+    """Where rows become profiles and finished windows are written; raises on failure."""
 
     def open(self) -> None: ...
 
@@ -345,7 +340,7 @@ class _Tracker(Protocol):
 
 
 class _InlineTracker:
-    """whylogs in the calling thread, profiles on the window objects, finished windows to a sink."""
+    """The profiler in the calling thread, profiles on the window objects, finished windows to a sink."""
 
     def __init__(self, sink: ProfileSink) -> None:
         self.sink = sink
@@ -356,11 +351,8 @@ class _InlineTracker:
     def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None:
         frame = pd.DataFrame.from_records(rows).drop(columns=[VERSION_KEY], errors="ignore")
         if window.profile is None:
-            profiles._whylogs()  # telemetry off before whylogs is imported
-            from whylogs.core import DatasetProfile
-
-            window.profile = DatasetProfile(dataset_timestamp=window.start)
-        window.profile.track(pandas=frame)
+            window.profile = profiles.PROFILER.tracker(window.start)
+        window.profile.track(frame)
 
     def write(self, window: ProfileWindow) -> None:
         self.sink.write(window)

@@ -1,6 +1,7 @@
-"""The monitor's steps: gather live profiles, judge them against the champion's reference, record, de-duplicate.
+"""The monitors' steps: drift (live profiles vs the champion's reference) and performance on matured loans.
 
-`flows/monitor.py` sequences these; the drift event itself is Prefect's, so it is emitted there.
+`flows/monitor.py` and `flows/performance.py` sequence these; the events themselves are Prefect's,
+so they are emitted there. Both events share the cooldown machinery (`_claim_event`).
 """
 
 from __future__ import annotations
@@ -10,20 +11,25 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import mlflow
+import numpy as np
+import pandas as pd
 
 from mlstack.data import profiles
+from mlstack.data.profiles import Profile
+from mlstack.data.schema import LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
-from mlstack.monitoring import drift
+from mlstack.monitoring import drift, performance
 from mlstack.monitoring.drift import DriftReport, DriftThresholds, GatheredProfiles
+from mlstack.monitoring.live_profiles import stored_windows
+from mlstack.monitoring.performance import PerformanceReport, PerformanceRule
 from mlstack.settings import Settings
-from mlstack.training import registry
+from mlstack.training import evaluation, model_input, registry
 from mlstack.training.mlflow_ui import mlflow_ui
 
-if TYPE_CHECKING:
-    from whylogs.core.view.dataset_profile_view import DatasetProfileView
-
 DRIFT_EVENT = "mlstack.drift.detected"
+PERFORMANCE_EVENT = "mlstack.performance.degraded"
 DRIFT_CHART = "drift.png"  # the chart's file name, logged at the root of the monitoring run
 
 
@@ -34,8 +40,8 @@ class MonitorError(StackError):
 def thresholds_of(settings: Settings) -> DriftThresholds:
     """The drift thresholds in force (settings `drift_*`)."""
     return DriftThresholds(
-        hellinger=settings.drift_hellinger_threshold,
-        chi2_alpha=settings.drift_chi2_alpha,
+        alpha=settings.drift_alpha,
+        context_min_effect=settings.drift_context_min_effect,
         min_rows=settings.drift_min_rows,
     )
 
@@ -62,7 +68,7 @@ def monitored_version(settings: Settings, model_version: str | None) -> str:
     return str(champion.version)
 
 
-def load_reference(settings: Settings, version: str) -> DatasetProfileView:
+def load_reference(settings: Settings, version: str) -> Profile:
     """The training reference profile of `version`, from its MLflow run."""
     with tempfile.TemporaryDirectory(prefix="mlstack-reference-") as tmp:
         return profiles.read_profile(registry.download_reference_profile(settings, version, Path(tmp)))
@@ -74,7 +80,7 @@ def gather(settings: Settings, version: str, window: tuple[datetime, datetime]) 
 
 
 def judge(
-    settings: Settings, gathered: GatheredProfiles, reference: DatasetProfileView, version: str, window: tuple
+    settings: Settings, gathered: GatheredProfiles, reference: Profile, version: str, window: tuple
 ) -> DriftReport:
     """The drift report of the gathered window against the reference."""
     return drift.assess_drift(
@@ -150,23 +156,30 @@ def chart_markdown(settings: Settings, report: DriftReport, recorded: RecordedDr
     )
 
 
-def _cooldown_file(settings: Settings) -> Path:
-    return settings.monitor_dir / "drift_events.json"
-
-
 def claim_drift_event(settings: Settings, version: str, now: datetime | None = None) -> bool:
     """True if a drift event may be emitted for `version` now (and remember it); False within the cooldown.
 
     The first guard against a burst of retrains; the deployment trigger's own window is the second.
     """
+    cooldown = timedelta(minutes=settings.drift_event_cooldown_minutes)
+    return _claim_event(settings.monitor_dir / "drift_events.json", version, cooldown, now)
+
+
+def claim_performance_event(settings: Settings, version: str, now: datetime | None = None) -> bool:
+    """As `claim_drift_event`, for the performance-degraded event (its own record and cooldown)."""
+    cooldown = timedelta(minutes=settings.performance_event_cooldown_minutes)
+    return _claim_event(settings.monitor_dir / "performance_events.json", version, cooldown, now)
+
+
+def _claim_event(path: Path, version: str, cooldown: timedelta, now: datetime | None) -> bool:
+    """Record an event for `version` in `path` unless one was recorded less than `cooldown` before `now`."""
     now = now or datetime.now(UTC)
-    path = _cooldown_file(settings)
     try:
         emitted = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         emitted = {}
     last = datetime.fromisoformat(emitted[version]) if version in emitted else None
-    if not drift.should_emit(last, now, timedelta(minutes=settings.drift_event_cooldown_minutes)):
+    if not drift.should_emit(last, now, cooldown):
         return False
     emitted[version] = now.isoformat()
     profiles.write_bytes_atomic(path, json.dumps(emitted, indent=2).encode())
@@ -181,3 +194,107 @@ def event_resource(settings: Settings, version: str) -> dict[str, str]:
         "mlstack.model.name": settings.model_name,
         "mlstack.model.version": str(version),
     }
+
+
+def performance_rule(settings: Settings) -> PerformanceRule:
+    """How the performance monitor forms and judges cohorts (settings `performance_*`, `decision_threshold`)."""
+    return PerformanceRule(
+        outcome_months=settings.performance_outcome_months,
+        min_rows=settings.performance_min_rows,
+        confidence=settings.performance_confidence,
+        threshold=settings.decision_threshold,
+    )
+
+
+def attribute_versions(timestamps: pd.Series, settings: Settings) -> pd.Series:
+    """The model version that served each application, from the profile windows its send time falls in (None: none).
+
+    The service profiles every request into a window of one model version, so a window's bounds say
+    which version answered in it; a request in two overlapping windows (a version flip) is left None.
+    """
+    stamps = pd.to_datetime(timestamps, utc=True)
+    versions = pd.Series(None, index=timestamps.index, dtype="object")
+    hits = pd.Series(0, index=timestamps.index)
+    for window in stored_windows(settings.profile_store_url()):
+        start = pd.Timestamp(window.metadata["window_start"])
+        end = pd.Timestamp(window.metadata["window_end"])
+        inside = (stamps >= start) & (stamps < end)
+        if inside.any():
+            version = str(window.metadata["model_version"])
+            conflict = inside & versions.notna() & (versions != version)
+            versions[inside] = version
+            hits[conflict] += 1
+    return versions.where(hits == 0, None)
+
+
+def served_outcomes(settings: Settings, as_of: datetime) -> pd.DataFrame:
+    """Served applications: send time, version, that version's point-in-time prediction (matured ones), outcome.
+
+    The service does not log per-request predictions, so each matured application is scored again by
+    the version that served it on its point-in-time features (the training set's join). Columns:
+    application_id, event_timestamp, model_version, default_probability (NaN while maturing), defaulted.
+    """
+    from mlstack.features.store import get_store
+    from mlstack.training.dataset import build_training_set
+
+    path = settings.data_dir / LOAN_APPLICATIONS_FILE
+    if not path.is_file():
+        raise MonitorError(f"labelled applications not found at {path}: run `mlstack data generate` first")
+    frame = pd.read_parquet(path, columns=["application_id", "event_timestamp", model_input.LABEL])
+    frame["model_version"] = attribute_versions(frame["event_timestamp"], settings)
+    frame = frame[frame["model_version"].notna()].reset_index(drop=True)
+    frame[model_input.PREDICTION] = np.nan
+    rule = performance_rule(settings)
+    matured = pd.to_datetime(frame["event_timestamp"], utc=True) + rule.outcome_window <= pd.Timestamp(as_of)
+    if matured.any():
+        first = frame.loc[matured, "event_timestamp"].min().to_pydatetime()
+        last = frame.loc[matured, "event_timestamp"].max().to_pydatetime()
+        joined = build_training_set(settings, get_store(settings), first, last + timedelta(microseconds=1)).frame
+        joined = joined.set_index("application_id")
+        for version, rows in frame[matured].groupby("model_version"):
+            ids = rows["application_id"]
+            booster = registry.load_booster(settings, str(version)).booster
+            predicted = evaluation.predict(booster, joined.loc[ids.to_numpy()])
+            frame.loc[ids.index, model_input.PREDICTION] = predicted
+    return frame
+
+
+def judge_performance(settings: Settings, outcomes: pd.DataFrame, as_of: datetime) -> PerformanceReport:
+    """The performance report of the served outcomes as of `as_of`."""
+    return performance.assess_performance(
+        outcomes, model_name=settings.model_name, as_of=as_of, rule=performance_rule(settings)
+    )
+
+
+def record_performance(settings: Settings, report: PerformanceReport) -> list[str]:
+    """Log each judged cohort's numbers as an MLflow run in the monitoring experiment; the run ids."""
+    directory = settings.monitor_dir / f"performance-{report.as_of:%Y%m%dT%H%M%SZ}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "performance.md").write_text(performance.performance_markdown(report))
+    (directory / "performance.json").write_text(json.dumps(report.payload(), indent=2, default=str))
+    name = f"{settings.mlflow_experiment}-monitoring"  # where the drift runs go too (registry.log_drift)
+    client = registry.tracking(settings.model_copy(update={"mlflow_experiment": name}))  # creates it if needed
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise MonitorError(f"MLflow experiment {name!r} could not be opened at {settings.tracking_uri()}")
+    experiment_id = experiment.experiment_id
+    run_ids = []
+    for cohort in report.cohorts:
+        tags = {
+            "mlstack.model_name": settings.model_name,
+            "mlstack.model_version": cohort.model_version,
+            "mlstack.monitor": "performance",
+            "cohort": cohort.cohort,
+            "direction": cohort.direction,
+            "as_of": report.as_of.isoformat(timespec="seconds"),
+        }
+        run = client.create_run(
+            experiment_id, tags=tags, run_name=f"performance-v{cohort.model_version}-{cohort.cohort}"
+        )
+        stamp = int(report.as_of.timestamp() * 1000)
+        metrics = [mlflow.entities.Metric(k, v, stamp, 0) for k, v in cohort.metrics().items() if np.isfinite(v)]
+        client.log_batch(run.info.run_id, metrics=metrics)
+        client.log_artifact(run.info.run_id, str(directory / "performance.md"))
+        client.set_terminated(run.info.run_id)
+        run_ids.append(run.info.run_id)
+    return run_ids

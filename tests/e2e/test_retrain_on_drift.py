@@ -66,6 +66,7 @@ def test_prefect_yaml_deployments_are_registered(local_stack):
         "materialize-features/hourly",
         f"train-model/{RETRAIN_DEPLOYMENT}",
         "monitor-drift/every-15-minutes",
+        "monitor-performance/daily",
     } <= set(deployments)
 
 

@@ -253,7 +253,7 @@ def test_log_and_register_records_versions_lineage_and_artifacts(server_settings
     profile_dir = tmp_path / "profile"
     profile_dir.mkdir()
     local = mlflow.artifacts.download_artifacts(artifact_uri=tags["reference_profile_uri"], dst_path=str(profile_dir))
-    assert set(read_profile(Path(local)).get_columns()) == set(FEATURES)
+    assert read_profile(Path(local)).columns() == set(FEATURES)
 
     # The model is the Booster in LightGBM's text format, with signature and input example; no pickle.
     model_dir = Path(

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
+from mlstack.data import profiles
 from mlstack.monitoring.live_profiles import FsspecProfileSink, ProfileWindow
 from mlstack.settings import Settings
 from mlstack.training import evaluation, model_input, registry
@@ -26,14 +27,13 @@ def write_windows(
     settings: Settings, version: str, samples: Iterable[pd.DataFrame], start: datetime, length: timedelta
 ) -> list[tuple[datetime, datetime]]:
     """One consecutive window of `length` from `start` per sample, in the settings' profile store; their bounds."""
-    import whylogs  # slow import; the suite's conftest has switched its telemetry off
-
     sink = FsspecProfileSink(settings.profile_store_url())
     bounds = []
     for i, sample in enumerate(samples):
         begins, ends = start + i * length, start + (i + 1) * length
         window = ProfileWindow(version, begins, ends, rows=len(sample))
-        window.profile = whylogs.log(pandas=sample).profile()
+        window.profile = profiles.PROFILER.tracker(begins)
+        window.profile.track(sample)
         sink.write(window)
         bounds.append((begins, ends))
     return bounds

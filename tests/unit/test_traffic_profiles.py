@@ -193,8 +193,8 @@ def test_written_profile_reads_back_with_columns_and_metadata(tmp_path: Path) ->
     buffer.stop()
     [path] = tmp_path.glob("3/*.bin")
     view = read_profile(path)
-    assert set(view.get_columns()) == {"bureau_score", "home_ownership", "default_probability"}
-    assert view.get_column("bureau_score").get_metric("counts").n.value == 20
+    assert view.columns() == {"bureau_score", "home_ownership", "default_probability"}
+    assert view.count("bureau_score") == 20
     assert view.metadata["model_version"] == "3"
     assert view.metadata["rows"] == "20"
     assert view.metadata["window_start"] == "1970-01-01T00:16:00+00:00"
@@ -240,7 +240,7 @@ def test_process_profiler_writes_the_same_windows_as_the_thread(tmp_path: Path) 
     assert list(process) == list(thread)
     assert [meta["rows"] for meta in process.values()] == [meta["rows"] for meta in thread.values()]
     view = read_profile(tmp_path / "process" / "4" / "19700101T001600Z.bin")
-    assert view.get_column("bureau_score").get_metric("counts").n.value == 5
+    assert view.count("bureau_score") == 5
     assert view.metadata["rows"] == "5"
 
 
