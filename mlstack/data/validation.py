@@ -48,22 +48,12 @@ ZIPCODE_PATTERN = r"^[0-9]{5}$"
 # not default. Keys, timestamps, request fields and labels may not.
 NULLABLE: frozenset[str] = frozenset(
     {
-        "median_income",
-        "unemployment_rate",
-        "population",
-        "regional_default_rate",
-        "age",
-        "annual_income",
-        "employment_length_years",
-        "home_ownership",
-        "credit_utilisation",
-        "open_accounts",
-        "delinquencies_2y",
-        "bureau_score",
-        "monthly_debt_payments",
-        "accounts_in_collections",
-        "default_timestamp",
+        name
+        for table in SNAPSHOT_KEYS
+        for name in schema.TABLE_SCHEMAS[table].names
+        if name not in {"customer_id", "zipcode", "event_timestamp", "created_timestamp"}
     }
+    | {"default_timestamp"}
 )
 CATEGORIES: dict[str, tuple[object, ...]] = {
     "home_ownership": schema.HOME_OWNERSHIP,
