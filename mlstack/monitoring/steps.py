@@ -253,8 +253,8 @@ def served_outcomes(settings: Settings, as_of: datetime) -> pd.DataFrame:
         joined = joined.set_index("application_id")
         for version, rows in frame[matured].groupby("model_version"):
             ids = rows["application_id"]
-            booster = registry.load_booster(settings, str(version)).booster
-            predicted = evaluation.predict(booster, joined.loc[ids.to_numpy()])
+            served = registry.load_booster(settings, str(version))  # booster + calibrator, as it was served
+            predicted = evaluation.predict(served.booster, joined.loc[ids.to_numpy()], served.calibrator)
             frame.loc[ids.index, model_input.PREDICTION] = predicted
     return frame
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from mlstack.data.schema import REQUEST_FIELDS, TIMESTAMP
 from mlstack.errors import StackError
 from mlstack.features.store import FEATURE_SERVICE_VERSION, get_historical_features, get_store
-from mlstack.serving.runtime import load_model
+from mlstack.serving.runtime import build_scorer, load_model
 from mlstack.serving.scoring import Scorer, load_feature_ttls
 from mlstack.settings import Settings
 from mlstack.training import model_input
@@ -132,13 +132,7 @@ def score_applications(
     applications = read_applications(files)
     model = load_model(settings)
     store = get_store(settings)
-    scorer = Scorer(
-        model.booster,
-        model_name=model.name,
-        model_version=model.version,
-        threshold=settings.decision_threshold,
-        feature_ttls=load_feature_ttls(store),
-    )
+    scorer = build_scorer(settings, model, load_feature_ttls(store))  # booster + calibrator, as the service
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     schema = output_schema(applications)

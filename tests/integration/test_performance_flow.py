@@ -82,10 +82,12 @@ def test_monitor_performance_flow_rescores_matured_cohorts_and_emits_one_event(f
     applications = pd.read_parquet(path)
     served = applications[applications["event_timestamp"] >= pd.Timestamp(served_from)]
 
-    # What the flow must reproduce: v1's predictions on the point-in-time rows of the served applications.
-    booster = registry.load_booster(settings, "1").booster
+    # What the flow must reproduce: v1's predictions ("booster + calibrator", as served) on the
+    # point-in-time rows of the served applications.
+    v1 = registry.load_booster(settings, "1")
+    assert not v1.calibrator.is_identity  # every run calibrates: the calibrator must be part of the answer
     joined = training_steps.load_training_set(settings, served_from, end).frame.set_index("application_id")
-    expected = evaluation.predict(booster, joined.loc[served["application_id"].to_numpy()])
+    expected = evaluation.predict(v1.booster, joined.loc[served["application_id"].to_numpy()], v1.calibrator)
 
     with prefect_test_harness(server_startup_timeout=120):
         before = monitor_performance_flow(as_of=end)  # nothing has matured yet
