@@ -256,10 +256,19 @@ class Settings(BaseSettings):
         description="Drift false-alarm rate per window: a column drifts when its Holm-adjusted p-value is below it.",
     )
     drift_context_min_effect: float = Field(
-        default=0.2,
+        default=0.3,
         ge=0,
         le=1,
         description="Zipcode-level columns and the prediction drift only with a KS distance at least this large.",
+    )
+    drift_numeric_min_effect: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description=(
+            "Every numeric column drifts only with a KS distance at least this large: with hundreds of rows the "
+            "test alone flags the slow, benign movement between an 18-month training mix and this month."
+        ),
     )
     drift_event_cooldown_minutes: float = Field(
         default=30.0, ge=0, description="After a drift event for a model version, no new one for this long."

@@ -67,19 +67,22 @@ class DriftThresholds:
     alpha: float = 0.05  # family-wise: the chance that a clean window raises any alarm (Holm over the columns)
     possible_alpha: float = 0.05  # unadjusted p below this: "possible drift", reported, not acted on
     min_rows: int = 200
-    context_min_effect: float = 0.2  # CONTEXT_COLUMNS also need |statistic| (KS D, rate difference) this large
+    context_min_effect: float = 0.3  # CONTEXT_COLUMNS also need |statistic| (KS D, rate difference) this large
+    numeric_min_effect: float = 0.15  # every KS test also needs a distance D this large
 
-    def min_effect(self, column: str) -> float:
+    def min_effect(self, column: str, algorithm: Algorithm = "missing-rate") -> float:
         """The smallest effect (KS D or missing-rate difference) that counts as drift in `column` (0: any)."""
-        return self.context_min_effect if column in CONTEXT_COLUMNS else 0.0
+        context = self.context_min_effect if column in CONTEXT_COLUMNS else 0.0
+        return max(context, self.numeric_min_effect) if algorithm == "kolmogorov-smirnov" else context
 
     def __post_init__(self) -> None:
         for name in ("alpha", "possible_alpha"):
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ValueError(f"DriftThresholds.{name} must be in (0, 1), got {value}")
-        if not 0 <= self.context_min_effect <= 1:
-            raise ValueError(f"DriftThresholds.context_min_effect must be in [0, 1], got {self.context_min_effect}")
+        for name in ("context_min_effect", "numeric_min_effect"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"DriftThresholds.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,7 @@ def score_columns(
     scores = []
     for t, p in zip(tests, adjusted, strict=True):
         # A categorical chi-square has no effect size on this scale: context columns are all numeric.
-        large = t.algorithm == "chi-square" or abs(t.statistic) >= thresholds.min_effect(t.column)
+        large = t.algorithm == "chi-square" or abs(t.statistic) >= thresholds.min_effect(t.column, t.algorithm)
         drifted = p < thresholds.alpha and large
         scores.append(
             ColumnDrift(

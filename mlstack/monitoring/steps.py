@@ -42,6 +42,7 @@ def thresholds_of(settings: Settings) -> DriftThresholds:
     return DriftThresholds(
         alpha=settings.drift_alpha,
         context_min_effect=settings.drift_context_min_effect,
+        numeric_min_effect=settings.drift_numeric_min_effect,
         min_rows=settings.drift_min_rows,
     )
 
