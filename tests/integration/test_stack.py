@@ -96,9 +96,10 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
     assert EmbeddedRedis(settings.redis_dir, settings).is_running()
 
     # The deployments of prefect.yaml are registered on this server, on the pool, run from this checkout.
-    declared = {d["name"] for d in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]}
+    declared_list = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    declared = {d["name"] for d in declared_list}  # names repeat across flows ("daily"): count the list below
     deployments = httpx.post(f"{prefect_url}/api/deployments/filter", json={}, timeout=10).json()
-    assert {d["name"] for d in deployments} == declared
+    assert {d["name"] for d in deployments} == declared and len(deployments) == len(declared_list)
     for deployment in deployments:
         assert deployment["work_pool_name"] == settings.work_pool
         assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
@@ -136,7 +137,7 @@ def test_up_starts_the_stack_without_a_champion_reuses_it_and_down_stops_it(isol
     for component in ("redis", "prefect-server", "prefect-worker", "mlflow-server", "mlflow-webhooks"):
         row = _row(status.stdout, component)
         assert " running " in row and " healthy " in row, row
-    assert f"{len(declared)} deployments" in _row(status.stdout, "prefect-server")
+    assert f"{len(declared_list)} deployments" in _row(status.stdout, "prefect-server")
     assert " stopped " in _row(status.stdout, "service")
     assert "@champion = none" in status.stdout  # what status showed before is still there
 
