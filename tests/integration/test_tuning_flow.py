@@ -70,7 +70,10 @@ def test_weekly_run_tunes_and_records_trials_then_retrain_reuses_champion_params
         tuned = train_model_flow(tune=True)
         retrained = train_model_flow(reason="drift detected")
 
-    client = mlflow.MlflowClient(settings.tracking_uri())
+    # Both URIs: without registry_uri, registry calls go to MLflow's process-wide one, which an earlier
+    # module's flow may have pointed at its own (stopped) server.
+    uri = settings.tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     first = registry.describe(settings, tuned.version)
     second = registry.describe(settings, retrained.version)
     # How many purged folds fit depends on the rows before the calibration and holdout slices (2 or 3 here).

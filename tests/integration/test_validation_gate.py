@@ -142,7 +142,10 @@ def test_train_flow_refuses_duplicate_applications_before_mlflow(flow_env, redis
     with pytest.raises(validation.DataValidationError, match="application_id: unique"):
         state.result()
     assert len(_dump(redis_db)) == keys_before
-    client = mlflow.MlflowClient(settings.tracking_uri())
+    # Both URIs: without registry_uri, registry calls go to MLflow's process-wide one, which an earlier
+    # module's flow may have pointed at its own (stopped) server.
+    uri = settings.tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.search_model_versions(f"name = '{settings.model_name}'") == []
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     assert experiment is None or client.search_runs([experiment.experiment_id]) == []
