@@ -23,7 +23,7 @@ from mlstack.simulation.traffic import append_applications, next_application_id
 from mlstack.stack.service import start_service, stop_service
 from mlstack.training import registry
 from tests.support.serving_stack import GOOD, build_serving_stack, register_challenger
-from tests.unit.test_shadow import simulated
+from tests.support.shadow_evidence import simulated
 
 AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
 

@@ -233,7 +233,7 @@ def test_model_shadow_report_renders_the_evidence_and_its_population(
 ) -> None:
     from mlstack.cli import training
     from mlstack.monitoring.shadow import evaluate
-    from tests.unit.test_shadow import AS_OF, FLOORS, PAIR, RULE, simulated
+    from tests.support.shadow_evidence import AS_OF, FLOORS, PAIR, RULE, simulated
 
     records, book = simulated(3000, 0, "better")
     evidence = evaluate(records, book, PAIR, as_of=AS_OF, rule=RULE, floors=FLOORS, threshold=0.5)

@@ -11,7 +11,7 @@ import pytest
 
 from mlstack.data.generator import OUTCOME_WINDOW
 from mlstack.monitoring import shadow
-from mlstack.monitoring.shadow import AbPlan, ShadowPair, compare_approval_rates, evaluate, join_outcomes
+from mlstack.monitoring.shadow import AbPlan, compare_approval_rates, evaluate, join_outcomes
 from mlstack.monitoring.shadow_log import ShadowLog, ShadowRecord, read_shadow_log
 from mlstack.serving import runtime as serving_runtime
 from mlstack.serving.runtime import ServedModel, ServingRuntime, load_challenger
@@ -19,15 +19,10 @@ from mlstack.serving.scoring import OnlineFeatures, Scorer, parse_online_respons
 from mlstack.serving.shadow import ShadowScorer, assign_arm
 from mlstack.settings import Settings
 from mlstack.training.calibration import IDENTITY
-from mlstack.training.promotion import Floors, GateRule
+from tests.support.shadow_evidence import APPLIED, AS_OF, FLOORS, PAIR, RULE, simulated
 from tests.unit.test_scoring import APPLICATION, STORED, TTLS, FakeFeatureStore, online_response
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-RULE = GateRule(confidence=0.95, auc_margin=0.01, min_defaults=30, bootstrap_rounds=400, bootstrap_seed=0)
-FLOORS = Floors(min_auc=0.6, max_calibration_error=0.1)
-PAIR = ShadowPair("1", "2")
-APPLIED = datetime(2024, 1, 1, tzinfo=UTC)  # every simulated application is from 2024: matured by 2025-06
-AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 def small_booster(seed: int) -> lightgbm.Booster:
@@ -178,46 +173,6 @@ def test_load_challenger_is_a_no_op_with_a_log_line(monkeypatch, caplog, alias, 
 
 
 # --- the evidence ------------------------------------------------------------------------------
-
-
-def simulated(n: int, seed: int, challenger: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(logged scores, loan book) for n applications in 2024 with known default probabilities.
-
-    The outcome is drawn from the true probability. The champion's score is the truth pulled halfway to
-    the base rate (ranks the same, badly calibrated); the challenger's is the truth ("better") or the
-    champion's own score ("equal").
-    """
-    rng = np.random.default_rng(seed)
-    truth = 1 / (1 + np.exp(-(rng.normal(-2.0, 1.2, n))))
-    defaulted = (rng.random(n) < truth).astype(np.int64)
-    champion_p = 0.7 * truth + 0.3 * truth.mean()
-    challenger_p = truth if challenger == "better" else champion_p
-    applied = pd.Timestamp(APPLIED) + pd.to_timedelta(np.arange(n) * 600, unit="s")
-    book = pd.DataFrame(
-        {
-            "application_id": np.arange(1, n + 1),
-            "customer_id": np.arange(1, n + 1),
-            "zipcode": "94107",
-            "loan_amount": 10_000.0,
-            "loan_term_months": 36,
-            "loan_purpose": "car",
-            "event_timestamp": applied,
-            "defaulted": defaulted,
-        }
-    )
-    records = book.drop(columns=["application_id", "defaulted"]).rename(columns={"event_timestamp": "scored_at"})
-    records["scored_at"] = records["scored_at"] + pd.Timedelta(seconds=2)  # the service scores after the client sent
-    records = records.assign(
-        champion_version="1",
-        challenger_version="2",
-        champion_probability=champion_p,
-        challenger_probability=challenger_p,
-        champion_decision=np.where(champion_p >= 0.5, "decline", "approve"),
-        challenger_decision=np.where(challenger_p >= 0.5, "decline", "approve"),
-        decided_by="champion",
-        ab_share=0.0,
-    )
-    return records, book
 
 
 def run(records: pd.DataFrame, book: pd.DataFrame, **overrides: object) -> shadow.ShadowEvidence:
