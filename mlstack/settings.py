@@ -81,6 +81,29 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Compute engine
+    compute_engine: Literal["local", "ray"] = Field(
+        default="local",
+        description=(
+            "Where the heavy work runs: `local` (DuckDB point-in-time joins, the Arrow writer, LightGBM in the "
+            "flow's process) or `ray` (Feast's Ray offline store and `ray.engine`, LightGBM on Ray). Ray needs "
+            "the `ray` extra (`uv sync --extra ray`)."
+        ),
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description=(
+            "Address of an existing Ray cluster (`ray://host:10001` or `host:6379`) when the engine is `ray`. "
+            "Unset: a local Ray is started for the run, bounded by MLSTACK_RAY_NUM_CPUS."
+        ),
+    )
+    ray_num_cpus: int = Field(
+        default=2, ge=1, description="CPUs of the local Ray started when MLSTACK_RAY_ADDRESS is unset."
+    )
+    ray_object_store_mb: int = Field(
+        default=512, ge=80, description="Object store size, MiB, of the local Ray started when no address is set."
+    )
+
     # MLflow
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking/registry URI. Unset: SQLite under the state dir (mlflow/mlflow.db)."

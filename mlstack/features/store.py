@@ -19,6 +19,7 @@ import redis
 from feast import FeatureStore
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
+from mlstack.compute import FEAST_ENGINES, ensure_ray
 from mlstack.data.generator import DataSummary, generate_data
 from mlstack.data.schema import CUSTOMER_PROFILE_FILE, DATA_FILES, LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
@@ -51,6 +52,8 @@ def feast_environment(settings: Settings, target: RedisTarget) -> dict[str, str]
         "FEAST_MLSTACK_BATCH_SIZE": str(settings.materialize_batch_size or "null"),
         "FEAST_MLSTACK_PULL_LATEST": "true" if settings.materialize_pull_latest else "false",
         "FEAST_MLSTACK_ONLINE_STORE_TYPE": ARROW_STORE_TYPE if settings.materialize_writer == "arrow" else "redis",
+        "FEAST_MLSTACK_OFFLINE_STORE": FEAST_ENGINES[settings.compute_engine].offline_store,
+        "FEAST_MLSTACK_BATCH_ENGINE": FEAST_ENGINES[settings.compute_engine].batch_engine,
     }
 
 
@@ -61,6 +64,8 @@ def get_store(settings: Settings, target: RedisTarget | None = None) -> FeatureS
     """
     target = target or resolve_redis(settings)
     os.environ.update(feast_environment(settings, target))
+    if settings.compute_engine == "ray":
+        ensure_ray(settings)  # before Feast's initialiser, which would start a Ray on every CPU
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(settings.feature_repo))
 

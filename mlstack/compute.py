@@ -1,0 +1,95 @@
+"""The compute engine setting: the local process, or Ray (a local Ray for the run, or an existing cluster).
+
+Feast reads the engine from ``feature_store.yaml`` (``offline_store`` and ``batch_engine`` types come from
+``FEAST_MLSTACK_*`` variables set by ``mlstack.features.store``); this module owns the one connection to
+Ray, so that Feast, training and the benchmarks share it and a local Ray is bounded by the settings
+(Feast's own initialiser would take every CPU of the machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from mlstack.errors import StackError
+from mlstack.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["local", "ray"]
+RAY_EXTRA_HINT = "Ray is not installed: install the `ray` extra (`uv sync --extra ray`, what `make test` does)"
+
+
+class ComputeEngineError(StackError):
+    """The configured compute engine cannot be used; the message says what to install or start."""
+
+
+@dataclass(frozen=True)
+class FeastEngine:
+    """The Feast configuration of an engine: offline store and batch (materialisation) engine types."""
+
+    offline_store: str
+    batch_engine: str
+
+
+FEAST_ENGINES: dict[Engine, FeastEngine] = {
+    "local": FeastEngine(offline_store="duckdb", batch_engine="local"),
+    "ray": FeastEngine(offline_store="ray", batch_engine="ray.engine"),
+}
+
+
+@dataclass(frozen=True)
+class RayConnection:
+    """The Ray this process uses: where it is and what it offers."""
+
+    address: str
+    started_locally: bool
+    cpus: float
+
+
+def ensure_ray(settings: Settings) -> RayConnection:
+    """Connect to the configured Ray cluster, or start a bounded local Ray once per process.
+
+    Raises ComputeEngineError when Ray is not installed or the cluster cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise ComputeEngineError(RAY_EXTRA_HINT) from exc
+    started_locally = settings.ray_address is None
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry: there is no internet here
+        try:
+            if started_locally:
+                ray.init(
+                    num_cpus=settings.ray_num_cpus,
+                    object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                    _node_ip_address="127.0.0.1",
+                    runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+                )
+            else:
+                ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = settings.ray_address or "a local Ray"
+            raise ComputeEngineError(f"cannot start or reach Ray ({where}): {exc}") from exc
+        log.info("Ray %s: %s", "started locally" if started_locally else "connected", ray.get_runtime_context().gcs_address)
+    return RayConnection(
+        address=ray.get_runtime_context().gcs_address,
+        started_locally=started_locally,
+        cpus=float(ray.cluster_resources().get("CPU", 0.0)),
+    )
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray (and stop the local Ray this process started); a no-op without Ray."""
+    try:
+        import ray
+    except ImportError:
+        return
+    if ray.is_initialized():
+        ray.shutdown()
