@@ -16,7 +16,10 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
 	command -v $$p >/dev/null && $$p -c 'import sys; print(sys.executable)' && break; done)
 TOOLS := .mlstack/tools
 UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
-RUN := $(UV) run --frozen --python $(PYTHON)
+# Extras of the environment: the test, lint and bench targets add the Ray engine (`ray` extra); the
+# default install (`make demo`) does not carry the Ray wheel. Target-specific, so `install` follows.
+EXTRAS :=
+RUN = $(UV) run --frozen $(EXTRAS) --python $(PYTHON)
 # Tests run tools that must not share the project's lock (checkov pins old packaging) with `uv tool run`.
 export MLSTACK_UV := $(abspath $(UV))
 PYTEST_ARGS ?=
@@ -32,7 +35,7 @@ $(TOOLS)/bin/uv:
 	$(TOOLS)/bin/pip install --quiet uv
 
 install: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(TOOLS)/bin/uv) ## Install the locked dependencies into .venv (bootstraps uv)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen $(EXTRAS) --python $(PYTHON)
 
 # Debian packages some tests drive (browser, Prometheus, Pushgateway, load generator); each installs
 # a binary of its own name. apt-get update runs only when the install fails without it.
@@ -49,6 +52,8 @@ system-deps: ## apt-get install the system packages the tests need (chromium, pr
 
 demo: install ## Run the whole loop on embedded defaults (no Docker, no system services)
 	$(RUN) mlstack demo
+
+test test-unit test-integration test-browser test-infra lint bench: EXTRAS := --extra ray
 
 test: install ## Run the test suite (starts its own Redis unless MLSTACK_TEST_REDIS_URL is set)
 	$(RUN) pytest $(PYTEST_ARGS)

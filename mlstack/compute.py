@@ -77,7 +77,8 @@ def ensure_ray(settings: Settings) -> RayConnection:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = settings.ray_address or "a local Ray"
             raise ComputeEngineError(f"cannot start or reach Ray ({where}): {exc}") from exc
-        log.info("Ray %s: %s", "started locally" if started_locally else "connected", ray.get_runtime_context().gcs_address)
+        how = "started locally" if started_locally else "connected"
+        log.info("Ray %s: %s", how, ray.get_runtime_context().gcs_address)
     return RayConnection(
         address=ray.get_runtime_context().gcs_address,
         started_locally=started_locally,
