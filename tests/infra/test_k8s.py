@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,10 @@ def validate_strict(obj: dict[str, Any]) -> None:
 def service_workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
     """The scoring service's workload: the credit-risk Deployment, or the InferenceService's predictor pod."""
     for workload in workloads(objects):
-        if (workload["kind"], workload["metadata"]["name"]) in {("Deployment", "credit-risk"), ("Pod", "credit-risk-predictor")}:
+        if (workload["kind"], workload["metadata"]["name"]) in {
+            ("Deployment", "credit-risk"),
+            ("Pod", "credit-risk-predictor"),
+        }:
             return workload
     pytest.fail("no credit-risk Deployment or InferenceService in the rendered manifests", pytrace=False)
 
@@ -374,6 +378,16 @@ def test_overlay_renders_every_object_when_built(rendered: dict[str, list[dict[s
     assert all(obj["metadata"].get("namespace") == "mlstack" for obj in objects if obj["kind"] != "Namespace")
     namespace = find(objects, "Namespace", "mlstack")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_every_object_is_in_the_restricted_namespace(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    objects = rendered[overlay]
+    assert [obj["metadata"]["name"] for obj in objects if obj["metadata"].get("namespace") != "mlstack"] == ["mlstack"]
+    assert (
+        find(objects, "Namespace", "mlstack")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+        == "restricted"
+    )
 
 
 @pytest.mark.parametrize("overlay", ALL_OVERLAYS)
@@ -659,7 +673,9 @@ def test_every_pod_has_its_own_network_policy(
         labels = {**pod_labels(workload)}
         selecting = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
         assert len(selecting) == 1, f"{workload['kind']} {workload['metadata']}: {len(selecting)} policies"
-        accepts = workload["metadata"].get("name") in SERVING_PODS or labels.get("app.kubernetes.io/name") == RAY_CLUSTER
+        accepts = (
+            workload["metadata"].get("name") in SERVING_PODS or labels.get("app.kubernetes.io/name") == RAY_CLUSTER
+        )
         assert not selecting[0]["spec"].get("ingress") or accepts
 
 
@@ -875,3 +891,221 @@ def test_pushgateway_admits_flow_runs_and_prometheus_only_and_flow_runs_reach_it
         settings["MLSTACK_PUSHGATEWAY_URL"]
         == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
     )
+
+
+# --- the Ray compute engine (components/ray) ----------------------------------------------------
+
+
+def ray_cluster(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The RayCluster of the rendered manifests."""
+    return find(objects, "RayCluster", RAY_CLUSTER)
+
+
+def head_container(cluster: dict[str, Any]) -> dict[str, Any]:
+    """The Ray container of the head pod."""
+    return cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def parse_quantity(quantity: str) -> int:
+    """Bytes of a Kubernetes memory quantity with a binary suffix (e.g. 256Mi)."""
+    number, suffix = quantity[:-2], quantity[-2:]
+    return int(number) * BINARY_SUFFIXES[suffix]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A container port by name or number."""
+    if isinstance(port, int):
+        return port
+    return next(entry["containerPort"] for entry in container["ports"] if entry.get("name") == port)
+
+
+def test_ray_overlay_points_flow_runs_and_only_them_at_head_client_port(
+    rendered: dict[str, list[dict[str, Any]]], flow_run_job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlstack.settings import Settings
+
+    objects = rendered[RAY_OVERLAY]
+    compute = find(objects, "ConfigMap", "mlstack-compute")["data"]
+    for name, value in compute.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.compute_engine == "ray"
+    assert settings.ray_address
+    scheme, _, where = settings.ray_address.partition("://")
+    host, _, port = where.partition(":")
+    cluster = ray_cluster(objects)
+    head = head_container(cluster)
+    assert (scheme, host) == ("ray", f"{RAY_CLUSTER}-head-svc")  # the head Service KubeRay names <cluster>-head-svc
+    client_port = int(cluster["spec"]["headGroupSpec"]["rayStartParams"]["ray-client-server-port"])
+    assert int(port) == client_port == container_port(head, "client")
+
+    flow_run = pod_spec(flow_run_job)["containers"][0]
+    assert {"configMapRef": {"name": "mlstack-compute"}} in flow_run["envFrom"]
+    for overlay, overlay_objects in rendered.items():
+        for workload in workloads(overlay_objects):
+            for container in containers(workload):
+                sources = [source.get("configMapRef", {}).get("name") for source in container.get("envFrom", [])]
+                assert "mlstack-compute" not in sources, f"{overlay}: {workload['metadata']['name']} reads it"
+        if overlay != RAY_OVERLAY:
+            assert find(overlay_objects, "ConfigMap", "mlstack-compute")["data"] == {"MLSTACK_COMPUTE_ENGINE": "local"}
+
+
+def test_ray_network_admits_flow_runs_to_client_port_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered[RAY_OVERLAY]
+    cluster = ray_cluster(objects)
+    client_port = container_port(head_container(cluster), "client")
+    head, worker = crd_pods(cluster)
+    policy = find(objects, "NetworkPolicy", "ray")
+    ray_pods = policy["spec"]["podSelector"]["matchLabels"]
+    assert ray_pods.items() <= pod_labels(head).items() and ray_pods.items() <= pod_labels(worker).items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    # Rules without ports (Ray's ports are chosen at run time) name the Ray pods of this namespace only.
+    for rule in [*policy["spec"]["ingress"], *policy["spec"]["egress"]]:
+        peers = rule.get("from", rule.get("to"))
+        if not rule.get("ports"):
+            assert peers == [{"podSelector": {"matchLabels": ray_pods}}], rule
+    outside = [rule for rule in policy["spec"]["ingress"] if rule.get("ports")]
+    assert policy_ports(outside) == {("TCP", client_port)}
+    assert [peer for rule in outside for peer in rule["from"]] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "flow-run"}}}
+    ]
+    assert policy_ports(policy["spec"]["egress"]) == {
+        ("UDP", 53),
+        ("TCP", 53),
+        ("TCP", 6379),
+        ("TCP", 5432),
+        ("TCP", 5000),
+        ("TCP", 443),
+    }
+
+    flow_runs = find(objects, "NetworkPolicy", "flow-runs")["spec"]["egress"]
+    to_ray = [rule for rule in flow_runs if any("mlstack-ray" in str(peer) for peer in rule.get("to", []))]
+    assert policy_ports(to_ray) == {("TCP", client_port)}
+    selector = to_ray[0]["to"][0]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod_labels(head).items() and not selector.items() <= pod_labels(worker).items()
+    assert not [
+        rule for rule in find(rendered["dev"], "NetworkPolicy", "flow-runs")["spec"]["egress"] if rule in to_ray
+    ]
+
+
+def test_ray_pods_run_flows_image_with_ray_dirs_writable_and_probed_ports(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = rendered[RAY_OVERLAY]
+    cluster = ray_cluster(objects)
+    worker_image = pod_spec(find(objects, "Deployment", WORKER))["containers"][0]["image"]
+    kustomization = yaml.safe_load((K8S / "overlays" / RAY_OVERLAY / "kustomization.yaml").read_text())
+    flows_tag = next(entry["newTag"] for entry in kustomization["images"] if entry["name"] == "mlstack/flows")
+    assert worker_image == f"mlstack/flows:{flows_tag}" and flows_tag.endswith("-ray")
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group, pod in zip(groups, crd_pods(cluster), strict=True):
+        container = pod_spec(pod)["containers"][0]
+        assert container["image"] == worker_image  # the same mlstack code and Ray as the flow runs
+        paths = ["/tmp", env_value(container, "HOME"), env_value(container, "MLSTACK_STATE_DIR"), "/dev/shm"]
+        assert writable_paths_violations(pod, paths) == []
+        shm = next(volume for volume in pod_spec(pod)["volumes"] if volume["name"] == "shm")
+        object_store = int(group["rayStartParams"]["object-store-memory"])
+        assert shm["emptyDir"]["medium"] == "Memory"
+        assert object_store < parse_quantity(shm["emptyDir"]["sizeLimit"])
+        for probe in ("readinessProbe", "livenessProbe"):
+            port = container_port(container, container[probe]["tcpSocket"]["port"])
+            listening = int(group["rayStartParams"].get("node-manager-port", 6379))  # the head's GCS: 6379
+            assert port == listening, f"{pod['metadata']['name']} {probe} checks {port}"
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert cluster["spec"]["enableInTreeAutoscaling"] is False  # the autoscaler sidecar would need a token
+
+
+def test_ray_cluster_version_matches_locked_ray(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    locked = [package["version"] for package in lock["package"] if package["name"] == "ray"]
+    if not locked:
+        pytest.skip("uv.lock has no ray yet (the `ray` extra is added with issue #13)")
+    assert ray_cluster(rendered[RAY_OVERLAY])["spec"]["rayVersion"] == locked[0]
+
+
+def test_ray_cluster_schema_rejects_unknown_field_and_policy_rejects_privileged_worker(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    cluster = copy.deepcopy(ray_cluster(rendered[RAY_OVERLAY]))
+    validate_strict(cluster)
+    misspelt = copy.deepcopy(cluster)
+    misspelt["spec"]["headGroupSpec"]["rayStartParam"] = misspelt["spec"]["headGroupSpec"].pop("rayStartParams")
+    with pytest.raises(jsonschema.ValidationError, match="rayStartParam"):
+        validate_strict(misspelt)
+    unknown_in_pod = copy.deepcopy(cluster)
+    unknown_in_pod["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError, match="imagePullPolcy"):
+        validate_strict(unknown_in_pod)
+    privileged = copy.deepcopy(cluster)
+    worker = privileged["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    worker["securityContext"].update(privileged=True, allowPrivilegeEscalation=True)
+    validate_strict(privileged)  # schema-valid: the pod policy is what refuses it
+    problems = "\n".join(problem for pod in crd_pods(privileged) for problem in pod_security_violations(pod))
+    assert f"Pod/{RAY_CLUSTER}-cpu-worker container ray-worker: privileged" in problems
+    assert "allowPrivilegeEscalation is not false" in problems
+
+
+def test_dockerfile_installs_extra_in_both_syncs_and_login_shells_find_venv() -> None:
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    syncs = [line for line in dockerfile.splitlines() if "uv sync" in line and not line.lstrip().startswith("#")]
+    # An exact `uv sync` without the extra would remove what the first one installed.
+    assert len(syncs) == 2 and all('${MLSTACK_EXTRA:+--extra "$MLSTACK_EXTRA"}' in line for line in syncs)
+    profile = ROOT / "infra" / "docker" / "profile.d" / "mlstack-venv.sh"
+    assert f"COPY {profile.relative_to(ROOT)} /etc/profile.d/{profile.name}" in dockerfile
+    # What /etc/profile leaves for a non-root login shell, then the image's profile.d file.
+    script = f'PATH=/usr/local/bin:/usr/bin:/bin; . "{profile}"; printf %s "$PATH"'
+    result = subprocess.run(["bash", "--noprofile", "--norc", "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split(":")[0] == "/app/.venv/bin"
+
+
+# --- KServe (components/kserve) -----------------------------------------------------------------
+
+
+def test_kserve_predictor_runs_the_service_pod_and_sizing_of_dev(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered[KSERVE_OVERLAY]
+    service = find(objects, "InferenceService", "credit-risk")
+    annotations = service["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert annotations["serving.kserve.io/autoscalerClass"] == "hpa"
+    assert not [
+        obj
+        for obj in objects
+        if obj["kind"] in ("Deployment", "HorizontalPodAutoscaler") and obj["metadata"]["name"] == "credit-risk"
+    ]
+
+    deployment = find(rendered["dev"], "Deployment", "credit-risk")
+    predictor_pod = service_workload(objects)
+    assert pod_spec(predictor_pod) == pod_spec(deployment)  # the one pod, written once in base/credit-risk.yaml
+    assert pod_labels(predictor_pod) == pod_labels(deployment)
+    predictor = service["spec"]["predictor"]
+    assert predictor["annotations"] == deployment["spec"]["template"]["metadata"]["annotations"]
+    assert predictor["deploymentStrategy"] == deployment["spec"]["strategy"]
+    hpa = find(rendered["dev"], "HorizontalPodAutoscaler", "credit-risk")
+    target = hpa["spec"]["metrics"][0]["resource"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (
+        hpa["spec"]["minReplicas"],
+        hpa["spec"]["maxReplicas"],
+    )
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == (
+        target["name"],
+        target["target"]["averageUtilization"],
+    )
+    # The Service and the PodDisruptionBudget stay and select the predictor pods.
+    assert find(objects, "Service", "credit-risk")["spec"]["selector"].items() <= pod_labels(predictor_pod).items()
+    pdb = find(objects, "PodDisruptionBudget", "credit-risk")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels(predictor_pod).items()
+
+
+def test_inference_service_schema_rejects_misspelt_predictor_field(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    service = copy.deepcopy(find(rendered[KSERVE_OVERLAY], "InferenceService", "credit-risk"))
+    validate_strict(service)
+    service["spec"]["predictor"]["minReplica"] = service["spec"]["predictor"].pop("minReplicas")
+    with pytest.raises(kubernetes_validate.ValidationError, match="minReplica"):
+        validate_strict(service)  # not an extension field, so part of the PodSpec, where it is unknown
+    service["spec"]["predictor"]["minReplicas"] = service["spec"]["predictor"].pop("minReplica")
+    service["spec"]["predictor"]["scaleMetric"] = "latency"
+    with pytest.raises(jsonschema.ValidationError, match="latency"):
+        validate_strict(service)
