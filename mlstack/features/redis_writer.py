@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -129,6 +129,7 @@ class ArrowRedisOnlineStore(RedisOnlineStore):
         feature_view: FeatureView,
         batches: Iterable[pa.RecordBatch],
         progress: Callable[[int], Any] | None = None,
+        acknowledged_rows: Callable[[EncodedRows], Any] | None = None,
     ) -> int:
         """Write record batches (one row per entity key, columns named as the view's) like Feast; return rows written.
 
@@ -137,7 +138,8 @@ class ArrowRedisOnlineStore(RedisOnlineStore):
         Redis acknowledged for it. With ``skip_dedup: false`` the stored ``_ts`` is read first and
         older-or-equal rows are skipped, as Feast does; skipped rows are not written nor counted.
         A refused or lost write raises RedisWriteError carrying the rows acknowledged so far
-        (earlier chunks stay written, as with Feast's batches).
+        (earlier chunks stay written, as with Feast's batches). ``acknowledged_rows`` gets each chunk's
+        rows once Redis acknowledged all of them (what ``read_back`` checks later).
         """
         online_config = config.online_store
         assert isinstance(online_config, RedisOnlineStoreConfig)
@@ -164,6 +166,8 @@ class ArrowRedisOnlineStore(RedisOnlineStore):
             written += acknowledged
             if progress:
                 progress(acknowledged)
+            if acknowledged_rows and rows.num_rows:
+                acknowledged_rows(rows)
         return written
 
 
@@ -460,6 +464,65 @@ def _merge_constants(pieces: list[Any]) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- Redis I/O
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """What Redis holds for rows written earlier: how many are there as written, and what is wrong with the rest.
+
+    ``missing_keys``: no hash at all; ``wrong_timestamps``: the hash's ``_ts:<view>`` is absent or not the
+    value written; ``missing_fields``: the timestamp is right but a feature field is absent.
+    """
+
+    expected: int
+    missing_keys: int = 0
+    wrong_timestamps: int = 0
+    missing_fields: int = 0
+
+    @property
+    def found(self) -> int:
+        """Rows whose hash holds the written ``_ts`` and every feature field."""
+        return self.expected - self.missing_keys - self.wrong_timestamps - self.missing_fields
+
+    def __add__(self, other: ReadBack) -> ReadBack:
+        return ReadBack(
+            self.expected + other.expected,
+            self.missing_keys + other.missing_keys,
+            self.wrong_timestamps + other.wrong_timestamps,
+            self.missing_fields + other.missing_fields,
+        )
+
+
+def compare_read_back(expected_timestamps: Sequence[bytes], replies: Sequence[Sequence[bytes | None]]) -> ReadBack:
+    """Classify each row from its ``HMGET key _ts:<view> <feature fields>`` reply against the ``_ts`` written.
+
+    A null feature is stored as an empty value (b""), so only an absent field (None) is missing.
+    """
+    if len(expected_timestamps) != len(replies):
+        raise ValueError(f"{len(replies)} replies for {len(expected_timestamps)} rows")
+    missing_keys = wrong = missing_fields = 0
+    for expected, (stored_ts, *fields) in zip(expected_timestamps, replies, strict=True):
+        if stored_ts is None and all(field is None for field in fields):
+            missing_keys += 1
+        elif stored_ts != expected:
+            wrong += 1
+        elif any(field is None for field in fields):
+            missing_fields += 1
+    return ReadBack(len(replies), missing_keys, wrong, missing_fields)
+
+
+def read_back(client: redis.Redis, encoder: ViewEncoder, keys: pa.Array, timestamps: pa.Array) -> ReadBack:
+    """Read the ``_ts`` and feature fields of written rows back from Redis, a pipeline per chunk, and compare."""
+    fields = [encoder.ts_field, *encoder.feature_fields]
+    total = ReadBack(0)
+    for start in range(0, len(keys), DEFAULT_CHUNK_ROWS):
+        chunk_keys = keys.slice(start, DEFAULT_CHUNK_ROWS).to_pylist()
+        with client.pipeline(transaction=False) as pipe:
+            for key in chunk_keys:
+                pipe.hmget(key, fields)
+            replies = pipe.execute()
+        total += compare_read_back(timestamps.slice(start, DEFAULT_CHUNK_ROWS).to_pylist(), replies)
+    return total
 
 
 def _chunks(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
