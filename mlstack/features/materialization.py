@@ -241,7 +241,8 @@ def verify_written(store: FeatureStore, view: FeatureView, written: WrittenRows)
     if writer is None:
         raise StackError(f"the online store of this repo is not {ArrowRedisOnlineStore.__name__}")
     client = writer._get_client(store.config.online_store)  # Feast's own (cached) client for this config
-    return read_back(client, ViewEncoder(store.config, view), written.keys, written.timestamps)
+    encoder = ViewEncoder(store.config, view)
+    return read_back(client, encoder.ts_field, encoder.feature_fields, written.keys, written.timestamps)
 
 
 def shortfall_message(feature_view: str, start: datetime, end: datetime, checked: ReadBack) -> str:

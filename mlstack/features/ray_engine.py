@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,7 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame, feature_se
     bounds = [len(entity_df) * i // shards for i in range(shards + 1)]
     tasks = [
         _remote(_join_shard).remote(config, feature_service, entity_df.iloc[low:high])
-        for low, high in zip(bounds, bounds[1:], strict=False)
+        for low, high in itertools.pairwise(bounds)
     ]
     tables = ray.get(tasks)
     return pa.concat_tables(tables).to_pandas().reset_index(drop=True)

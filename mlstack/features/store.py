@@ -23,8 +23,8 @@ from mlstack.compute import FEAST_ENGINES, ensure_ray
 from mlstack.data.generator import DataSummary, generate_data
 from mlstack.data.schema import CUSTOMER_PROFILE_FILE, DATA_FILES, LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
-from mlstack.features.materialization import arrow_writer, incremental_start, materialize_arrow, write_failure
 from mlstack.features import ray_engine
+from mlstack.features.materialization import arrow_writer, incremental_start, materialize_arrow, write_failure
 from mlstack.features.online_store import RedisTarget, feast_connection_string, resolve_redis
 from mlstack.features.redis_writer import STORE_TYPE as ARROW_STORE_TYPE
 from mlstack.settings import Settings

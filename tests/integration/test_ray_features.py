@@ -71,7 +71,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisTarget) ->
 
 
 def entity_frame(repo: FeastRepo) -> pd.DataFrame:
-    """Every application, plus rows built to get nulls: past a credit snapshot's TTL by 1 µs, and before any snapshot."""
+    """Every application, plus built rows: before any credit snapshot, past its TTL by 1 µs (nulls), and inside it."""
     columns = ["customer_id", "zipcode", "event_timestamp", "loan_amount", "loan_term_months", "loan_purpose"]
     apps = pd.read_parquet(repo.settings.data_dir / LOAN_APPLICATIONS_FILE)[columns]
     credit = repo.views["credit_history"]

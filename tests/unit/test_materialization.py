@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from mlstack.features.materialization import MaterializationError, _duckdb_memory_cap, shortfall_message, write_failure
-from mlstack.features.redis_writer import ReadBack, RedisWriteError, compare_read_back, describe_redis_error
+from mlstack.features.redis_writer import ReadBack, RedisWriteError, describe_redis_error
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
 REPLY = "command not allowed when used memory > 'maxmemory'."
@@ -90,36 +90,10 @@ def test_memory_cap_none_leaves_the_connection_alone():
 
 # --------------------------------------------------------------------------- read-back verification
 
-TS, OTHER_TS = b"\x08\xb4\xfe\x8c\xc9\x06", b"\x08\xb5\xfe\x8c\xc9\x06"
-
-
-def test_read_back_counts_every_row_held_as_written_including_null_features():
-    replies = [[TS, b"\x10\x2a", b""], [OTHER_TS, b"", b""]]  # b"": a null feature is stored, empty
-    checked = compare_read_back([TS, OTHER_TS], replies)
-    assert checked == ReadBack(expected=2) and checked.found == 2
-
-
-def test_read_back_tells_missing_keys_wrong_timestamps_and_missing_fields_apart():
-    replies = [
-        [None, None, None],  # no hash: lost
-        [OTHER_TS, b"", b""],  # another writer's (or an older) row
-        [None, b"", b""],  # the view's _ts field gone
-        [TS, b"", None],  # a feature field gone
-        [TS, b"", b""],  # as written
-    ]
-    checked = compare_read_back([TS] * 5, replies)
-    assert checked == ReadBack(expected=5, missing_keys=1, wrong_timestamps=2, missing_fields=1)
-    assert checked.found == 1
-    assert checked + ReadBack(3) == ReadBack(8, 1, 2, 1)
-
-
-def test_read_back_refuses_replies_that_do_not_match_the_rows():
-    with pytest.raises(ValueError, match="1 replies for 2 rows"):
-        compare_read_back([TS, TS], [[TS]])
-
 
 def test_shortfall_message_names_the_view_expected_and_found_and_that_no_window_was_recorded():
     message = shortfall_message("credit_history", START, END, ReadBack(1_500, 1_000, 2, 0))
     assert message.startswith("materialising 'credit_history': Redis holds 498 of the 1,500 rows written")
     assert "1,000 keys missing, 2 with another or no timestamp, 0 missing feature fields" in message
     assert "_ts:credit_history" in message and "was not recorded" in message and "\n" not in message
+    assert ReadBack(5, 1, 2, 1).found == 1 and ReadBack(5, 1, 2, 1) + ReadBack(3) == ReadBack(8, 1, 2, 1)
