@@ -73,6 +73,14 @@ class Settings(BaseSettings):
             "Unset: no cap (DuckDB's default, 80% of RAM)."
         ),
     )
+    materialize_verify: bool | None = Field(
+        default=None,
+        description=(
+            "Read every row the Arrow writer wrote back from Redis (its `_ts:<view>` and fields) before the "
+            "window is recorded; a shortfall fails the run. Unset: on the Ray engine only (its writes run in "
+            "other processes); locally Redis acknowledges every command and the read-back doubles the time."
+        ),
+    )
     materialize_writer: Literal["arrow", "feast"] = Field(
         default="arrow",
         description=(

@@ -10,16 +10,20 @@ project, start, end)``, with the view's lifecycle state moved to MATERIALIZING a
 ``materialize_arrow`` does the same steps with the same registry calls, so ``feast`` and mlstack see
 the same intervals, but streams the offline result as Arrow record batches (DuckDB's cursor, one
 chunk in memory at a time) into ``ArrowRedisOnlineStore.write_arrow_batches``. The window is
-recorded only after every chunk was acknowledged by Redis.
+recorded only after every chunk was acknowledged by Redis and, read back, Redis holds every row as
+written (its ``_ts:<view>`` and feature fields): a server that lost acknowledged writes (a restart
+without persistence) fails the run instead of leaving a recorded window with missing vectors. The
+Ray engine (``mlstack.features.ray_engine``) runs the same write pass on Ray, one task per shard.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import shutil
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,8 +41,12 @@ from mlstack.errors import StackError
 from mlstack.features.redis_writer import (
     DEFAULT_CHUNK_ROWS,
     ArrowRedisOnlineStore,
+    EncodedRows,
+    ReadBack,
     RedisWriteError,
+    ViewEncoder,
     describe_redis_error,
+    read_back,
 )
 
 log = logging.getLogger(__name__)
@@ -81,13 +89,50 @@ def write_failure(
 
 @dataclass(frozen=True)
 class ArrowMaterialization:
-    """One view materialised by the Arrow writer: the recorded window and the rows read and written."""
+    """One view materialised by the Arrow writer: the recorded window, the rows read and written, the read-back."""
 
     feature_view: str
     start: datetime
     end: datetime
     rows: int  # rows handed to the writer (latest per entity in the window)
     rows_written: int  # rows Redis acknowledged (fewer only when Feast's timestamp dedup skipped some)
+    verified: ReadBack | None = None  # what Redis held for them afterwards (None: not verified)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count`` disjoint parts of a view's entities (by a hash of the first join key)."""
+
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class WrittenRows:
+    """What one write pass handed to Redis, what Redis acknowledged, and the keys and ``_ts`` values acknowledged."""
+
+    handed: int
+    written: int
+    keys: pa.Array  # binary: the Redis keys of the acknowledged rows
+    timestamps: pa.Array  # binary: the ``_ts:<view>`` value written to each
+
+    @staticmethod
+    def combine(parts: Sequence[WrittenRows]) -> WrittenRows:
+        """The passes of several shards as one."""
+        keys = pa.concat_arrays([part.keys for part in parts]) if parts else pa.array([], pa.binary())
+        stamps = pa.concat_arrays([part.timestamps for part in parts]) if parts else pa.array([], pa.binary())
+        return WrittenRows(sum(p.handed for p in parts), sum(p.written for p in parts), keys, stamps)
+
+
+class PartialWrite(StackError):
+    """A write pass failed after ``rows_written`` rows were acknowledged; the cause is chained (``__cause__``)."""
+
+    def __init__(self, message: str, rows_written: int) -> None:
+        super().__init__(message)
+        self.rows_written = rows_written
+
+
+WritePass = Callable[[FeatureStore, FeatureView, datetime, datetime], WrittenRows]
 
 
 def arrow_writer(store: FeatureStore) -> ArrowRedisOnlineStore | None:
@@ -97,23 +142,74 @@ def arrow_writer(store: FeatureStore) -> ArrowRedisOnlineStore | None:
 
 
 def materialize_arrow(
-    store: FeatureStore, feature_view: str, end: datetime, offline_memory_mb: int | None = None
+    store: FeatureStore,
+    feature_view: str,
+    end: datetime,
+    offline_memory_mb: int | None = None,
+    *,
+    write: WritePass | None = None,
+    verify: bool = True,
 ) -> ArrowMaterialization:
-    """Materialise one batch view incrementally up to ``end`` through the Arrow writer; record the window.
+    """Materialise one batch view incrementally up to ``end`` through the Arrow writer; verify; record the window.
 
-    ``offline_memory_mb`` caps DuckDB's memory while it streams the latest rows (it spills beyond it).
-    Raises MaterializationError (window not recorded) if anything fails before every row is written.
+    ``write`` does the writing (default: this process, ``write_latest_rows`` with DuckDB's memory capped at
+    ``offline_memory_mb``; the Ray engine passes its sharded pass). With ``verify`` every acknowledged row
+    is read back (its ``_ts:<view>`` and feature fields) before the window is recorded. Raises
+    MaterializationError (window not recorded, the view's state restored) if a write fails or Redis
+    does not hold every row.
     """
-    writer = arrow_writer(store)
-    if writer is None:
+    if arrow_writer(store) is None:
         raise StackError(f"the online store of this repo is not {ArrowRedisOnlineStore.__name__}")
     view = _batch_view(store, feature_view)
     start = incremental_start(view)
     end = utils.make_tzaware(end)
+    write = write or functools.partial(write_latest_rows, memory_mb=offline_memory_mb)
     previous_state = _enter_materializing(store, view)
-    handed = acknowledged = 0
+    try:
+        written = write(store, view, start, end)
+    except Exception as exc:
+        _restore_state(store, view, previous_state)
+        if isinstance(exc, PartialWrite) and exc.__cause__ is not None:
+            failure = write_failure(feature_view, start, end, exc.rows_written, exc.__cause__)
+        else:
+            failure = write_failure(feature_view, start, end, 0, exc)
+        raise failure from failure.__cause__
+    checked = None
+    if verify:
+        try:
+            checked = verify_written(store, view, written)
+        except Exception as exc:
+            _restore_state(store, view, previous_state)
+            failure = write_failure(feature_view, start, end, written.written, exc)
+            raise failure from failure.__cause__
+        if checked.found != written.written:
+            _restore_state(store, view, previous_state)
+            raise MaterializationError(shortfall_message(feature_view, start, end, checked))
+    store.registry.apply_materialization(view, store.project, start, end)
+    _precompute_services(store, feature_view)
+    return ArrowMaterialization(feature_view, start, end, written.handed, written.written, checked)
 
-    stream = _latest_batches(store, view, start, end, offline_memory_mb)
+
+def write_latest_rows(
+    store: FeatureStore,
+    view: FeatureView,
+    start: datetime,
+    end: datetime,
+    memory_mb: int | None = None,
+    shard: Shard | None = None,
+) -> WrittenRows:
+    """Stream the latest row per entity in [start, end] (of ``shard``'s entities) into the Arrow writer.
+
+    Returns the rows handed and acknowledged, with the keys and ``_ts`` acknowledged. Raises PartialWrite
+    (the rows acknowledged before the failure; the original error as its cause).
+    """
+    writer = arrow_writer(store)
+    if writer is None:
+        raise StackError(f"the online store of this repo is not {ArrowRedisOnlineStore.__name__}")
+    handed = acknowledged = 0
+    keys: list[pa.Array] = []
+    stamps: list[pa.Array] = []
+    stream = _latest_batches(store, view, start, end, memory_mb, shard)
 
     def counted() -> Iterator[pa.RecordBatch]:
         nonlocal handed
@@ -125,18 +221,43 @@ def materialize_arrow(
         nonlocal acknowledged
         acknowledged += rows
 
+    def keep(rows: EncodedRows) -> None:
+        keys.append(rows.keys)
+        stamps.append(rows.timestamps)
+
     try:
-        written = writer.write_arrow_batches(store.config, view, counted(), progress)
+        written = writer.write_arrow_batches(store.config, view, counted(), progress, keep)
     except Exception as exc:
-        _restore_state(store, view, previous_state)
-        written = exc.rows_written if isinstance(exc, RedisWriteError) else acknowledged
-        failure = write_failure(feature_view, start, end, written, exc)
-        raise failure from failure.__cause__
+        rows = exc.rows_written if isinstance(exc, RedisWriteError) else acknowledged
+        raise PartialWrite(f"{view.name}: failed after {rows:,} rows", rows) from exc
     finally:
         stream.close()  # an unfinished DuckDB result would block the connection's next query
-    store.registry.apply_materialization(view, store.project, start, end)
-    _precompute_services(store, feature_view)
-    return ArrowMaterialization(feature_view, start, end, handed, written)
+    return WrittenRows.combine([WrittenRows(handed, written, _concat(keys), _concat(stamps))])
+
+
+def verify_written(store: FeatureStore, view: FeatureView, written: WrittenRows) -> ReadBack:
+    """Read every acknowledged row back from Redis: its ``_ts:<view>`` must be the value written, its fields present."""
+    writer = arrow_writer(store)
+    if writer is None:
+        raise StackError(f"the online store of this repo is not {ArrowRedisOnlineStore.__name__}")
+    client = writer._get_client(store.config.online_store)  # Feast's own (cached) client for this config
+    encoder = ViewEncoder(store.config, view)
+    return read_back(client, encoder.ts_field, encoder.feature_fields, written.keys, written.timestamps)
+
+
+def shortfall_message(feature_view: str, start: datetime, end: datetime, checked: ReadBack) -> str:
+    """The error of a materialisation whose rows Redis does not hold as written: expected vs found, and how."""
+    return (
+        f"materialising {feature_view!r}: Redis holds {checked.found:,} of the {checked.expected:,} rows written "
+        f"with the expected _ts:{feature_view} ({checked.missing_keys:,} keys missing, {checked.wrong_timestamps:,} "
+        f"with another or no timestamp, {checked.missing_fields:,} missing feature fields): Redis lost or changed "
+        f"writes it had acknowledged (restarted without persistence? evicted? another writer?). The window "
+        f"{start.isoformat()} -> {end.isoformat()} was not recorded; a rerun rewrites it."
+    )
+
+
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.binary())
 
 
 def incremental_start(view: FeatureView) -> datetime:
@@ -168,9 +289,9 @@ def _batch_view(store: FeatureStore, name: str) -> FeatureView:
 
 
 def _latest_batches(
-    store: FeatureStore, view: FeatureView, start: datetime, end: datetime, memory_mb: int | None
+    store: FeatureStore, view: FeatureView, start: datetime, end: datetime, memory_mb: int | None, shard: Shard | None
 ) -> Generator[pa.RecordBatch, None, None]:
-    """The offline store's latest row per entity in [start, end], as a stream of record batches."""
+    """The offline store's latest row per entity in [start, end] (of ``shard``'s entities), as record batches."""
     if view.batch_source is None:
         raise StackError(f"feature view {view.name!r} has no batch source to materialise from")
     entities = [store.registry.get_entity(name, store.project) for name in view.entities]
@@ -186,11 +307,16 @@ def _latest_batches(
         end_date=end,
     )
     chunk_rows = store.config.materialization_config.online_write_batch_size or DEFAULT_CHUNK_ROWS
-    yield from _stream(job, chunk_rows, view.batch_source.field_mapping, memory_mb)
+    yield from _stream(job, chunk_rows, view.batch_source.field_mapping, memory_mb, shard, join_keys[0])
 
 
 def _stream(
-    job: RetrievalJob, chunk_rows: int, mapping: dict[str, str] | None, memory_mb: int | None = None
+    job: RetrievalJob,
+    chunk_rows: int,
+    mapping: dict[str, str] | None,
+    memory_mb: int | None = None,
+    shard: Shard | None = None,
+    shard_key: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The job's result a chunk at a time: DuckDB's cursor for DuckDB (ibis) jobs, else its Arrow table.
 
@@ -198,11 +324,18 @@ def _stream(
     compiled by its ibis backend and run on that backend's DuckDB connection; batches are cast to
     the query's schema, as ibis's ``to_pyarrow`` (what Feast's engine calls) does. Until the stream
     is exhausted or closed, that (process-wide) connection runs no other query, which is why its
-    memory cap (``memory_mb``) can be set for the stream alone and reset after.
+    memory cap (``memory_mb``) can be set for the stream alone and reset after. A ``shard`` keeps the
+    rows whose ``shard_key`` (a join key) hashes to it: the filter applies to the latest rows, so it cuts Feast's
+    answer into disjoint parts without changing any row.
     """
     query: Any = getattr(job, "table", None)
     backend: Any = query.get_backend() if hasattr(query, "get_backend") else None
     connection = getattr(backend, "con", None)
+    if shard is not None:
+        if connection is None or not hasattr(connection, "sql"):
+            raise StackError("sharded materialisation needs the DuckDB offline store (an ibis query to filter)")
+        key = query[shard_key]
+        query = query.filter((key.hash() % shard.count + shard.count) % shard.count == shard.index)
     if connection is None or not hasattr(connection, "sql"):
         for batch in job.to_arrow().to_batches(max_chunksize=chunk_rows):
             yield _renamed(batch, mapping)

@@ -23,6 +23,7 @@ from mlstack.compute import FEAST_ENGINES, ensure_ray
 from mlstack.data.generator import DataSummary, generate_data
 from mlstack.data.schema import CUSTOMER_PROFILE_FILE, DATA_FILES, LOAN_APPLICATIONS_FILE
 from mlstack.errors import StackError
+from mlstack.features import ray_engine
 from mlstack.features.materialization import arrow_writer, incremental_start, materialize_arrow, write_failure
 from mlstack.features.online_store import RedisTarget, feast_connection_string, resolve_redis
 from mlstack.features.redis_writer import STORE_TYPE as ARROW_STORE_TYPE
@@ -131,21 +132,35 @@ class MaterializeResult:
 
 
 def materialize_view(
-    store: FeatureStore, feature_view: str, end: datetime, offline_memory_mb: int | None = None
+    store: FeatureStore,
+    feature_view: str,
+    end: datetime,
+    offline_memory_mb: int | None = None,
+    verify: bool | None = None,
 ) -> MaterializeResult:
     """Materialise one batch view incrementally up to ``end``; Feast records the window on success.
 
     A run interrupted before success leaves the recorded window unchanged, so the next run
-    rewrites the same rows (same bytes) and completes the window. A Redis error, with either writer,
-    is a MaterializationError naming the view and the rows written. ``offline_memory_mb`` caps DuckDB's
-    memory for the Arrow writer's offline read (None: DuckDB's default).
+    rewrites the same rows (same bytes) and completes the window. The Arrow writer runs as Ray tasks on
+    the Ray engine; with ``verify`` (None: on the Ray engine only) it reads every row back before the
+    window is recorded. A Redis error, with either writer, is a MaterializationError naming the view and
+    the rows written. ``offline_memory_mb`` caps DuckDB's memory for the Arrow writer's offline read
+    (None: DuckDB's default).
     """
     view = store.get_feature_view(feature_view)
     start = view.most_recent_end_time
     started = time.perf_counter()
     if arrow_writer(store) is not None:  # the repo's online store is mlstack's Arrow writer
-        rows = materialize_arrow(store, feature_view, end, offline_memory_mb).rows
+        on_ray = ray_engine.on_ray(store)
+        write = ray_engine.write_pass() if on_ray else None
+        verify = on_ray if verify is None else verify
+        rows = materialize_arrow(store, feature_view, end, offline_memory_mb, write=write, verify=verify).rows
         return MaterializeResult(feature_view, start, end, rows, time.perf_counter() - started)
+    if ray_engine.on_ray(store):
+        raise FeatureRepoError(
+            "MLSTACK_MATERIALIZE_WRITER=feast is not supported on the Ray engine: Feast's ray.engine logs and "
+            "swallows Redis errors and records the window anyway. Use the default writer (arrow) on Ray."
+        )
     counter = _RowCounter()
     try:
         with counter.counting(store):
@@ -170,7 +185,10 @@ def apply_repo(settings: Settings) -> ApplyResult:
 
 def materialize_feature_view(settings: Settings, feature_view: str, end: datetime) -> MaterializeResult:
     """Materialise one batch view of the repo into Redis up to ``end``."""
-    return materialize_view(get_store(settings), feature_view, end, settings.materialize_offline_memory_mb)
+    store = get_store(settings)
+    return materialize_view(
+        store, feature_view, end, settings.materialize_offline_memory_mb, settings.materialize_verify
+    )
 
 
 def sample_entity_rows(
@@ -203,7 +221,9 @@ def get_online_features(store: FeatureStore, entity_rows: Sequence[dict[str, Any
 
 
 def get_historical_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:
-    """Point-in-time-correct features for ``entity_df`` (one output row per input row)."""
+    """Point-in-time-correct features for ``entity_df`` (one output row per input row); on Ray when configured."""
+    if ray_engine.on_ray(store):
+        return ray_engine.historical_features(store, entity_df, FEATURE_SERVICE)
     service = store.get_feature_service(FEATURE_SERVICE)
     return store.get_historical_features(entity_df=entity_df, features=service).to_df()
 

@@ -9,8 +9,8 @@ import duckdb
 import pytest
 import redis
 
-from mlstack.features.materialization import MaterializationError, _duckdb_memory_cap, write_failure
-from mlstack.features.redis_writer import RedisWriteError, describe_redis_error
+from mlstack.features.materialization import MaterializationError, _duckdb_memory_cap, shortfall_message, write_failure
+from mlstack.features.redis_writer import ReadBack, RedisWriteError, describe_redis_error
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
 REPLY = "command not allowed when used memory > 'maxmemory'."
@@ -86,3 +86,14 @@ def test_memory_cap_none_leaves_the_connection_alone():
     with _duckdb_memory_cap(connection, None):
         pass
     assert connection.execute("SELECT current_setting('memory_limit')").fetchone() == ("953.6 MiB",)
+
+
+# --------------------------------------------------------------------------- read-back verification
+
+
+def test_shortfall_message_names_the_view_expected_and_found_and_that_no_window_was_recorded():
+    message = shortfall_message("credit_history", START, END, ReadBack(1_500, 1_000, 2, 0))
+    assert message.startswith("materialising 'credit_history': Redis holds 498 of the 1,500 rows written")
+    assert "1,000 keys missing, 2 with another or no timestamp, 0 missing feature fields" in message
+    assert "_ts:credit_history" in message and "was not recorded" in message and "\n" not in message
+    assert ReadBack(5, 1, 2, 1).found == 1 and ReadBack(5, 1, 2, 1) + ReadBack(3) == ReadBack(8, 1, 2, 1)
