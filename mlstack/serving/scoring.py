@@ -349,6 +349,14 @@ class ScoredApplication:
         }
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A batch's scored applications and its model matrix (``model_input.FEATURES`` columns, one row each)."""
+
+    rows: list[ScoredApplication]
+    matrix: npt.NDArray[np.float64]
+
+
 class Scorer:
     """A loaded "booster + calibrator", its decision rule and the feature TTLs; turns feature rows into predictions."""
 
@@ -410,15 +418,25 @@ class Scorer:
         now: datetime,
     ) -> list[ScoredApplication]:
         """Like ``score_batch``, also returning each row's model inputs (for profiling)."""
+        return self.evaluate(applications, feature_values, event_timestamps, now).rows
+
+    def evaluate(
+        self,
+        applications: Sequence[Mapping[str, Any]],
+        feature_values: Sequence[Mapping[str, Any]],
+        event_timestamps: Sequence[Mapping[str, datetime | None]],
+        now: datetime,
+    ) -> ScoredBatch:
+        """Like ``evaluate_batch``, also returning the model matrix the booster scored."""
         if not len(applications) == len(feature_values) == len(event_timestamps):
             raise ValueError(
                 f"{len(applications)} applications but {len(feature_values)} feature rows "
                 f"and {len(event_timestamps)} timestamp rows"
             )
-        if not applications:
-            return []
-        rows = []
         matrix = np.empty((len(applications), len(model_input.FEATURES)), dtype=np.float64)
+        if not applications:
+            return ScoredBatch([], matrix)
+        rows = []
         for i, (application, values, stamps) in enumerate(
             zip(applications, feature_values, event_timestamps, strict=True)
         ):
@@ -426,10 +444,11 @@ class Scorer:
             matrix[i] = model_input.encode_row(inputs)[0]
             rows.append((inputs, freshness))
         probabilities = self.probabilities(matrix)
-        return [
+        scored = [
             self._scored(float(probability), inputs, freshness)
             for probability, (inputs, freshness) in zip(probabilities, rows, strict=True)
         ]
+        return ScoredBatch(scored, matrix)
 
     def probabilities(self, matrix: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Default probabilities of a model matrix (`model_input.encode` rows): the one place both the service
