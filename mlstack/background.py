@@ -74,6 +74,11 @@ class BackgroundQueue(Generic[Item]):
         with self._lock:
             return self._rows
 
+    @property
+    def process_id(self) -> int | None:
+        """The worker's child process id while it runs; None for an inline worker."""
+        return self._worker.pid if isinstance(self._worker, ChildWorker) else None
+
     def drain(self, final: bool = False) -> None:
         """Hand every queued item to the worker now and wait for it (``final``: the last time, at stop)."""
         with self._drain_lock:

@@ -193,7 +193,7 @@ def test_process_shadow_scorer_logs_what_the_thread_logs_and_ignores_sigterm(tmp
         scorers[mode] = scorer
     process_scorer = scorers["process"]
     wait_for(lambda: process_scorer.recorded_rows == 4)
-    os.kill(process_scorer._worker.pid, signal.SIGTERM)  # what a service's process group gets on shutdown
+    os.kill(process_scorer.process_id, signal.SIGTERM)  # what a service's process group gets on shutdown
     time.sleep(0.2)
     for scorer in scorers.values():
         scorer.submit(apps[4:], scored.matrix[4:], later, served[4:])
@@ -216,8 +216,8 @@ def test_process_shadow_scorer_counts_applications_lost_with_a_dead_child_and_ca
     runtime = ServingRuntime(champion, store, None, feature_service="credit_risk_v1", shadow=scorer)
     runtime.predict(apps)
     scorer.drain()  # scored and logged by the child
-    os.kill(scorer._worker.pid, signal.SIGKILL)
-    wait_for(lambda: scorer._worker._process.exitcode is not None)
+    os.kill(scorer.process_id, signal.SIGKILL)
+    wait_for(lambda: scorer.process_id is None)
     runtime.predict(apps)
     scorer.drain()  # finds the child dead: these 3 are lost
     runtime.predict(apps)

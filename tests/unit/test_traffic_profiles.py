@@ -250,7 +250,7 @@ def test_process_profiler_ignores_sigterm_so_stop_still_writes(tmp_path: Path) -
     for i in range(10):
         buffer.add(row(i))
     wait_for(lambda: buffer.pending_rows == 0)
-    os.kill(buffer._worker.pid, signal.SIGTERM)  # what a service's process group gets on shutdown
+    os.kill(buffer.process_id, signal.SIGTERM)  # what a service's process group gets on shutdown
     time.sleep(0.2)
     buffer.add(row(10))
     assert buffer.stop(timeout=60)
@@ -262,9 +262,9 @@ def test_process_profiler_counts_rows_lost_with_a_dead_child_and_carries_on(tmp_
     for i in range(3):
         buffer.add(row(i))
     buffer.drain()  # tracked in the child, which holds the window's profile
-    pid = buffer._worker.pid
+    pid = buffer.process_id
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: buffer._worker._process.exitcode is not None)
+    wait_for(lambda: buffer.process_id is None)
     for i in range(2):
         buffer.add(row(i))
     buffer.drain()  # finds the child dead: these 2 and the window's 3 are lost
