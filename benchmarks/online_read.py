@@ -112,6 +112,18 @@ def time_reads(
     return seconds
 
 
+def ratio_table(
+    baseline: str, variant: str, medians: dict[tuple[str, int], list[float]], sizes: tuple[int, ...]
+) -> None:
+    """Markdown rows: the median p50 (ms) of `baseline` and `variant` per read size, and their ratio."""
+    print(f"| rows | {baseline} p50 ms | {variant} p50 ms | {variant} / {baseline} |")
+    print("|---:|---:|---:|---:|")
+    for size in sizes:
+        before = statistics.median(medians[(baseline, size)]) * 1e3
+        after = statistics.median(medians[(variant, size)]) * 1e3
+        print(f"| {size} | {before:.2f} | {after:.2f} | {after / before:.2f} |")
+
+
 def compare_columns(
     store: FeatureStore, applications: list[dict], sizes: tuple[int, ...], iterations: int, rounds: int
 ) -> None:
@@ -130,12 +142,8 @@ def compare_columns(
     rows = applications[:64]
     answer = store.get_online_features(features=service, entity_rows=rows)
     same = repr(to_dict(answer)) == repr(online_columns(answer))  # repr: NaN equals NaN, types count
-    print("\n| rows | to_dict p50 ms | online_columns p50 ms | online_columns / to_dict |")
-    print("|---:|---:|---:|---:|")
-    for size in sizes:
-        before = statistics.median(medians[("to_dict", size)]) * 1e3
-        after = statistics.median(medians[("online_columns", size)]) * 1e3
-        print(f"| {size} | {before:.2f} | {after:.2f} | {after / before:.2f} |")
+    print()
+    ratio_table("to_dict", "online_columns", medians, sizes)
     print(f"answers: {'identical' if same else 'DIFFERENT'} (64 rows, every column and timestamp)")
     if not same:
         raise SystemExit("online_columns differs from to_dict")
@@ -178,12 +186,7 @@ def main() -> None:
         f"online read of {FEATURE_SERVICE}, {args.customers:,} customers,"
         f" {args.iterations} reads x {args.rounds} rounds"
     )
-    print("| rows | pandas p50 ms | python p50 ms | python / pandas |")
-    print("|---:|---:|---:|---:|")
-    for size in sizes:
-        pandas_ms = statistics.median(medians[("pandas", size)]) * 1e3
-        python_ms = statistics.median(medians[("python", size)]) * 1e3
-        print(f"| {size} | {pandas_ms:.2f} | {python_ms:.2f} | {python_ms / pandas_ms:.2f} |")
+    ratio_table("pandas", "python", medians, sizes)
     print("answers: identical across modes (64 rows, every feature)")
     compare_columns(store, applications, (1, 16, 32), args.iterations, args.rounds)
 
