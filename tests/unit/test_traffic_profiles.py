@@ -278,3 +278,14 @@ def test_process_profiler_counts_rows_lost_with_a_dead_child_and_carries_on(tmp_
 def test_process_profiler_needs_a_store_url() -> None:
     with pytest.raises(ValueError, match="store_url"):
         ProfileBuffer(sink=GatedSink(), process=True)
+
+
+def test_process_profiler_that_cannot_start_logs_it_and_counts_its_rows_as_failed(caplog) -> None:
+    buffer = ProfileBuffer("unknownprotocol://nowhere", window_seconds=3600, process=True)
+    with caplog.at_level("ERROR"):
+        buffer.start()  # the service starts anyway; the child's error is in the log
+    assert "did not start" in caplog.text and "unknownprotocol" in caplog.text
+    for i in range(3):
+        buffer.add(row(i))
+    assert buffer.stop(timeout=60)
+    assert (buffer.failed_rows, buffer.written_rows, buffer.pending_rows) == (3, 0, 0)
