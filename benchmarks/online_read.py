@@ -2,6 +2,8 @@
 
 The same store, Redis rows and entity rows; only the mode of `loan_ratios` differs (the pandas variant is
 the view's former definition, applied over it between rounds). Every answer is compared across modes.
+Then, with the repo's view, the response turned into columns by Feast's `to_dict` vs the service's
+`scoring.online_columns` (numbers taken from the protobuf as they are), answers compared exactly.
 
     uv run python -m benchmarks.online_read
 """
@@ -13,7 +15,9 @@ import contextlib
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 from feast import FeatureService, FeatureStore, Field
@@ -24,6 +28,7 @@ from benchmarks.common import BENCH_ROOT
 from benchmarks.serving_setup import known_applications
 from mlstack.data.generator import generate_data
 from mlstack.features.store import BATCH_VIEWS, FEATURE_SERVICE, apply_features, get_store, materialize_view
+from mlstack.serving.scoring import online_columns
 from mlstack.settings import Settings
 
 VIEW = "loan_ratios"
@@ -78,19 +83,70 @@ def prepare_store(customers: int) -> tuple[FeatureStore, list[dict]]:
     return store, known_applications(settings, 500)
 
 
-def read(store: FeatureStore, service: FeatureService, rows: list[dict]) -> dict:
+Columns = Callable[[Any], dict[str, list[Any]]]
+
+
+def to_dict(response: Any) -> dict[str, list[Any]]:
+    """Feast's own accessor: every value through Feast's converter (what the service used before `online_columns`)."""
+    return response.to_dict(include_event_timestamps=True)
+
+
+def read(store: FeatureStore, service: FeatureService, rows: list[dict], columns: Columns = online_columns) -> dict:
     """What the service's scoring does per request: one Feast call, the response as column lists."""
-    return store.get_online_features(features=service, entity_rows=rows).to_dict(include_event_timestamps=True)
+    return columns(store.get_online_features(features=service, entity_rows=rows))
 
 
-def time_reads(store: FeatureStore, service: FeatureService, batches: list[list[dict]], iterations: int) -> list[float]:
+def time_reads(
+    store: FeatureStore,
+    service: FeatureService,
+    batches: list[list[dict]],
+    iterations: int,
+    columns: Columns = online_columns,
+) -> list[float]:
     """Seconds per online read, cycling through `batches`."""
     seconds = []
     for i in range(iterations):
         started = time.perf_counter()
-        read(store, service, batches[i % len(batches)])
+        read(store, service, batches[i % len(batches)], columns)
         seconds.append(time.perf_counter() - started)
     return seconds
+
+
+def ratio_table(
+    baseline: str, variant: str, medians: dict[tuple[str, int], list[float]], sizes: tuple[int, ...]
+) -> None:
+    """Markdown rows: the median p50 (ms) of `baseline` and `variant` per read size, and their ratio."""
+    print(f"| rows | {baseline} p50 ms | {variant} p50 ms | {variant} / {baseline} |")
+    print("|---:|---:|---:|---:|")
+    for size in sizes:
+        before = statistics.median(medians[(baseline, size)]) * 1e3
+        after = statistics.median(medians[(variant, size)]) * 1e3
+        print(f"| {size} | {before:.2f} | {after:.2f} | {after / before:.2f} |")
+
+
+def compare_columns(
+    store: FeatureStore, applications: list[dict], sizes: tuple[int, ...], iterations: int, rounds: int
+) -> None:
+    """The repo's view, the response turned into columns by Feast's `to_dict` vs `scoring.online_columns`."""
+    service = store.get_feature_service(FEATURE_SERVICE)
+    readers: dict[str, Columns] = {"to_dict": to_dict, "online_columns": online_columns}
+    medians: dict[tuple[str, int], list[float]] = {(name, size): [] for name in readers for size in sizes}
+    for round_ in range(rounds):
+        for name in list(readers) if round_ % 2 == 0 else list(readers)[::-1]:
+            for size in sizes:
+                batches = [applications[i : i + size] for i in range(0, len(applications) - size + 1, size)]
+                read(store, service, batches[0], readers[name])  # warm
+                medians[(name, size)].append(
+                    statistics.median(time_reads(store, service, batches, iterations, readers[name]))
+                )
+    rows = applications[:64]
+    answer = store.get_online_features(features=service, entity_rows=rows)
+    same = repr(to_dict(answer)) == repr(online_columns(answer))  # repr: NaN equals NaN, types count
+    print()
+    ratio_table("to_dict", "online_columns", medians, sizes)
+    print(f"answers: {'identical' if same else 'DIFFERENT'} (64 rows, every column and timestamp)")
+    if not same:
+        raise SystemExit("online_columns differs from to_dict")
 
 
 def main() -> None:
@@ -130,13 +186,9 @@ def main() -> None:
         f"online read of {FEATURE_SERVICE}, {args.customers:,} customers,"
         f" {args.iterations} reads x {args.rounds} rounds"
     )
-    print("| rows | pandas p50 ms | python p50 ms | python / pandas |")
-    print("|---:|---:|---:|---:|")
-    for size in sizes:
-        pandas_ms = statistics.median(medians[("pandas", size)]) * 1e3
-        python_ms = statistics.median(medians[("python", size)]) * 1e3
-        print(f"| {size} | {pandas_ms:.2f} | {python_ms:.2f} | {python_ms / pandas_ms:.2f} |")
+    ratio_table("pandas", "python", medians, sizes)
     print("answers: identical across modes (64 rows, every feature)")
+    compare_columns(store, applications, (1, 16, 32), args.iterations, args.rounds)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ through 500 known customers, benchmarks/serving_wrk.lua):
 - S1 without profiling, S1 with the MLflow pyfunc instead of the Booster: ablations, each in its own
   service process started with the ablation's environment;
 - S1 with shadow mode on (`MLSTACK_SHADOW_ENABLED=true`): the same path, and @challenger scored on the
-  same features off the response path, both scores logged (the cost of shadow mode);
+  same model inputs in a child process, both scores logged (the cost of shadow mode);
 - peer: `feast serve` (Feast's feature server) plus a model-only BentoML service that asks it for
   the features over HTTP: two hops;
 - F0: in this process, no HTTP: one pipelined Redis read of the same keys (built with Feast's own

@@ -28,17 +28,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import fsspec
 import pandas as pd
 
+from mlstack.background import BackgroundQueue, ChildWorker, InlineWorker, Worker, WorkerLost
 from mlstack.data import profiles
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def count_profiled_rows(store_url: str | Path) -> int:
     return sum(window.rows for window in stored_windows(store_url))
 
 
-class ProfileBuffer:
+class ProfileBuffer(BackgroundQueue[tuple[float, Mapping[str, Any]]]):
     """Thread-safe row buffer whose background thread profiles rows into time windows (see the module docstring)."""
 
     def __init__(
@@ -159,33 +160,30 @@ class ProfileBuffer:
         clock: Callable[[], float] = time.time,
         process: bool = False,
     ) -> None:
-        if window_seconds <= 0 or flush_seconds <= 0 or flush_rows <= 0 or max_pending_rows <= 0:
+        if window_seconds <= 0:
             raise ValueError("window_seconds, flush_seconds, flush_rows and max_pending_rows must be positive")
         if process:
             if sink is not None or store_url is None:
                 raise ValueError("a profiling process writes to a store_url (a sink object stays in this process)")
-            self._tracker: _Tracker = _ProcessTracker(str(store_url))
+            worker: Worker = ChildWorker(partial(_profiler_for_store, str(store_url)), "profile-writer")
         else:
             if sink is None:
                 if store_url is None:
                     raise ValueError("give a store_url or a sink")
                 sink = FsspecProfileSink(store_url)
-            self._tracker = _InlineTracker(sink)
+            worker = InlineWorker(_Profiler(sink))
+        super().__init__(
+            worker,
+            name="profile-buffer",
+            flush_seconds=flush_seconds,
+            max_pending_rows=max_pending_rows,
+            flush_rows=flush_rows,
+        )
         self.window_seconds = float(window_seconds)
-        self.flush_seconds = float(flush_seconds)
-        self.flush_rows = flush_rows
-        self.max_pending_rows = max_pending_rows
         self.clock = clock
-        self.dropped_rows = 0  # rows refused because the buffer was full (the drain thread fell behind)
         self.failed_rows = 0  # rows whylogs could not profile or the sink could not write
         self.written_rows = 0
-        self._lock = threading.Lock()
-        self._pending: list[tuple[float, Mapping[str, Any]]] = []
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._drain_lock = threading.Lock()  # one drainer at a time: the thread, or stop() without a thread
         self._window: ProfileWindow | None = None
-        self._thread: threading.Thread | None = None
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Queue one row (its ``model_version`` key names the model); O(1), never profiles or writes.
@@ -193,69 +191,14 @@ class ProfileBuffer:
         The row is kept by reference: do not mutate it afterwards. Rows beyond ``max_pending_rows``
         are dropped and counted in ``dropped_rows`` rather than growing memory without bound.
         """
-        with self._lock:
-            if len(self._pending) >= self.max_pending_rows:
-                self.dropped_rows += 1
-                return
-            self._pending.append((self.clock(), row))
-            if len(self._pending) >= self.flush_rows:
-                self._wake.set()
+        self._put((self.clock(), row))
 
-    @property
-    def pending_rows(self) -> int:
-        """Rows queued and not yet profiled."""
-        with self._lock:
-            return len(self._pending)
-
-    def start(self) -> None:
-        """Start the background drain thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        try:
-            self._tracker.open()
-        except ProfilerLost:  # profiling must not stop the service: the next drain tries again
-            log.exception("could not start the profiling process")
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="profile-buffer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = 10.0) -> bool:
-        """Drain every queued row, write the open (partial) window and stop the thread; True if all done in time."""
-        self._stopping.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("profile buffer did not finish within %.1f s; %d rows pending", timeout, self.pending_rows)
-                return False
-            self._thread = None
-        self.drain(final=True)  # no thread, or rows added after it finished
-        self._tracker.close()
-        return True
-
-    def drain(self, final: bool = False) -> None:
-        """Profile every queued row, close windows that have ended; ``final`` also closes the open window."""
-        with self._drain_lock:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            if batch:
-                self._profile(batch)
-            if self._window is not None and (final or self.clock() >= self._window.end.timestamp()):
-                self._close()
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
-            try:
-                self.drain()
-            except Exception:  # the thread must survive a bad batch; the rows are counted as failed
-                log.exception("profiling live traffic failed")
-        try:
-            self.drain(final=True)
-        except Exception:
-            log.exception("profiling live traffic failed at stop")
+    def _drain(self, batch: list[tuple[float, Mapping[str, Any]]], final: bool) -> None:
+        """Profile the rows; close the open window if it has ended (or ``final``)."""
+        if batch:
+            self._profile(batch)
+        if self._window is not None and (final or self.clock() >= self._window.end.timestamp()):
+            self._close()
 
     def _profile(self, batch: list[tuple[float, Mapping[str, Any]]]) -> None:
         """Track consecutive rows of the same window and version together."""
@@ -293,8 +236,8 @@ class ProfileBuffer:
         window = self._window
         assert window is not None
         try:
-            self._tracker.track(window, rows)
-        except ProfilerLost:  # the child died with this window's profile: its rows so far are lost too
+            self._worker.call(_message("track", window, rows))
+        except WorkerLost:  # the child died with this window's profile: its rows so far are lost too
             self.failed_rows += len(rows) + window.rows
             log.exception("lost %d rows of live traffic", len(rows) + window.rows)
             window.rows = 0
@@ -310,7 +253,7 @@ class ProfileBuffer:
         if window is None or window.rows == 0:
             return
         try:
-            self._tracker.write(window)
+            self._worker.call(_message("write", window, window.rows))
         except Exception:
             self.failed_rows += window.rows
             log.exception(
@@ -323,154 +266,46 @@ class ProfileBuffer:
         self.written_rows += window.rows
 
 
-class ProfilerLost(RuntimeError):
-    """The profiling process died: the profiles of its open windows are gone."""
+def _message(kind: str, window: ProfileWindow, payload: Any) -> tuple[str, str, float, float, Any]:
+    """What the profiler needs to know of a window (plain values: it may be in a child process)."""
+    return (kind, window.model_version, window.start.timestamp(), window.end.timestamp(), payload)
 
 
-class _Tracker(Protocol):
-    """Where rows become profiles and finished windows are written; raises on failure."""
+class _Profiler:
+    """The Handler that profiles: keeps the open windows' profiles, writes finished windows to a sink.
 
-    def open(self) -> None: ...
-
-    def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None: ...
-
-    def write(self, window: ProfileWindow) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _InlineTracker:
-    """The profiler in the calling thread, profiles on the window objects, finished windows to a sink."""
+    Messages: ("track", version, start, end, rows) adds rows to a window's profile; ("write",
+    version, start, end, row count) writes the window and forgets it.
+    """
 
     def __init__(self, sink: ProfileSink) -> None:
         self.sink = sink
+        self.windows: dict[tuple[str, float], ProfileWindow] = {}
 
-    def open(self) -> None:
-        return None
-
-    def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None:
-        frame = pd.DataFrame.from_records(rows).drop(columns=[VERSION_KEY], errors="ignore")
+    def handle(self, message: tuple[str, str, float, float, Any]) -> None:
+        kind, version, start, end, payload = message
+        key = (version, start)
+        if kind == "write":
+            window = self.windows.pop(key)  # KeyError: its rows were tracked by a child that died
+            window.rows = payload
+            self.sink.write(window)
+            return
+        window = self.windows.get(key) or ProfileWindow(
+            version, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+        )
+        self.windows[key] = window
+        frame = pd.DataFrame.from_records(payload).drop(columns=[VERSION_KEY], errors="ignore")
         if window.profile is None:
             window.profile = profiles.PROFILER.tracker(window.start)
         window.profile.track(frame)
 
-    def write(self, window: ProfileWindow) -> None:
-        self.sink.write(window)
-
     def close(self) -> None:
         return None
 
 
-class _ProcessTracker:
-    """The same work in a child process (spawned), driven by synchronous messages over a pipe.
-
-    The child keeps the open windows' profiles and writes finished windows to the store itself. It
-    ignores SIGTERM and SIGINT, which a service's process group receives on shutdown, so the last
-    window still reaches it; it exits when told to, or when the pipe closes (the parent died). A
-    child found dead raises ProfilerLost once (the buffer counts the open window's rows as failed)
-    and is replaced at the next call.
-    """
-
-    def __init__(self, store_url: str) -> None:
-        self.store_url = store_url
-        self._process: Any = None
-        self._connection: Any = None
-
-    @property
-    def pid(self) -> int | None:
-        """The child's process id while it runs."""
-        return self._process.pid if self._process is not None and self._process.is_alive() else None
-
-    def open(self) -> None:
-        """Start the child (and wait until it is ready) unless it runs."""
-        if self.pid is None:
-            import multiprocessing
-
-            context = multiprocessing.get_context("spawn")  # never fork a process that has threads
-            parent, child = context.Pipe()
-            self._process = context.Process(
-                target=_profile_in_child, args=(child, self.store_url), name="profile-writer", daemon=True
-            )
-            self._process.start()
-            child.close()
-            self._connection = parent
-            # Wait until the child ignores SIGTERM: a shutdown signal must not find it still starting.
-            try:
-                ready = parent.poll(120) and parent.recv() == ("ready",)
-            except (EOFError, OSError):
-                ready = False
-            if not ready:
-                self._process.kill()
-                self._process = self._connection = None
-                raise ProfilerLost("the profiling process did not start")
-
-    def track(self, window: ProfileWindow, rows: list[Mapping[str, Any]]) -> None:
-        self._call("track", window, rows)
-
-    def write(self, window: ProfileWindow) -> None:
-        self._call("write", window, window.rows)
-
-    def close(self) -> None:
-        if self._process is None:
-            return
-        try:
-            self._connection.send(("stop",))
-            self._connection.recv()
-        except (EOFError, OSError):
-            pass
-        self._process.join(10)
-        self._connection.close()
-        self._process = self._connection = None
-
-    def _call(self, kind: str, window: ProfileWindow, payload: Any) -> None:
-        if self._process is not None and not self._process.is_alive():
-            self._process = self._connection = None
-            raise ProfilerLost("the profiling process died")
-        self.open()
-        message = (kind, window.model_version, window.start.timestamp(), window.end.timestamp(), payload)
-        try:
-            self._connection.send(message)
-            reply = self._connection.recv()  # waits without the GIL while the child works
-        except (EOFError, OSError) as exc:
-            self._process = self._connection = None
-            raise ProfilerLost(f"the profiling process died ({type(exc).__name__})") from exc
-        if reply[0] != "ok":
-            raise RuntimeError(f"the profiling process failed: {reply[1]}")
-
-
-def _profile_in_child(connection: Any, store_url: str) -> None:
-    """The child of ``_ProcessTracker``: answers each message with ("ok",) or ("error", message)."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent decides when to stop (after the last window)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    connection.send(("ready",))
-    tracker = _InlineTracker(FsspecProfileSink(store_url))
-    windows: dict[tuple[str, float], ProfileWindow] = {}
-    while True:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            return
-        if message[0] == "stop":
-            connection.send(("ok",))
-            return
-        kind, version, start, end, payload = message
-        key = (version, start)
-        try:
-            if kind == "track":
-                window = windows.get(key) or ProfileWindow(
-                    version, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
-                )
-                windows[key] = window
-                tracker.track(window, payload)
-            else:
-                window = windows.pop(key)  # KeyError: its rows were tracked by a child that died
-                window.rows = payload
-                tracker.write(window)
-            connection.send(("ok",))
-        except Exception as exc:
-            connection.send(("error", f"{type(exc).__name__}: {exc}"))
+def _profiler_for_store(store_url: str) -> _Profiler:
+    """The profiling process's handler (built in the child: a sink does not cross processes)."""
+    return _Profiler(FsspecProfileSink(store_url))
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

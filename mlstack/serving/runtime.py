@@ -111,6 +111,10 @@ class ServingRuntime:
     shadow: ShadowScorer | None = None  # the challenger, scored off the response path (shadow mode)
 
     def __post_init__(self) -> None:
+        if self.shadow is not None and self.shadow.challenger.feature_ttls != self.scorer.feature_ttls:
+            raise ValueError(
+                "the challenger is scored on the champion's model inputs: both Scorers need the same feature TTLs"
+            )
         if self.feature_service is None:
             self.feature_service = self.store.get_feature_service(FEATURE_SERVICE)
 
@@ -135,6 +139,7 @@ class ServingRuntime:
                     ShadowLog(settings.shadow_dir),
                     FEATURE_SERVICE,
                     ab_share=settings.ab_challenger_share,
+                    process=True,  # the challenger's Python work off this process's GIL, as the profiler's
                 )
                 shadow.start()
                 logger.info(
@@ -170,15 +175,15 @@ class ServingRuntime:
         if self.observer is not None:
             self.observer.feature_fetch(time.perf_counter() - started)
         now = datetime.now(UTC)
-        scored = self.scorer.evaluate_batch(applications, online.values, online.event_timestamps, now)
+        scored = self.scorer.evaluate(applications, online.values, online.event_timestamps, now)
         if self.profiles is not None:  # the champion's inputs and scores (one model version per window)
-            for row in scored:
+            for row in scored.rows:
                 self.profiles.add(row.profile_row())
-        champion = [row.prediction for row in scored]
+        champion = [row.prediction for row in scored.rows]
         answers, decided_by = champion, None
-        if self.shadow is not None:  # the challenger sees the same features, at the same instant
+        if self.shadow is not None:  # the challenger scores the same model inputs, at the same instant
             answers, decided_by = self.shadow.decide(applications, online, now, champion)
-            self.shadow.submit(applications, online, now, champion, decided_by)
+            self.shadow.submit(applications, scored.matrix, now, champion, decided_by)
         if self.observer is not None:
             for prediction in answers:
                 self.observer.prediction(prediction)

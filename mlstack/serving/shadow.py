@@ -1,11 +1,14 @@
 """Shadow scoring and A/B mode: the challenger scores what the champion scored, off the response path; both logged.
 
-The request path only hands the champion's batch (the applications, the features Feast returned,
-the instant they were scored and the champion's predictions) to ``ShadowScorer.submit``: an append
-under a lock. A background thread scores the challenger with its own ``Scorer`` (the same code the
-champion's answers come from, so whatever the Scorer applies, it applies to both) on those same
-feature values, and appends one ``ShadowRecord`` per application to the shadow log. ``stop()``
-(the service's shutdown hook) scores and writes whatever is still queued before it returns.
+The request path only hands the champion's batch (the applications, the model matrix the champion
+scored, the instant and the champion's predictions) to ``ShadowScorer.submit``: an append under a
+lock. A background thread hands the queued batches, as plain values and one numpy matrix, to the
+challenger's handler, in a spawned child process in the service (``process=True``), where the
+challenger's ``Scorer`` (the same code the champion's answers come from) scores that same matrix:
+the same feature values, stale ones dropped by the same policy, which the two Scorers apply alike
+because they share the feature TTLs (``ServingRuntime`` checks). The handler appends one
+``ShadowRecord`` per application to the shadow log. ``stop()`` (the service's shutdown hook) scores
+and writes whatever is still queued, then closes (fsyncs) the log, before it returns.
 
 A/B mode (``ab_share`` > 0): a sticky hash of the customer id (``assign_arm``, salted with the
 challenger's version, so a new challenger is a new experiment) gives that share of customers the
@@ -17,13 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
+from mlstack.background import BackgroundQueue, ChildWorker, InlineWorker
 from mlstack.monitoring.shadow_log import DecidedBy, ShadowLog, ShadowRecord
 from mlstack.serving.scoring import OnlineFeatures, Prediction, Scorer
 
@@ -32,11 +39,43 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Batch:
+    """A champion batch as the request path queued it (references only)."""
+
     applications: Sequence[Mapping[str, Any]]
-    online: OnlineFeatures
+    model_inputs: npt.NDArray[np.float64]
     scored_at: datetime
-    champion: list[Prediction]
+    champion: Sequence[Prediction]
     decided_by: Sequence[DecidedBy] | None
+
+
+class ChampionScore(NamedTuple):
+    """What the log keeps of the champion's answer to one application."""
+
+    model_name: str
+    model_version: str
+    threshold: float
+    probability: float
+    decision: str
+
+
+@dataclass(frozen=True)
+class ShadowBatch:
+    """What the challenger needs of one champion batch, in plain values and one array (cheap to pickle to a child)."""
+
+    applications: Sequence[Mapping[str, Any]]
+    model_inputs: npt.NDArray[np.float64]  # the champion's model matrix: the same features, stale ones dropped
+    scored_at: datetime
+    champion: list[ChampionScore]
+    decided_by: Sequence[DecidedBy] | None
+
+    @classmethod
+    def of(cls, batch: _Batch) -> ShadowBatch:
+        """The batch without its pydantic objects."""
+        champion = [
+            ChampionScore(p.model_name, p.model_version, p.threshold, p.default_probability, p.decision)
+            for p in batch.champion
+        ]
+        return cls(batch.applications, batch.model_inputs, batch.scored_at, champion, batch.decided_by)
 
 
 def assign_arm(customer_id: int, share: float, experiment: str) -> DecidedBy:
@@ -49,8 +88,13 @@ def assign_arm(customer_id: int, share: float, experiment: str) -> DecidedBy:
     return "challenger" if int.from_bytes(digest[:8], "big") / 2**64 < share else "champion"
 
 
-class ShadowScorer:
-    """Scores the challenger on the champion's batches in a background thread and logs both scores."""
+class ShadowScorer(BackgroundQueue[_Batch]):
+    """Scores the challenger on the champion's batches off the request path and logs both scores.
+
+    ``process=True`` (the service's choice) scores and writes in a spawned child process: in the
+    serving process the challenger's Python work held the GIL against the request path. The log is
+    then opened by the child (its segment is named after the child's pid).
+    """
 
     def __init__(
         self,
@@ -61,28 +105,23 @@ class ShadowScorer:
         ab_share: float = 0.0,
         flush_seconds: float = 0.5,
         max_pending_rows: int = 100_000,
+        process: bool = False,
     ) -> None:
-        if flush_seconds <= 0 or max_pending_rows <= 0:
-            raise ValueError("flush_seconds and max_pending_rows must be positive")
         if not 0 <= ab_share < 1:
             raise ValueError(f"ab_share must be in [0, 1), got {ab_share}")
+        handler = partial(_ChallengerLog, challenger, shadow_log, feature_service, ab_share)
+        super().__init__(
+            ChildWorker(handler, "shadow-scorer") if process else InlineWorker(handler()),
+            name="shadow-scorer",
+            flush_seconds=flush_seconds,
+            max_pending_rows=max_pending_rows,
+        )
         self.challenger = challenger
         self.ab_share = ab_share
         self.experiment = f"ab-v{challenger.model_version}"
-        self.log = shadow_log
         self.feature_service = feature_service
-        self.flush_seconds = flush_seconds
-        self.max_pending_rows = max_pending_rows
         self.recorded_rows = 0
-        self.dropped_rows = 0  # refused because the queue was full (the thread fell behind)
-        self.failed_rows = 0  # the challenger or the log failed on them
-        self._lock = threading.Lock()
-        self._pending: list[_Batch] = []
-        self._pending_rows = 0
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._drain_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self.failed_rows = 0  # the challenger or the log failed on them (or the child died with them)
 
     @property
     def challenger_version(self) -> str:
@@ -119,69 +158,59 @@ class ShadowScorer:
     def submit(
         self,
         applications: Sequence[Mapping[str, Any]],
-        online: OnlineFeatures,
+        model_inputs: npt.NDArray[np.float64],
         scored_at: datetime,
-        champion: list[Prediction],
+        champion: Sequence[Prediction],
         decided_by: Sequence[DecidedBy] | None = None,
     ) -> None:
-        """Queue one champion batch (and who decided each row) for the challenger; O(1), never scores or writes."""
-        rows = len(applications)
-        with self._lock:
-            if self._pending_rows + rows > self.max_pending_rows:
-                self.dropped_rows += rows
-                return
-            self._pending.append(_Batch(applications, online, scored_at, champion, decided_by))
-            self._pending_rows += rows
+        """Queue one champion batch, with the model matrix it was scored on; O(1), never scores or writes."""
+        if applications:
+            self._put(_Batch(applications, model_inputs, scored_at, champion, decided_by), len(applications))
 
-    @property
-    def pending_rows(self) -> int:
-        """Applications queued and not yet scored by the challenger."""
-        with self._lock:
-            return self._pending_rows
-
-    def start(self) -> None:
-        """Start the background thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
+    def _drain(self, batches: list[_Batch], final: bool) -> None:
+        """Send the batches to the challenger's handler in one message, count what it recorded."""
+        if not batches:
             return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
-        self._thread.start()
+        rows = sum(len(batch.applications) for batch in batches)
+        try:
+            recorded, failed = self._worker.call([ShadowBatch.of(batch) for batch in batches])
+        except Exception:  # a dead child: some of these may have reached the log before it died
+            self.failed_rows += rows
+            log.exception("shadow scoring of %d applications failed", rows)
+            return
+        self.recorded_rows += recorded
+        self.failed_rows += failed
 
-    def stop(self, timeout: float | None = 10.0) -> bool:
-        """Score and log everything queued, close the log; True if it finished in time."""
-        self._stopping.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("shadow scorer did not finish within %.1f s; %d rows pending", timeout, self.pending_rows)
-                return False
-            self._thread = None
-        self.drain()  # no thread, or batches submitted after it finished
+
+class _ChallengerLog:
+    """The Handler that scores the challenger on champion batches and appends both scores to the log."""
+
+    def __init__(self, challenger: Scorer, shadow_log: ShadowLog, feature_service: str, ab_share: float) -> None:
+        self.challenger = challenger
+        self.log = shadow_log
+        self.feature_service = feature_service
+        self.ab_share = ab_share
+
+    def handle(self, batches: list[ShadowBatch]) -> tuple[int, int]:
+        """Score and log each batch; (applications recorded, applications failed)."""
+        recorded = failed = 0
+        for batch in batches:
+            try:
+                records = self._records(batch)
+                self.log.append(records)
+            except Exception:  # one bad batch must not stop the others
+                failed += len(batch.applications)
+                log.exception("shadow scoring of %d applications failed", len(batch.applications))
+                continue
+            recorded += len(records)
+        return recorded, failed
+
+    def close(self) -> None:
         self.log.close()
-        return True
 
-    def drain(self) -> None:
-        """Score every queued batch with the challenger and append the records to the log."""
-        with self._drain_lock:
-            with self._lock:
-                batches, self._pending, self._pending_rows = self._pending, [], 0
-            for batch in batches:
-                try:
-                    records = self._records(batch)
-                    self.log.append(records)
-                except Exception:  # one bad batch must not stop the others (or the thread)
-                    self.failed_rows += len(batch.applications)
-                    log.exception("shadow scoring of %d applications failed", len(batch.applications))
-                    continue
-                self.recorded_rows += len(records)
-
-    def _records(self, batch: _Batch) -> list[ShadowRecord]:
-        online = batch.online
-        challenger = self.challenger.score_batch(
-            batch.applications, online.values, online.event_timestamps, batch.scored_at
-        )
+    def _records(self, batch: ShadowBatch) -> list[ShadowRecord]:
+        challenger = self.challenger
+        probabilities = challenger.probabilities(batch.model_inputs).tolist()
         return [
             ShadowRecord(
                 request_id=uuid.uuid4().hex,
@@ -195,22 +224,15 @@ class ShadowScorer:
                 model_name=champion.model_name,
                 threshold=champion.threshold,
                 champion_version=champion.model_version,
-                champion_probability=champion.default_probability,
+                champion_probability=champion.probability,
                 champion_decision=champion.decision,
-                challenger_version=theirs.model_version,
-                challenger_probability=theirs.default_probability,
-                challenger_decision=theirs.decision,
+                challenger_version=challenger.model_version,
+                challenger_probability=probability,
+                challenger_decision=challenger.decision(probability),
                 decided_by=batch.decided_by[i] if batch.decided_by is not None else "champion",
                 ab_share=self.ab_share,
             )
-            for i, (application, champion, theirs) in enumerate(
-                zip(batch.applications, batch.champion, challenger, strict=True)
+            for i, (application, champion, probability) in enumerate(
+                zip(batch.applications, batch.champion, probabilities, strict=True)
             )
         ]
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
-            self.drain()
-        self.drain()

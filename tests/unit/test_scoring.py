@@ -565,3 +565,49 @@ def test_classify_error_internal_does_not_leak_details() -> None:
     answer = classify_error(RuntimeError("password=hunter2"))
     assert (answer.status, answer.cause) == (500, "internal")
     assert "hunter2" not in answer.message
+
+
+def feast_response(columns: dict[str, list[Any]]) -> Any:
+    """A real `feast.OnlineResponse` of these columns (None: not found), each value's kind from its Python type."""
+    from feast.online_response import OnlineResponse
+    from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    kinds = {float: "double_val", int: "int64_val", str: "string_val", bool: "bool_val"}
+    proto = GetOnlineFeaturesResponse()
+    for name, values in columns.items():
+        proto.metadata.feature_names.val.append(name)
+        vector = proto.results.add()
+        for i, value in enumerate(values):
+            message = Value()
+            if value is not None:
+                setattr(message, kinds[type(value)], value)
+            vector.values.append(message)
+            vector.event_timestamps.add(seconds=0 if value is None else 1_700_000_000 + i)
+    return OnlineResponse(proto)
+
+
+def test_online_columns_equal_feasts_to_dict() -> None:
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    response = feast_response(
+        {
+            "customer_id": [7, 8, 9],
+            "zipcode": ["94107", None, "10001"],
+            "annual_income": [52_000.5, None, float("nan")],
+            "bureau_score": [700, 0, None],
+            "flag": [True, False, None],
+        }
+    )
+    stamp = Value(unix_timestamp_val=1_700_000_000)  # a kind Feast converts (to a datetime)
+    response.proto.results[1].values[1].CopyFrom(stamp)
+    expected = response.to_dict(include_event_timestamps=True)
+    columns = scoring.online_columns(response)
+    assert list(columns) == list(expected)
+    assert repr(columns) == repr(expected)  # repr: NaN == NaN, and the types (int, float, datetime) count
+    assert isinstance(columns["zipcode"][1], datetime)
+
+
+def test_online_columns_of_another_source_are_its_to_dict() -> None:
+    columns = online_response([(APPLICATION, STORED, STORED)])
+    assert scoring.online_columns(FakeResponse(columns)) == columns

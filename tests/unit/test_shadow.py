@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from datetime import UTC, datetime, timedelta
 
 import lightgbm
@@ -15,12 +18,13 @@ from mlstack.monitoring.shadow import AbPlan, compare_approval_rates, evaluate, 
 from mlstack.monitoring.shadow_log import ShadowLog, ShadowRecord, read_shadow_log
 from mlstack.serving import runtime as serving_runtime
 from mlstack.serving.runtime import ServedModel, ServingRuntime, load_challenger
-from mlstack.serving.scoring import OnlineFeatures, Scorer, parse_online_response
+from mlstack.serving.scoring import Scorer, parse_online_response
 from mlstack.serving.shadow import ShadowScorer, assign_arm
 from mlstack.settings import Settings
 from mlstack.training.calibration import IDENTITY
 from tests.support.shadow_evidence import APPLIED, AS_OF, FLOORS, PAIR, RULE, simulated
 from tests.unit.test_scoring import APPLICATION, STORED, TTLS, FakeFeatureStore, online_response
+from tests.unit.test_traffic_profiles import wait_for
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -158,9 +162,81 @@ def test_shadow_scorer_drops_beyond_its_queue_and_counts_failures(tmp_path, cham
     runtime.predict(apps)  # 8 > 6 queued: this batch is dropped, not queued
     scorer.drain()
     values, stamps = parse_online_response(store.columns)
-    scorer.submit(apps, OnlineFeatures(values[:1], stamps[:1]), NOW, [])  # features of one row for four
+    scored = champion.evaluate(apps, values, stamps, NOW)
+    served = [row.prediction for row in scored.rows]
+    scorer.submit(apps, scored.matrix[:1], NOW, served)  # model inputs of one row for four
     scorer.stop()
     assert (scorer.recorded_rows, scorer.dropped_rows, scorer.failed_rows) == (4, 4, 4)
+
+
+def without_request_ids(directory) -> list[dict]:
+    return read_shadow_log(directory).records.drop(columns=["request_id"]).to_dict("records")
+
+
+def test_process_shadow_scorer_logs_what_the_thread_logs_and_ignores_sigterm(tmp_path, champion, challenger) -> None:
+    apps = applications(6)
+    store = FakeFeatureStore(
+        online_response([(app, STORED, STORED if app["customer_id"] % 2 else None) for app in apps])
+    )
+    values, stamps = parse_online_response(store.columns)
+    later = NOW + timedelta(days=50)  # the credit features (20 days old, TTL 45 days) are stale by then
+    scored = champion.evaluate(apps, values, stamps, later)
+    assert any(row.prediction.stale_features for row in scored.rows)
+    served = [row.prediction for row in scored.rows]
+    scorers = {}
+    for mode, process in (("thread", False), ("process", True)):
+        scorer = ShadowScorer(
+            challenger, ShadowLog(tmp_path / mode), "credit_risk_v1", flush_seconds=0.02, process=process
+        )
+        scorer.start()
+        scorer.submit(apps[:4], scored.matrix[:4], later, served[:4])
+        scorers[mode] = scorer
+    process_scorer = scorers["process"]
+    wait_for(lambda: process_scorer.recorded_rows == 4)
+    os.kill(process_scorer.process_id, signal.SIGTERM)  # what a service's process group gets on shutdown
+    time.sleep(0.2)
+    for scorer in scorers.values():
+        scorer.submit(apps[4:], scored.matrix[4:], later, served[4:])
+        assert scorer.stop(timeout=60)
+        assert (scorer.recorded_rows, scorer.failed_rows, scorer.dropped_rows) == (6, 0, 0)
+    assert without_request_ids(tmp_path / "process") == without_request_ids(tmp_path / "thread")
+    expected = challenger.score_batch(apps, values, stamps, later)
+    records = read_shadow_log(tmp_path / "process").records
+    assert records["challenger_probability"].tolist() == [p.default_probability for p in expected]
+    assert records["champion_probability"].tolist() == [p.default_probability for p in served]
+    assert records["request_id"].is_unique and read_shadow_log(tmp_path / "process").torn_lines == 0
+
+
+def test_process_shadow_scorer_counts_applications_lost_with_a_dead_child_and_carries_on(
+    tmp_path, champion, challenger
+) -> None:
+    apps = applications(3)
+    store = FakeFeatureStore(online_response([(app, STORED, STORED) for app in apps]))
+    scorer = ShadowScorer(challenger, ShadowLog(tmp_path), "credit_risk_v1", process=True)
+    runtime = ServingRuntime(champion, store, None, feature_service="credit_risk_v1", shadow=scorer)
+    runtime.predict(apps)
+    scorer.drain()  # scored and logged by the child
+    os.kill(scorer.process_id, signal.SIGKILL)
+    wait_for(lambda: scorer.process_id is None)
+    runtime.predict(apps)
+    scorer.drain()  # finds the child dead: these 3 are lost
+    runtime.predict(apps)
+    assert scorer.stop(timeout=60)  # a new child scores and logs the rest
+    assert (scorer.recorded_rows, scorer.failed_rows) == (6, 3)
+    assert len(read_shadow_log(tmp_path).records) == 6
+
+
+def test_runtime_refuses_a_challenger_read_with_other_feature_ttls(tmp_path, champion) -> None:
+    other = Scorer(
+        small_booster(1),
+        model_name="credit-risk",
+        model_version="2",
+        threshold=0.2,
+        feature_ttls={name: ttl * 2 for name, ttl in TTLS.items()},
+    )
+    scorer = ShadowScorer(other, ShadowLog(tmp_path), "credit_risk_v1")
+    with pytest.raises(ValueError, match="same feature TTLs"):
+        ServingRuntime(champion, FakeFeatureStore(), None, feature_service="credit_risk_v1", shadow=scorer)
 
 
 @pytest.mark.parametrize(("alias", "reason"), [(None, "no @challenger"), ("1", "is the champion")])

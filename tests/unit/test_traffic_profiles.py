@@ -250,7 +250,7 @@ def test_process_profiler_ignores_sigterm_so_stop_still_writes(tmp_path: Path) -
     for i in range(10):
         buffer.add(row(i))
     wait_for(lambda: buffer.pending_rows == 0)
-    os.kill(buffer._tracker.pid, signal.SIGTERM)  # what a service's process group gets on shutdown
+    os.kill(buffer.process_id, signal.SIGTERM)  # what a service's process group gets on shutdown
     time.sleep(0.2)
     buffer.add(row(10))
     assert buffer.stop(timeout=60)
@@ -262,9 +262,9 @@ def test_process_profiler_counts_rows_lost_with_a_dead_child_and_carries_on(tmp_
     for i in range(3):
         buffer.add(row(i))
     buffer.drain()  # tracked in the child, which holds the window's profile
-    pid = buffer._tracker.pid
+    pid = buffer.process_id
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: buffer._tracker._process.exitcode is not None)
+    wait_for(lambda: buffer.process_id is None)
     for i in range(2):
         buffer.add(row(i))
     buffer.drain()  # finds the child dead: these 2 and the window's 3 are lost
@@ -278,3 +278,14 @@ def test_process_profiler_counts_rows_lost_with_a_dead_child_and_carries_on(tmp_
 def test_process_profiler_needs_a_store_url() -> None:
     with pytest.raises(ValueError, match="store_url"):
         ProfileBuffer(sink=GatedSink(), process=True)
+
+
+def test_process_profiler_that_cannot_start_logs_it_and_counts_its_rows_as_failed(caplog) -> None:
+    buffer = ProfileBuffer("unknownprotocol://nowhere", window_seconds=3600, process=True)
+    with caplog.at_level("ERROR"):
+        buffer.start()  # the service starts anyway; the child's error is in the log
+    assert "did not start" in caplog.text and "unknownprotocol" in caplog.text
+    for i in range(3):
+        buffer.add(row(i))
+    assert buffer.stop(timeout=60)
+    assert (buffer.failed_rows, buffer.written_rows, buffer.pending_rows) == (3, 0, 0)
