@@ -29,9 +29,16 @@ from mlstack.serving.bento import BuiltBento, build_bento
 from mlstack.serving.client import ScoredApplication, score_examples, service_token
 from mlstack.settings import Settings, get_settings
 from mlstack.simulation.scenarios import Scenario
+from mlstack.simulation.timing import LoadAverage, StepClock, StepTime
 from mlstack.simulation.traffic import TrafficRun, get_scenario, run_traffic
 from mlstack.stack.components import settings_environment
-from mlstack.stack.prefect import deploy_flows, ensure_work_pool, request_json, start_prefect_server, start_worker
+from mlstack.stack.prefect import (
+    deploy_flows,
+    ensure_work_pool,
+    request_json,
+    start_prefect_server,
+    start_worker,
+)
 from mlstack.stack.service import LocalService, running_service, start_service, stop_service
 from mlstack.training import registry
 from mlstack.training.promotion import Decision
@@ -40,6 +47,7 @@ from mlstack.training.steps import CANDIDATE_WORDS, TrainingOutcome, candidates_
 RETRAIN_DEPLOYMENT = "weekly-and-on-drift"
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RETRAIN_TIMEOUT_SECONDS = 900.0
+RUN_POLL_SECONDS = 2.0
 
 
 class DemoError(StackError):
@@ -182,6 +190,8 @@ class DemoSummary:
     service: LocalService
     prefect_ui: str
     seconds: float
+    steps: Sequence[StepTime] = ()
+    load: LoadAverage | None = None
 
     def lines(self) -> list[str]:
         """The closing summary, one line per beat of the story."""
@@ -208,55 +218,62 @@ def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bo
     settings = demo_settings(base)
     os.environ.update(settings_environment(settings))  # in-process flows and every child see the same
     get_settings.cache_clear()
+    clock = StepClock()
 
-    view.chapter("1. orchestration: a local Prefect server, the deployments of prefect.yaml, a worker")
+    def chapter(title: str) -> None:
+        clock.begin(title)
+        view.chapter(title)
+
+    chapter("1. orchestration: a local Prefect server, the deployments of prefect.yaml, a worker")
     orchestration = start_orchestration(settings, view)
 
-    view.chapter("2. synthetic data")
+    chapter("2. synthetic data")
     if reuse_data and has_data(settings):
         view.say(f"reusing data in {settings.data_dir}")
     else:
         with view.generating(settings.customers) as progress:
             fresh = generate_fresh_data(settings, progress)
         view.data_generated(fresh)
-    view.chapter("3. online store, feast apply + materialise (flow materialize-features)")
+    chapter("3. online store, feast apply + materialise (flow materialize-features)")
     target = resolve_redis(settings)
     view.say(f"Redis online store: {target.describe()}" + ("" if settings.redis_url else " (embedded)"))
     view.materialized(flows.materialize())
 
-    view.chapter("4. train, register in MLflow, champion/challenger gate (flow train-model)")
+    chapter("4. train, register in MLflow, champion/challenger gate (flow train-model)")
     first = flows.train()
     first_champion = _champion(settings)
     view.trained(settings, first, first_champion)
 
-    view.chapter("5. package the champion (bentoml build) and serve the bento")
+    chapter("5. package the champion (bentoml build) and serve the bento")
     service = serve_champion(settings, view)
 
-    view.chapter("6. normal traffic (same distribution as training)")
-    normal = send(settings, view, NORMAL_TRAFFIC, service.url)
-    wait_for_window_close(settings, normal.finished)
-    view.chapter("7. monitor-drift on the normal window")
+    chapter("6. normal traffic (same distribution as training)")
+    normal = send(settings, view, clock, NORMAL_TRAFFIC, service.url)
+    wait_for_window_close(settings, clock, normal.finished)
+    chapter("7. monitor-drift on the normal window")
     quiet = flows.monitor(normal.started - timedelta(seconds=1), datetime.now(UTC))
     view.drift_judged(quiet)
 
-    view.chapter("8. recession traffic (features, loan sizes and the risk itself shift)")
-    recession = send(settings, view, RECESSION_TRAFFIC, service.url)
-    wait_for_window_close(settings, recession.finished)
+    chapter("8. recession traffic (features, loan sizes and the risk itself shift)")
+    recession = send(settings, view, clock, RECESSION_TRAFFIC, service.url)
+    wait_for_window_close(settings, clock, recession.finished)
     since = since_now()
-    view.chapter("9. monitor-drift on the recession window -> event mlstack.drift.detected")
+    chapter("9. monitor-drift on the recession window -> event mlstack.drift.detected")
     drifted = flows.monitor(recession.started - timedelta(seconds=1), datetime.now(UTC))
+    emitted = datetime.now(UTC)
     view.drift_judged(drifted)
     if drifted.verdict != "drift":
         raise DemoError(f"the recession was not detected ({drifted.summary()}); nothing would retrain")
 
-    view.chapter(f"10. the event triggers deployment train-model/{RETRAIN_DEPLOYMENT} on the worker")
-    retraining = await_retraining(settings, view, orchestration, since)
+    chapter(f"10. the event triggers deployment train-model/{RETRAIN_DEPLOYMENT} on the worker")
+    retraining = await_retraining(settings, view, clock, orchestration, since, emitted)
 
-    view.chapter("11. the service now")
+    chapter("11. the service now")
     current = running_service(settings)
     if current is None:
         raise DemoError("the local service is not running after the rollout; see the worker's log")
     view.scored(current.url, score_examples(settings, current.url))
+    steps, load = clock.finish()
     return DemoSummary(
         first_champion=first_champion or "(none)",
         first_roc_auc=first.metrics.roc_auc,
@@ -270,6 +287,8 @@ def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bo
         service=current,
         prefect_ui=orchestration.ui_url,
         seconds=time.monotonic() - started,
+        steps=steps,
+        load=load,
     )
 
 
@@ -299,7 +318,7 @@ def serve_champion(settings: Settings, view: DemoView) -> LocalService:
     return service
 
 
-def send(settings: Settings, view: DemoView, plan: TrafficPlan, url: str) -> TrafficRun:
+def send(settings: Settings, view: DemoView, clock: StepClock, plan: TrafficPlan, url: str) -> TrafficRun:
     """Run one burst of traffic against the service at `url` and write its outcomes (seeded by the data seed too)."""
     with view.sending(get_scenario(plan.scenario), url) as progress:
         run = run_traffic(
@@ -312,17 +331,31 @@ def send(settings: Settings, view: DemoView, plan: TrafficPlan, url: str) -> Tra
             token=service_token(settings),
             progress=progress,
         )
+    sending = (run.finished - run.started).total_seconds()
+    clock.waited(sending, f"{run.result.sent:,} requests paced at {plan.rate:.0f}/s: {sending:.1f}s")
     view.traffic_sent(run)
     return run
 
 
-def await_retraining(settings: Settings, view: DemoView, orchestration: Orchestration, since: datetime) -> Retraining:
-    """Wait for the run the drift event triggered; raise unless it completed; the gate's record on its version."""
+def await_retraining(
+    settings: Settings,
+    view: DemoView,
+    clock: StepClock,
+    orchestration: Orchestration,
+    since: datetime,
+    emitted: datetime,
+) -> Retraining:
+    """Wait for the run the drift event triggered; raise unless it completed; the gate's record on its version.
+
+    `emitted` is when the drift event had been sent: the run's timeline from there is booked on `clock`.
+    """
     with view.waiting("waiting for the triggered retraining run...") as update:
         run = wait_for_triggered_run(
             orchestration.api_url, RETRAIN_DEPLOYMENT, since, timeout=RETRAIN_TIMEOUT_SECONDS, on_state=update
         )
     view.say(f"flow run {run['name']} finished: {run['state_type']} ({orchestration.ui_url}/runs)")
+    timeline = run_timeline(orchestration.api_url, run)
+    clock.waited(timeline.idle_seconds(emitted), timeline.describe(emitted))
     if run["state_type"] != "COMPLETED":
         raise DemoError(f"the retraining run ended {run['state_type']}; see {orchestration.worker_log}")
     newest = latest_version(settings)
@@ -345,11 +378,13 @@ def _champion(settings: Settings) -> str | None:
     return str(champion.version) if champion is not None else None
 
 
-def wait_for_window_close(settings: Settings, finished: datetime) -> None:
+def wait_for_window_close(settings: Settings, clock: StepClock, finished: datetime) -> None:
     """Sleep until the profile window holding `finished` has closed and been written (+3 s of slack)."""
     window = settings.profile_window_seconds
     closes = (int(finished.timestamp() // window) + 1) * window + 3
-    time.sleep(max(0.0, closes - time.time()))
+    seconds = max(0.0, closes - time.time())
+    time.sleep(seconds)
+    clock.waited(seconds, f"profile window close ({window:.0f}s windows)")
 
 
 def _api(method: str, url: str, body: object | None = None) -> Any:
@@ -392,7 +427,7 @@ def wait_for_triggered_run(
             seen = state
             if state in TERMINAL_STATES:
                 return run
-        time.sleep(2)
+        time.sleep(RUN_POLL_SECONDS)
     raise DemoError(f"no run of {deployment!r} finished within {timeout:.0f}s (see the worker's log)")
 
 
@@ -411,3 +446,49 @@ def latest_version(settings: Settings) -> str:
 def since_now() -> datetime:
     """Now, a second early (Prefect's `created` and ours come from different clocks' roundings)."""
     return datetime.now(UTC) - timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class RunTimeline:
+    """A flow run's moments (UTC): created (by the trigger), picked up by a worker (PENDING), RUNNING, ended."""
+
+    created: datetime
+    pending: datetime | None
+    running: datetime | None
+    ended: datetime | None
+
+    def idle_seconds(self, emitted: datetime) -> float:
+        """Seconds from the event to the worker picking the run up: trigger and worker polling, no work."""
+        return max(0.0, ((self.pending or self.created) - emitted).total_seconds())
+
+    def describe(self, emitted: datetime) -> str:
+        """One line: the seconds between the event and each moment of the run."""
+        moments = [
+            ("run created", self.created),
+            ("picked up by the worker", self.pending),
+            ("running (process start, flow imports)", self.running),
+            ("finished (train, gate, rollout)", self.ended),
+        ]
+        parts, before = [], emitted
+        for label, moment in moments:
+            if moment is not None:
+                parts.append(f"{label} +{(moment - before).total_seconds():.1f}s")
+                before = moment
+        return "drift event -> " + ", ".join(parts)
+
+
+def run_timeline(api_url: str, run: dict[str, Any]) -> RunTimeline:
+    """The timeline of a flow run (a dict from Prefect's API), from its recorded states."""
+    states = _api("GET", f"{api_url}/flow_run_states/?flow_run_id={run['id']}")
+
+    def first(kind: str) -> datetime | None:
+        moments = [datetime.fromisoformat(state["timestamp"]) for state in states if state["type"] == kind]
+        return min(moments) if moments else None
+
+    ended = run.get("end_time")
+    return RunTimeline(
+        created=datetime.fromisoformat(run["created"]),
+        pending=first("PENDING"),
+        running=first("RUNNING"),
+        ended=datetime.fromisoformat(ended) if ended else None,
+    )
