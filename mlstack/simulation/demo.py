@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from mlstack.errors import StackError
 from mlstack.features.online_store import resolve_redis
 from mlstack.features.store import FreshData, MaterializeResult, generate_fresh_data, has_data
 from mlstack.monitoring.drift import DriftReport
+from mlstack.monitoring.live_profiles import stored_windows
 from mlstack.serving.bento import BuiltBento, build_bento
 from mlstack.serving.client import ScoredApplication, score_examples, service_token
 from mlstack.settings import Settings, get_settings
@@ -33,6 +35,7 @@ from mlstack.simulation.timing import LoadAverage, StepClock, StepTime
 from mlstack.simulation.traffic import TrafficRun, get_scenario, run_traffic
 from mlstack.stack.components import settings_environment
 from mlstack.stack.prefect import (
+    begin_prefect_server,
     deploy_flows,
     ensure_work_pool,
     request_json,
@@ -47,7 +50,11 @@ from mlstack.training.steps import CANDIDATE_WORDS, TrainingOutcome, candidates_
 RETRAIN_DEPLOYMENT = "weekly-and-on-drift"
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RETRAIN_TIMEOUT_SECONDS = 900.0
-RUN_POLL_SECONDS = 2.0
+# The demo's worker asks for scheduled runs every 2 s (Prefect's default, 10 s, is idle time in the story).
+WORKER_ENVIRONMENT = {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+RUN_POLL_SECONDS = 1.0
+# After a window's end, how long to wait for the service to write its profile before judging what is there.
+PROFILE_SLACK_SECONDS = 10.0
 
 
 class DemoError(StackError):
@@ -64,8 +71,10 @@ class TrafficPlan:
     seed: int
 
 
-NORMAL_TRAFFIC = TrafficPlan("normal", rate=40.0, duration_seconds=20.0, seed=1)
-RECESSION_TRAFFIC = TrafficPlan("recession", rate=60.0, duration_seconds=50.0, seed=2)
+# 800 and 3,000 applications, as many as before at 40/s and 60/s: the monitor and the retrain see the
+# same rows; only the pacing (idle seconds of the story) is shorter. 8 client threads keep up with it.
+NORMAL_TRAFFIC = TrafficPlan("normal", rate=100.0, duration_seconds=8.0, seed=1)
+RECESSION_TRAFFIC = TrafficPlan("recession", rate=150.0, duration_seconds=20.0, seed=2)
 
 
 @dataclass(frozen=True)
@@ -208,12 +217,18 @@ class DemoSummary:
 
 
 def demo_settings(base: Settings) -> Settings:
-    """The demo's settings: short profile windows (15 s) and a retraining window that the new labels dominate."""
-    return base.model_copy(update={"profile_window_seconds": 15.0, "retrain_window_days": 14})
+    """The demo's settings: short profile windows (5 s) and a retraining window that the new labels dominate."""
+    # A window is written once it has closed: the story waits for that twice, so the windows are short.
+    return base.model_copy(update={"profile_window_seconds": 5.0, "retrain_window_days": 14})
 
 
 def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bool = False) -> DemoSummary:
-    """Tell the whole story (steps 1-11) on `demo_settings(base)`; raise `DemoError` where it breaks."""
+    """Tell the whole story (steps 1-11) on `demo_settings(base)`; raise `DemoError` where it breaks.
+
+    What does not depend on each other overlaps: the Prefect server boots while the data is generated,
+    and the deployments and the worker start in the background while the first champion is trained,
+    packaged and served; the story waits for them only before the drift event needs them.
+    """
     started = time.monotonic()
     settings = demo_settings(base)
     os.environ.update(settings_environment(settings))  # in-process flows and every child see the same
@@ -225,45 +240,55 @@ def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bo
         view.chapter(title)
 
     chapter("1. orchestration: a local Prefect server, the deployments of prefect.yaml, a worker")
-    orchestration = start_orchestration(settings, view)
+    begin_prefect_server(settings)
+    view.say("Prefect server starting; the deployments and a process worker follow in the background")
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-orchestration")
+    try:
+        chapter("2. synthetic data")
+        if reuse_data and has_data(settings):
+            view.say(f"reusing data in {settings.data_dir}")
+        else:
+            with view.generating(settings.customers) as progress:
+                fresh = generate_fresh_data(settings, progress)
+            view.data_generated(fresh)
+        chapter("3. online store, feast apply + materialise (flow materialize-features)")
+        api_url = start_prefect_server(settings)
+        os.environ["PREFECT_API_URL"] = api_url  # the flows of the story run in this process and report to it
+        orchestrating = background.submit(start_orchestration, settings, api_url)
+        target = resolve_redis(settings)
+        view.say(f"Redis online store: {target.describe()}" + ("" if settings.redis_url else " (embedded)"))
+        view.materialized(flows.materialize())
 
-    chapter("2. synthetic data")
-    if reuse_data and has_data(settings):
-        view.say(f"reusing data in {settings.data_dir}")
-    else:
-        with view.generating(settings.customers) as progress:
-            fresh = generate_fresh_data(settings, progress)
-        view.data_generated(fresh)
-    chapter("3. online store, feast apply + materialise (flow materialize-features)")
-    target = resolve_redis(settings)
-    view.say(f"Redis online store: {target.describe()}" + ("" if settings.redis_url else " (embedded)"))
-    view.materialized(flows.materialize())
+        chapter("4. train, register in MLflow, champion/challenger gate (flow train-model)")
+        first = flows.train()
+        first_champion = _champion(settings)
+        view.trained(settings, first, first_champion)
 
-    chapter("4. train, register in MLflow, champion/challenger gate (flow train-model)")
-    first = flows.train()
-    first_champion = _champion(settings)
-    view.trained(settings, first, first_champion)
+        chapter("5. package the champion (bentoml build) and serve the bento")
+        service = serve_champion(settings, view)
 
-    chapter("5. package the champion (bentoml build) and serve the bento")
-    service = serve_champion(settings, view)
+        chapter("6. normal traffic (same distribution as training)")
+        normal = send(settings, view, clock, NORMAL_TRAFFIC, service.url)
+        await_profiles(settings, clock, normal)
+        chapter("7. monitor-drift on the normal window")
+        quiet = flows.monitor(normal.started - timedelta(seconds=1), datetime.now(UTC))
+        view.drift_judged(quiet)
 
-    chapter("6. normal traffic (same distribution as training)")
-    normal = send(settings, view, clock, NORMAL_TRAFFIC, service.url)
-    wait_for_window_close(settings, clock, normal.finished)
-    chapter("7. monitor-drift on the normal window")
-    quiet = flows.monitor(normal.started - timedelta(seconds=1), datetime.now(UTC))
-    view.drift_judged(quiet)
-
-    chapter("8. recession traffic (features, loan sizes and the risk itself shift)")
-    recession = send(settings, view, clock, RECESSION_TRAFFIC, service.url)
-    wait_for_window_close(settings, clock, recession.finished)
-    since = since_now()
-    chapter("9. monitor-drift on the recession window -> event mlstack.drift.detected")
-    drifted = flows.monitor(recession.started - timedelta(seconds=1), datetime.now(UTC))
-    emitted = datetime.now(UTC)
-    view.drift_judged(drifted)
-    if drifted.verdict != "drift":
-        raise DemoError(f"the recession was not detected ({drifted.summary()}); nothing would retrain")
+        chapter("8. recession traffic (features, loan sizes and the risk itself shift)")
+        recession = send(settings, view, clock, RECESSION_TRAFFIC, service.url)
+        await_profiles(settings, clock, recession)
+        orchestration = await_orchestration(
+            settings, view, clock, orchestrating
+        )  # the event needs the deployment's trigger
+        since = since_now()
+        chapter("9. monitor-drift on the recession window -> event mlstack.drift.detected")
+        drifted = flows.monitor(recession.started - timedelta(seconds=1), datetime.now(UTC))
+        emitted = datetime.now(UTC)
+        view.drift_judged(drifted)
+        if drifted.verdict != "drift":
+            raise DemoError(f"the recession was not detected ({drifted.summary()}); nothing would retrain")
+    finally:
+        background.shutdown(wait=False)  # on an error the started process still finishes (or times out)
 
     chapter(f"10. the event triggers deployment train-model/{RETRAIN_DEPLOYMENT} on the worker")
     retraining = await_retraining(settings, view, clock, orchestration, since, emitted)
@@ -292,17 +317,24 @@ def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bo
     )
 
 
-def start_orchestration(settings: Settings, view: DemoView) -> Orchestration:
-    """Start (or reuse) the local Prefect server, its work pool, the deployments and a process worker."""
-    api_url = start_prefect_server(settings)
-    os.environ["PREFECT_API_URL"] = api_url  # the flows of the story run in this process and report to it
+def start_orchestration(settings: Settings, api_url: str) -> Orchestration:
+    """On the running Prefect server at `api_url`: the work pool, the deployments, and a process worker."""
     ensure_work_pool(settings, api_url)
-    with view.waiting("prefect deploy --all (imports each flow)..."):
-        deployments = deploy_flows(settings, api_url)
-    worker = start_worker(settings, api_url)
-    orchestration = Orchestration(api_url, deployments, worker.log)
-    view.say(f"Prefect UI {orchestration.ui_url}; deployments: {', '.join(deployments)}")
-    view.say(f"process worker on pool {settings.work_pool!r} (log {worker.log})")
+    deployments = deploy_flows(settings, api_url)
+    worker = start_worker(settings, api_url, extra_env=WORKER_ENVIRONMENT)
+    return Orchestration(api_url, deployments, worker.log)
+
+
+def await_orchestration(
+    settings: Settings, view: DemoView, clock: StepClock, orchestrating: Future[Orchestration]
+) -> Orchestration:
+    """Wait for the background start of the deployments and the worker (re-raising its error); show them."""
+    began = time.monotonic()
+    with view.waiting("prefect deploy --all and the worker (started in the background)..."):
+        orchestration = orchestrating.result()
+    clock.waited(time.monotonic() - began, "waiting for the deployments and the worker")
+    view.say(f"Prefect UI {orchestration.ui_url}; deployments: {', '.join(orchestration.deployments)}")
+    view.say(f"process worker on pool {settings.work_pool!r} (log {orchestration.worker_log})")
     return orchestration
 
 
@@ -378,13 +410,27 @@ def _champion(settings: Settings) -> str | None:
     return str(champion.version) if champion is not None else None
 
 
-def wait_for_window_close(settings: Settings, clock: StepClock, finished: datetime) -> None:
-    """Sleep until the profile window holding `finished` has closed and been written (+3 s of slack)."""
+def await_profiles(settings: Settings, clock: StepClock, run: TrafficRun) -> None:
+    """Wait until the service has written the profiles of the run's answered requests (books the wait).
+
+    A window is written once the clock passes its end: sleep until the window holding the run's end
+    closes, then poll the profile store until its windows hold every answered row, for at most
+    `PROFILE_SLACK_SECONDS` (the monitor then judges what is there).
+    """
+    began = time.monotonic()
     window = settings.profile_window_seconds
-    closes = (int(finished.timestamp() // window) + 1) * window + 3
-    seconds = max(0.0, closes - time.time())
-    time.sleep(seconds)
-    clock.waited(seconds, f"profile window close ({window:.0f}s windows)")
+    closes = (int(run.finished.timestamp() // window) + 1) * window
+    time.sleep(max(0.0, closes - time.time()))
+    deadline = time.monotonic() + PROFILE_SLACK_SECONDS
+    while profiled_rows(settings, run) < run.result.ok and time.monotonic() < deadline:
+        time.sleep(0.2)
+    clock.waited(time.monotonic() - began, f"profile window close ({window:.0f}s windows)")
+
+
+def profiled_rows(settings: Settings, run: TrafficRun) -> int:
+    """Rows of the stored profile windows that overlap the run (the service writes a window once it closes)."""
+    start, end = run.started - timedelta(seconds=1), run.finished + timedelta(seconds=1)
+    return sum(w.rows for w in stored_windows(settings.profile_store_url()) if w.overlaps(start, end))
 
 
 def _api(method: str, url: str, body: object | None = None) -> Any:

@@ -1,0 +1,77 @@
+"""The demo's step clock: wall, CPU and waited seconds per step from injected clocks; the run timeline's arithmetic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from mlstack.simulation.timing import LoadAverage, StepClock, StepTime
+
+
+class Ticks:
+    """A settable reading (wall clock, CPU seconds or load average)."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    def __call__(self) -> float:
+        return self.value
+
+
+def test_step_clock_books_wall_cpu_and_waits_per_step_and_the_load_at_both_ends() -> None:
+    wall, cpu, load = Ticks(100.0), Ticks(5.0), Ticks(3.0)
+    clock = StepClock(cpu=cpu, clock=wall, load=load)
+    clock.begin("1. first")
+    wall.value, cpu.value = 110.0, 9.0
+    clock.waited(4.0, "paced traffic")
+    clock.note("a remark")
+    clock.begin("2. second")
+    wall.value, cpu.value, load.value = 112.5, 9.5, 1.5
+    steps, loads = clock.finish()
+
+    assert steps == [
+        StepTime("1. first", 10.0, 4.0, 4.0, ("paced traffic", "a remark")),
+        StepTime("2. second", 2.5, 0.5, 0.0, ()),
+    ]
+    assert loads == LoadAverage(start=3.0, end=1.5)
+
+
+def test_step_clock_never_books_more_waiting_than_the_step_lasted_nor_a_negative_wait() -> None:
+    wall = Ticks()
+    clock = StepClock(cpu=Ticks(), clock=wall, load=Ticks())
+    clock.begin("1. short")
+    clock.waited(-2.0)
+    wall.value = 1.0
+    clock.waited(5.0)
+    steps, _ = clock.finish()
+    assert steps[0].waited_seconds == 1.0
+
+
+def test_finishing_a_clock_that_never_began_gives_no_steps() -> None:
+    steps, loads = StepClock(cpu=Ticks(), clock=Ticks(), load=Ticks(2.0)).finish()
+    assert steps == [] and loads == LoadAverage(2.0, 2.0)
+
+
+def test_run_timeline_splits_the_retraining_wait_into_idle_and_working_seconds() -> None:
+    from mlstack.simulation.demo import RunTimeline
+
+    emitted = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    timeline = RunTimeline(
+        created=emitted + timedelta(seconds=0.5),
+        pending=emitted + timedelta(seconds=3.0),
+        running=emitted + timedelta(seconds=13.0),
+        ended=emitted + timedelta(seconds=73.0),
+    )
+    assert timeline.idle_seconds(emitted) == 3.0  # trigger and worker polling only
+    assert timeline.describe(emitted) == (
+        "drift event -> run created +0.5s, picked up by the worker +2.5s, "
+        "running (process start, flow imports) +10.0s, finished (train, gate, rollout) +60.0s"
+    )
+
+
+def test_run_timeline_without_a_pickup_counts_the_idle_time_to_its_creation() -> None:
+    from mlstack.simulation.demo import RunTimeline
+
+    emitted = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    timeline = RunTimeline(created=emitted + timedelta(seconds=2), pending=None, running=None, ended=None)
+    assert timeline.idle_seconds(emitted) == 2.0
+    assert timeline.describe(emitted) == "drift event -> run created +2.0s"
