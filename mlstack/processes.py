@@ -250,6 +250,11 @@ def http_ok(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = 
         return False
 
 
+def seconds_since_start(pid: int | None = None) -> float:
+    """Wall-clock seconds since a process started (default: this one)."""
+    return time.time() - psutil.Process(pid).create_time()
+
+
 def tree_cpu_seconds(pid: int | None = None) -> float:
     """CPU seconds (user + system) of a process and its descendants, reaped children included; default: this one.
 

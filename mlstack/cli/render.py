@@ -423,7 +423,7 @@ def demo_steps(summary: DemoSummary) -> None:
     if not summary.steps:
         return
     load = summary.load
-    title = f"where the {summary.seconds:.0f}s went"
+    title = f"where the {sum(step.wall_seconds for step in summary.steps):.0f}s went"
     if load is not None:
         title += f" (load average {load.start:.1f} at the start, {load.end:.1f} at the end, {os.cpu_count()} CPUs)"
     table = Table(title=title, title_justify="left")
@@ -436,9 +436,9 @@ def demo_steps(summary: DemoSummary) -> None:
         )
     table.add_row(
         "total",
-        f"{sum(s.wall_seconds for s in summary.steps):.1f}",
-        f"{sum(s.cpu_seconds for s in summary.steps):.1f}",
-        f"{sum(s.waited_seconds for s in summary.steps):.1f}",
+        f"{sum(step.wall_seconds for step in summary.steps):.1f}",
+        f"{sum(step.cpu_seconds for step in summary.steps):.1f}",
+        f"{sum(step.waited_seconds for step in summary.steps):.1f}",
     )
     console.print(table)
     for step in summary.steps:

@@ -58,6 +58,10 @@ class StepClock:
         self._title, self._began, self._cpu_began = title, self.clock(), self.cpu()
         self._waited, self._notes = 0.0, []
 
+    def prior(self, title: str, wall_seconds: float, cpu_seconds: float) -> None:
+        """Book a step that ran before the clock was made (the process' start-up)."""
+        self.steps.append(StepTime(title, wall_seconds, cpu_seconds, 0.0))
+
     def waited(self, seconds: float, note: str = "") -> None:
         """Book `seconds` of the current step as waiting by design; `note` says on what."""
         self._waited += max(0.0, seconds)

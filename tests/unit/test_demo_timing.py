@@ -75,3 +75,16 @@ def test_run_timeline_without_a_pickup_counts_the_idle_time_to_its_creation() ->
     timeline = RunTimeline(created=emitted + timedelta(seconds=2), pending=None, running=None, ended=None)
     assert timeline.idle_seconds(emitted) == 2.0
     assert timeline.describe(emitted) == "drift event -> run created +2.0s"
+
+
+def test_a_prior_step_comes_first_with_its_own_seconds() -> None:
+    wall = Ticks(10.0)
+    clock = StepClock(cpu=Ticks(1.0), clock=wall, load=Ticks())
+    clock.prior("0. start-up", 4.0, 2.0)
+    clock.begin("1. first")
+    wall.value = 11.0
+    steps, _ = clock.finish()
+    assert [(s.title, s.wall_seconds, s.cpu_seconds) for s in steps] == [
+        ("0. start-up", 4.0, 2.0),
+        ("1. first", 1.0, 0.0),
+    ]
