@@ -227,9 +227,10 @@ def demo_settings(base: Settings) -> Settings:
 def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bool = False) -> DemoSummary:
     """Tell the whole story (steps 1-11) on `demo_settings(base)`; raise `DemoError` where it breaks.
 
-    What does not depend on each other overlaps: the Prefect server boots while the data is generated,
-    and the deployments and the worker start in the background while the first champion is trained,
-    packaged and served; the story waits for them only before the drift event needs them.
+    What does not depend on each other overlaps: the Prefect server boots while the story's libraries
+    import (the CLI launches it) and the data is generated; the deployments and the worker start in the
+    background while the first champion is trained, packaged and served, and the story waits for them
+    only before the drift event needs them. `DemoSummary.steps` says where the time went.
     """
     started = time.monotonic()
     settings = demo_settings(base)
@@ -282,9 +283,8 @@ def run_demo(base: Settings, flows: DemoFlows, view: DemoView, *, reuse_data: bo
         chapter("8. recession traffic (features, loan sizes and the risk itself shift)")
         recession = send(settings, view, clock, RECESSION_TRAFFIC, service.url)
         await_profiles(settings, clock, recession)
-        orchestration = await_orchestration(
-            settings, view, clock, orchestrating
-        )  # the event needs the deployment's trigger
+        # The drift event needs the deployment's trigger (and a worker to run what it starts).
+        orchestration = await_orchestration(settings, view, clock, orchestrating)
         since = since_now()
         chapter("9. monitor-drift on the recession window -> event mlstack.drift.detected")
         drifted = flows.monitor(recession.started - timedelta(seconds=1), datetime.now(UTC))

@@ -88,3 +88,47 @@ def test_a_prior_step_comes_first_with_its_own_seconds() -> None:
         ("0. start-up", 4.0, 2.0),
         ("1. first", 1.0, 0.0),
     ]
+
+
+def _run_between(started: datetime, finished: datetime, answered: int):
+    from collections import Counter
+
+    from mlstack.simulation.scenarios import SCENARIOS
+    from mlstack.simulation.traffic import TrafficResult, TrafficRun
+
+    result = TrafficResult(sent=answered, statuses=Counter({200: answered}))
+    return TrafficRun(SCENARIOS["normal"], started, finished, result, {}, answered, 0.1)
+
+
+def test_profiled_rows_counts_only_the_windows_that_overlap_the_run(tmp_path) -> None:
+    import pandas as pd
+
+    from mlstack.simulation.demo import profiled_rows
+    from tests.support.factories import make_settings
+    from tests.support.profile_windows import write_windows
+
+    settings = make_settings(tmp_path / "state")
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    samples = [pd.DataFrame({"loan_amount": [1000.0 * (i + 1)] * rows}) for i, rows in enumerate((3, 4, 5))]
+    write_windows(settings, "1", samples, start, timedelta(seconds=5))  # [0, 5), [5, 10), [10, 15) s
+
+    assert profiled_rows(settings, _run_between(start + timedelta(seconds=6), start + timedelta(seconds=8), 4)) == 4
+    assert profiled_rows(settings, _run_between(start + timedelta(seconds=2), start + timedelta(seconds=12), 12)) == 12
+    assert profiled_rows(settings, _run_between(start + timedelta(minutes=5), start + timedelta(minutes=6), 1)) == 0
+
+
+def test_await_profiles_books_its_wait_and_gives_up_after_the_slack_when_rows_never_arrive(
+    tmp_path, monkeypatch
+) -> None:
+    from mlstack.simulation import demo
+    from tests.support.factories import make_settings
+
+    monkeypatch.setattr(demo, "PROFILE_SLACK_SECONDS", 0.3)
+    settings = make_settings(tmp_path / "state", profile_window_seconds=5.0)
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)  # its window closed long ago: no sleep to its end
+    clock = StepClock(cpu=Ticks(), load=Ticks())
+    clock.begin("6. traffic")
+    demo.await_profiles(settings, clock, _run_between(long_ago, long_ago + timedelta(seconds=1), 10))
+    steps, _ = clock.finish()
+    assert steps[0].waited_seconds >= 0.3  # it waited out the slack, then went on (no error)
+    assert "for the profile windows to close and be written (5s windows)" in steps[0].notes[0]
