@@ -258,11 +258,7 @@ def test_the_service_and_the_embedded_redis_ignore_a_stale_record_with_a_recycle
 
 def test_tree_cpu_seconds_counts_a_child_s_cpu_while_it_runs_and_after_it_is_reaped():
     # The child burns 0.3 s of its own CPU time (not wall time), says so, and waits to be told to exit.
-    burner = (
-        "import sys, time\n"
-        "while time.process_time() < 0.3: pass\n"
-        "print('burnt', flush=True); sys.stdin.readline()"
-    )
+    burner = "import sys, time\nwhile time.process_time() < 0.3: pass\nprint('burnt', flush=True); sys.stdin.readline()"
     before = processes.tree_cpu_seconds()
     child = subprocess.Popen([sys.executable, "-c", burner], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
