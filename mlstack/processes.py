@@ -250,6 +250,27 @@ def http_ok(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = 
         return False
 
 
+def seconds_since_start(pid: int | None = None) -> float:
+    """Wall-clock seconds since a process started (default: this one)."""
+    return time.time() - psutil.Process(pid).create_time()
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process and its descendants, reaped children included; default: this one.
+
+    A process that leaves the tree (an orphan re-parented to init) takes its later CPU with it.
+    """
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue  # exited meanwhile: its parent's children_* times take it over once it is reaped
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def tail(path: Path, lines: int = 15) -> str:
     """The last `lines` lines of a log file (for error messages)."""
     try:

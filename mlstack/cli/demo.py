@@ -34,6 +34,9 @@ def demo(
 ) -> None:
     """The whole loop as a story: data, features, train, bento, serve, traffic, drift, event, retrain, new champion."""
     settings = context.settings(customers=customers, seed=seed)
+    from mlstack.stack.prefect import begin_prefect_server
+
+    begin_prefect_server(settings)  # it boots while the story's libraries (Feast, MLflow...) import
     from mlstack.simulation.demo import DemoFlows, run_demo
 
     flows = DemoFlows(materialize=run_materialize, train=run_train, monitor=_monitor_window)

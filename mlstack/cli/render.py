@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -410,7 +411,40 @@ def demo_summary(summary: DemoSummary) -> None:
     chapter("the story")
     for text in summary.lines():
         console.print(f"- {text}")
+    demo_steps(summary)
     console.print(
         f"\n[green]done in {summary.seconds:.0f}s.[/] Everything keeps running: the Prefect UI at "
         f"{summary.prefect_ui}, `mlstack status` shows it all, `mlstack down` stops it."
+    )
+
+
+def demo_steps(summary: DemoSummary) -> None:
+    """Where the demo's time went: wall, CPU (the demo's processes) and waited seconds per step, then the notes."""
+    if not summary.steps:
+        return
+    load = summary.load
+    title = f"where the {sum(step.wall_seconds for step in summary.steps):.0f}s went"
+    if load is not None:
+        title += f" (load average {load.start:.1f} at the start, {load.end:.1f} at the end, {os.cpu_count()} CPUs)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    for column in ("wall s", "CPU s", "waited s"):
+        table.add_column(column, justify="right")
+    for step in summary.steps:
+        table.add_row(
+            step.title[:56], f"{step.wall_seconds:.1f}", f"{step.cpu_seconds:.1f}", f"{step.waited_seconds:.1f}"
+        )
+    table.add_row(
+        "total",
+        f"{sum(step.wall_seconds for step in summary.steps):.1f}",
+        f"{sum(step.cpu_seconds for step in summary.steps):.1f}",
+        f"{sum(step.waited_seconds for step in summary.steps):.1f}",
+    )
+    console.print(table)
+    for step in summary.steps:
+        for note in step.notes:
+            console.print(f"  {step.title.split(' ', 1)[0]} {note}")
+    console.print(
+        "  CPU: the demo's process tree (it, its servers, the worker's flow runs); waited: paced traffic, "
+        "profile windows closing, the trigger and the worker's polling"
     )

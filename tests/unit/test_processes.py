@@ -254,3 +254,24 @@ def test_the_service_and_the_embedded_redis_ignore_a_stale_record_with_a_recycle
     assert embedded.stop(timeout=1) is False
     time.sleep(0.2)
     assert stranger.poll() is None  # neither signalled it
+
+
+def test_tree_cpu_seconds_counts_a_child_s_cpu_while_it_runs_and_after_it_is_reaped():
+    # The child burns 0.5 s of its own CPU time (not wall time), says so, and waits to be told to exit;
+    # /proc counts in clock ticks, updated lazily: 0.4 s leaves room for that rounding.
+    burner = "import sys, time\nwhile time.process_time() < 0.5: pass\nprint('burnt', flush=True); sys.stdin.readline()"
+    before = processes.tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", burner], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+        assert processes.tree_cpu_seconds() - before >= 0.4  # a live child
+        child.communicate(b"\n", timeout=10)
+        assert processes.tree_cpu_seconds() - before >= 0.4  # reaped: in our children's times now
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
+def test_tree_cpu_seconds_of_a_process_that_does_not_exist_raises():
+    with pytest.raises(psutil.NoSuchProcess):
+        processes.tree_cpu_seconds(2**22 + 12345)
