@@ -310,7 +310,9 @@ def lightgbm_datasets(
         categorical_feature=model_input.categorical_indices(),
         free_raw_data=True,
     )
-    validation_set = lightgbm.Dataset(validation_matrix, label=validation_labels, reference=train_set, free_raw_data=True)
+    validation_set = lightgbm.Dataset(
+        validation_matrix, label=validation_labels, reference=train_set, free_raw_data=True
+    )
     return train_set, validation_set
 
 
@@ -321,7 +323,7 @@ def fit_lightgbm(
     validation_set: lightgbm.Dataset,
     init_model: lightgbm.Booster | None = None,
 ) -> lightgbm.Booster:
-    """``lightgbm.train`` with ``native_params``, at most ``params.num_boost_round`` rounds, early-stopped on validation.
+    """``lightgbm.train`` with ``native_params``, early-stopped on the validation log loss (``params``' rounds).
 
     The one call every engine makes (this process, or each Ray worker with its network parameters added).
     """

@@ -67,6 +67,10 @@ class TrainingEngine:
         """MLflow tags of a run whose model this engine fitted."""
         return {"compute_engine": self.name, "train_workers": str(self.workers)}
 
+    def describe(self) -> str:
+        """E.g. "ray (2 workers)", "local"."""
+        return f"ray ({self.workers} workers)" if self.name == "ray" else self.name
+
 
 LOCAL = TrainingEngine("local", 1)
 
@@ -121,7 +125,7 @@ def train_booster_on_ray(settings: Settings, split: Split, params: TrainingParam
             raise DistributedTrainingError(f"LightGBM on Ray ({workers} workers) finished without a model checkpoint")
         with result.checkpoint.as_directory() as directory:
             booster = lightgbm.Booster(model_file=str(Path(directory) / MODEL_FILE))
-        booster.best_iteration = int(result.metrics["best_iteration"])
+        booster.best_iteration = int((result.metrics or {}).get("best_iteration", booster.current_iteration()))
         return booster
     finally:
         shutil.rmtree(storage, ignore_errors=True)
