@@ -7,10 +7,11 @@ booster fitted by Ray Train's data-parallel LightGBM, registered, gated and serv
 Tolerance of Ray against local on the same rows (`LOG_LOSS_TOLERANCE`, `AUC_TOLERANCE`): in
 distributed mode LightGBM builds each feature's histogram bins from one worker's sample of rows
 instead of all rows, so split thresholds move a little, trees differ and early stopping may stop some
-rounds apart. On ~10k training rows that moves the holdout log loss by a few thousandths and the
-AUC by a few hundredths of a point at most; bounds of 0.01 and 0.02 leave room for that and still
-fail a broken fit (a model that ignored half the rows or stopped after a few rounds is further off:
-`test_ray_and_local_fits_agree_on_the_holdout_within_tolerance` checks its own control).
+rounds apart. Measured: a few thousandths of log loss and of AUC (docs/training.md, "On Ray"). The
+bounds, 0.01 and 0.02, say "no loss of quality a reviewer would care about"; they are loose next to
+sampling noise on this small holdout (a model fitted on half the training rows also stays inside),
+so they catch a broken fit (a model that learned nothing, the control below), not a subtle one. That
+the fit really ran on Ray is checked apart: its predictions are not the local ones, its tags say so.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from mlstack.settings import Settings
 from mlstack.stack.service import start_service, stop_service
 from mlstack.training import evaluation, model_input, registry
 from mlstack.training import steps as training_steps
-from mlstack.training.dataset import training_params
 from mlstack.training.distributed import RUN_PREFIX, DistributedTrainingError
 from tests.support.serving_stack import applications_of, build_serving_stack
 
@@ -101,14 +101,16 @@ def test_ray_and_local_fits_agree_on_the_holdout_within_tolerance(stack):
     local = training_steps.train_retrained(settings, parts)
     assert local.engine.name == "local"
 
-    assert abs(on_ray_metrics.log_loss - local.metrics.log_loss) <= LOG_LOSS_TOLERANCE
-    assert abs(on_ray_metrics.roc_auc - local.metrics.roc_auc) <= AUC_TOLERANCE
+    differences = (on_ray_metrics.log_loss - local.metrics.log_loss, on_ray_metrics.roc_auc - local.metrics.roc_auc)
+    assert abs(differences[0]) <= LOG_LOSS_TOLERANCE, differences
+    assert abs(differences[1]) <= AUC_TOLERANCE, differences
     holdout = model_input.encode(parts.holdout)
     # Really distributed: per-worker bins give other thresholds, so the predictions are not the local ones.
     assert not np.array_equal(champion.booster.predict(holdout), local.booster.predict(holdout))
-    # Control: the tolerance does catch a crippled fit (three rounds of the same parameters).
-    crippled = training_steps.train_retrained(settings, parts, replace(training_params(settings), num_boost_round=3))
-    assert abs(crippled.metrics.log_loss - local.metrics.log_loss) > LOG_LOSS_TOLERANCE
+    # Control: the bounds are not vacuous: a model that learned nothing (shuffled labels) breaks them.
+    shuffled = parts.train.assign(defaulted=np.random.default_rng(0).permutation(parts.train["defaulted"].to_numpy()))
+    learned_nothing = training_steps.train_retrained(settings, replace(parts, train=shuffled))
+    assert abs(learned_nothing.metrics.roc_auc - local.metrics.roc_auc) > AUC_TOLERANCE
 
 
 def test_ray_trained_champion_serves_what_it_scores_offline(stack):
