@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
 import pytest
 
-from mlstack.compute import ComputeEngineError
+from mlstack.compute import ComputeEngineError, ensure_ray
 from mlstack.settings import Settings
 from mlstack.training import model_input
 from mlstack.training.dataset import split_by_time, train_booster
@@ -55,6 +56,14 @@ def test_ray_engine_without_ray_installed_raises_compute_engine_error(parts, tmp
     with pytest.raises(ComputeEngineError, match="install the `ray` extra"):
         fit_booster(settings, parts, FAST_PARAMS)
     assert not settings.runs_dir.exists()  # no Ray run storage was made
+
+
+def test_ray_is_imported_with_uv_run_propagation_off(tmp_path, monkeypatch, no_ray):
+    """Ray reads the switch at import: under `uv run` its workers otherwise restarted with uv and died."""
+    monkeypatch.delenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", raising=False)
+    with pytest.raises(ComputeEngineError):
+        ensure_ray(Settings(state_dir=tmp_path, compute_engine="ray"))
+    assert os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0"
 
 
 def test_ray_engine_checks_labels_before_reaching_ray(parts, tmp_path, no_ray):
