@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mlstack.compute import Engine, ensure_ray
+from mlstack.compute import ComputeEngineError, Engine, ensure_ray
 from mlstack.errors import StackError
 from mlstack.settings import Settings
 from mlstack.training import model_input
@@ -90,15 +90,22 @@ def fit_booster(settings: Settings, split: Split, params: TrainingParams) -> lig
 def train_booster_on_ray(settings: Settings, split: Split, params: TrainingParams) -> lightgbm.Booster:
     """`train_booster` on Ray Train: the same booster contract, trained by `ray_train_workers` workers.
 
-    Raises ComputeEngineError when Ray is missing or unreachable, DistributedTrainingError when the
-    workers fail (the cause in the message); Ray's run storage is removed either way.
+    Raises ComputeEngineError when Ray is missing or unreachable (or a local Ray has too few CPUs for
+    the workers), DistributedTrainingError when the workers fail (the cause in the message); Ray's run
+    storage is removed either way.
     """
     workers = settings.ray_train_workers
     train_frame = model_frame(split.train, "train")
     validation_frame = model_frame(split.validation, "validation")
     if len(train_frame) < workers:
         raise ValueError(f"{len(train_frame)} training row(s) cannot be shared by {workers} Ray workers")
-    ensure_ray(settings)
+    ray_in_use = ensure_ray(settings)
+    if ray_in_use.started_locally and workers * WORKER_CPUS > ray_in_use.cpus:
+        # A local Ray cannot grow: Ray Train would wait for the missing CPUs forever.
+        raise ComputeEngineError(
+            f"MLSTACK_RAY_TRAIN_WORKERS={workers} needs {workers * WORKER_CPUS} CPUs, the local Ray has "
+            f"{ray_in_use.cpus:g} (MLSTACK_RAY_NUM_CPUS): lower the workers or raise the CPUs"
+        )
     import ray.data
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack.compute import ensure_ray, shutdown_ray
+from mlstack.compute import ComputeEngineError, ensure_ray, shutdown_ray
 from mlstack.features.store import get_store
 from mlstack.serving import scoring
 from mlstack.settings import Settings
@@ -152,3 +152,11 @@ def test_failed_ray_fit_fails_the_run_with_its_cause_and_registers_nothing(stack
     assert len(registry.tracking(settings).search_model_versions(f"name = '{MODEL_NAME}'")) == before
     assert registry.champion_version(settings).version == "1"
     assert not list(settings.runs_dir.glob(f"{RUN_PREFIX}*")), "Ray Train's run storage was left behind"
+
+
+def test_more_workers_than_local_cpus_is_refused_before_training(stack):
+    settings = on_ray(stack.settings).model_copy(update={"ray_train_workers": 3})  # the module's Ray has 2 CPUs
+    parts = training_steps.split(settings, training_steps.load_training_set(stack.settings, None, None))
+    with pytest.raises(ComputeEngineError, match="MLSTACK_RAY_TRAIN_WORKERS=3 needs 3 CPUs, the local Ray has 2"):
+        training_steps.train_retrained(settings, parts)
+    assert not list(settings.runs_dir.glob(f"{RUN_PREFIX}*"))
