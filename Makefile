@@ -53,7 +53,7 @@ system-deps: ## apt-get install the system packages the tests need (chromium, pr
 demo: install ## Run the whole loop on embedded defaults (no Docker, no system services)
 	$(RUN) mlstack demo
 
-test test-unit test-integration test-browser test-infra lint bench: EXTRAS := --extra ray
+test test-unit test-integration test-browser test-infra lint bench docs format: EXTRAS := --extra ray
 
 test: install ## Run the test suite (starts its own Redis unless MLSTACK_TEST_REDIS_URL is set)
 	$(RUN) pytest $(PYTEST_ARGS)

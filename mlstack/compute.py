@@ -54,13 +54,17 @@ def ensure_ray(settings: Settings) -> RayConnection:
 
     Raises ComputeEngineError when Ray is not installed or the cluster cannot be reached.
     """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry: there is no internet here
+    # Ray reads this one when it is imported. Left on, a driver started by `uv run` (the Makefile's
+    # targets, `make bench`) ships its working directory to the workers and starts them with `uv run`
+    # again: here they died at start-up and the first task waited forever.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError as exc:
         raise ComputeEngineError(RAY_EXTRA_HINT) from exc
     started_locally = settings.ray_address is None
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry: there is no internet here
         try:
             if started_locally:
                 ray.init(

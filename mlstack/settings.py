@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     ray_object_store_mb: int = Field(
         default=512, ge=80, description="Object store size, MiB, of the local Ray started when no address is set."
     )
+    ray_train_workers: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "LightGBM workers (one CPU each) of a training run on Ray: Ray Train's data-parallel LightGBM, each "
+            "worker holding its share of the training rows."
+        ),
+    )
 
     # MLflow
     mlflow_tracking_uri: str | None = Field(

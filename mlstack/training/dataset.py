@@ -66,6 +66,7 @@ class TrainingDataError(StackError):
 
 
 ENTITY_COLUMNS = ("application_id", "customer_id", "zipcode", "event_timestamp")
+VALIDATION_NAME = "validation"  # the early-stopping set's name in LightGBM's evaluation results
 
 
 def training_window(
@@ -286,30 +287,59 @@ def train_booster(split: Split, params: TrainingParams, init_model: lightgbm.Boo
     With ``init_model``, training continues from that booster: its trees are kept and new ones are
     added on ``split.train`` (the result holds both).
     """
-    train_labels = _labels(split.train, "train")
-    validation_labels = _labels(split.validation, "validation")
-    train_set = lightgbm.Dataset(
+    train_set, validation_set = lightgbm_datasets(
         model_input.encode(split.train),
+        split_labels(split.train, "train"),
+        model_input.encode(split.validation),
+        split_labels(split.validation, "validation"),
+    )
+    return fit_lightgbm(params.lightgbm_params(), params, train_set, validation_set, init_model)
+
+
+def lightgbm_datasets(
+    train_matrix: npt.NDArray[np.float64],
+    train_labels: npt.NDArray[np.float64],
+    validation_matrix: npt.NDArray[np.float64],
+    validation_labels: npt.NDArray[np.float64],
+) -> tuple[lightgbm.Dataset, lightgbm.Dataset]:
+    """(train, validation) LightGBM datasets of encoded model inputs: feature names, categoricals, shared bins."""
+    train_set = lightgbm.Dataset(
+        train_matrix,
         label=train_labels,
         feature_name=list(model_input.FEATURES),
         categorical_feature=model_input.categorical_indices(),
         free_raw_data=True,
     )
     validation_set = lightgbm.Dataset(
-        model_input.encode(split.validation), label=validation_labels, reference=train_set, free_raw_data=True
+        validation_matrix, label=validation_labels, reference=train_set, free_raw_data=True
     )
+    return train_set, validation_set
+
+
+def fit_lightgbm(
+    native_params: dict[str, object],
+    params: TrainingParams,
+    train_set: lightgbm.Dataset,
+    validation_set: lightgbm.Dataset,
+    init_model: lightgbm.Booster | None = None,
+) -> lightgbm.Booster:
+    """``lightgbm.train`` with ``native_params``, early-stopped on the validation log loss (``params``' rounds).
+
+    The one call every engine makes (this process, or each Ray worker with its network parameters added).
+    """
     return lightgbm.train(
-        params.lightgbm_params(),
+        native_params,
         train_set,
         num_boost_round=params.num_boost_round,
         valid_sets=[validation_set],
-        valid_names=["validation"],
+        valid_names=[VALIDATION_NAME],
         callbacks=[lightgbm.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)],
         init_model=init_model,
     )
 
 
-def _labels(frame: pd.DataFrame, part: str) -> npt.NDArray[np.float64]:
+def split_labels(frame: pd.DataFrame, part: str) -> npt.NDArray[np.float64]:
+    """The 0/1 label column of one part of a split as float64; ValueError unless it holds both classes only."""
     if LABEL not in frame.columns:
         raise ValueError(f"the {part} frame has no {LABEL!r} label column")
     labels = frame[LABEL].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -40,6 +40,7 @@ from mlstack.training.dataset import (
     train_booster,
     training_params,
 )
+from mlstack.training.distributed import LOCAL, TrainingEngine, fit_booster, training_engine
 from mlstack.training.evaluation import HoldoutScore, Metrics
 
 CandidateKind = Literal["retrained", "recalibrated", "continued"]
@@ -84,6 +85,7 @@ class Candidate:
     booster: lightgbm.Booster
     calibrator: Calibrator
     score: HoldoutScore
+    engine: TrainingEngine = LOCAL  # where this run fitted its trees (recalibrated, continued: this process)
 
     @property
     def metrics(self) -> Metrics:
@@ -173,6 +175,7 @@ class TrainingOutcome:
     challenger_kind: CandidateKind = "retrained"
     calibrator: str = "none"  # the registered calibrator, `Calibrator.describe()`
     semantic_version: str = ""  # v<major>.<minor>.<patch> beside MLflow's integer version
+    engine: TrainingEngine = LOCAL  # where the challenger's trees were fitted
 
     def summary(self) -> str:
         """One line for logs."""
@@ -197,8 +200,11 @@ def split(settings: Settings, training_set: TrainingSet) -> Split:
 
 
 def train(settings: Settings, parts: Split, params: TrainingParams | None = None) -> lightgbm.Booster:
-    """LightGBM with early stopping on validation; hyperparameters given (tuned, reused) or from settings."""
-    return train_booster(parts, params or training_params(settings))
+    """LightGBM with early stopping on validation, on the configured compute engine (this process or Ray).
+
+    Hyperparameters given (tuned, reused) or from settings.
+    """
+    return fit_booster(settings, parts, params or training_params(settings))
 
 
 def fit_calibration(settings: Settings, booster: lightgbm.Booster, parts: Split) -> Calibrator:
@@ -217,16 +223,21 @@ def make_candidate(
     booster: lightgbm.Booster,
     parts: Split,
     calibrator: Calibrator | None = None,
+    engine: TrainingEngine = LOCAL,
 ) -> Candidate:
     """A candidate: `booster` with `calibrator` (default: fitted on the calibration slice), scored on the holdout."""
     calibrator = fit_calibration(settings, booster, parts) if calibrator is None else calibrator
     score = evaluation.score_holdout(booster, parts.holdout, settings.decision_threshold, calibrator)
-    return Candidate(kind, booster, calibrator, score)
+    return Candidate(kind, booster, calibrator, score, engine)
 
 
 def train_retrained(settings: Settings, parts: Split, params: TrainingParams | None = None) -> Candidate:
-    """Candidate (a), every run's: LightGBM on the training window (`params`, default the settings'), calibrated."""
-    return make_candidate(settings, "retrained", train(settings, parts, params), parts)
+    """Candidate (a), every run's: LightGBM on the training window (`params`, default the settings'), calibrated.
+
+    Trained on the configured compute engine (`MLSTACK_COMPUTE_ENGINE`).
+    """
+    booster = train(settings, parts, params)
+    return make_candidate(settings, "retrained", booster, parts, engine=training_engine(settings))
 
 
 def load_champion(settings: Settings) -> ChampionModel | None:
@@ -255,7 +266,8 @@ def champion_candidates(
     slice (recent matured labels, later than the champion's training data on a drift retrain): the
     cheapest fix when the ranking holds and the base rate moved. (c) `continued`: LightGBM training
     continued from the champion's trees on this run's training rows (early-stopped on validation),
-    then calibrated: the champion's long history, corrected by the recent window.
+    then calibrated: the champion's long history, corrected by the recent window. Both are built in
+    this process whatever the compute engine (docs/training.md, "On Ray").
     """
     if not enabled or champion is None:
         return []
@@ -343,6 +355,7 @@ def register(
             "feast_project": "mlstack",
             "leakage_warnings": "; ".join(leakage) or "none",
             **candidate_tags(results, challenger.kind),
+            **challenger.engine.tags(),
         },
         calibrator=challenger.calibrator,
         extra_metrics=candidate_metrics(results),
@@ -408,6 +421,7 @@ def outcome_of(
         challenger_kind=challenger.kind,
         calibrator=challenger.calibrator.describe(),
         semantic_version=registered.semantic_version,
+        engine=challenger.engine,
     )
 
 
@@ -421,6 +435,16 @@ def run_training(
     """Every step of `train-model` in order, without Prefect (`candidates`: a retrain's three candidates)."""
     training_set = load_training_set(settings, start, end)
     progress(f"training set: {len(training_set.frame):,} applications, fingerprint {training_set.fingerprint}")
+    return run_on_training_set(settings, training_set, progress, candidates)
+
+
+def run_on_training_set(
+    settings: Settings,
+    training_set: TrainingSet,
+    progress: Callable[[str], object] = print,
+    candidates: bool = False,
+) -> TrainingOutcome:
+    """The steps of `train-model` after the training set: split, train, register, gate, promote."""
     parts = split(settings, training_set)
     champion_model = load_champion(settings)
     retrained = train_retrained(settings, parts)
@@ -471,7 +495,8 @@ def training_markdown(outcome: TrainingOutcome) -> str:
         f"Training window {outcome.window_start:%Y-%m-%d} → {outcome.window_end:%Y-%m-%d}, "
         f"fingerprint `{outcome.fingerprint}`, rows {outcome.rows}.",
         f"Decision threshold {challenger.threshold:.2f}; holdout of {challenger.rows:,} applications "
-        f"({challenger.positives:,} defaults). Calibrator: {outcome.calibrator}.",
+        f"({challenger.positives:,} defaults). Calibrator: {outcome.calibrator}. "
+        f"Trees fitted on: {outcome.engine.describe()}.",
     ]
     if len(outcome.candidates) > 1:
         lines += [

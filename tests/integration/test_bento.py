@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlstack.data.schema import CUSTOMER_PROFILE_FILE
 from mlstack.features.store import get_store
 from mlstack.processes import free_port
 from mlstack.serving import scoring
@@ -18,7 +17,7 @@ from mlstack.serving.bento import MODEL_DIR_NAME, build_bento, load_bundled_mode
 from mlstack.stack.rollout import roll_out_if_needed, serves_version
 from mlstack.stack.service import start_service, stop_service
 from mlstack.training import evaluation, model_input, registry
-from tests.support.serving_stack import GOOD, build_serving_stack
+from tests.support.serving_stack import applications_of, build_serving_stack
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +102,6 @@ def test_bento_serves_its_own_model_with_mlflow_unreachable(built):
         stop_service(stack.settings, timeout=10)
 
 
-def _applications(stack, count: int) -> list[dict]:
-    """Applications of the first `count` customers, each with its latest zipcode, loan sizes varied."""
-    profiles = pd.read_parquet(stack.settings.data_dir / CUSTOMER_PROFILE_FILE, columns=["customer_id", "zipcode"])
-    latest = profiles.drop_duplicates("customer_id", keep="last").sort_values("customer_id").head(count)
-    return [
-        {**GOOD, "customer_id": int(row.customer_id), "zipcode": str(row.zipcode), "loan_amount": 4000.0 + 900 * i}
-        for i, row in enumerate(latest.itertuples())
-    ]
-
-
 def _served(stack, body: dict, target: str | None) -> list[dict]:
     """`/predict_batch` answers of `bentoml serve` on `target` (a bento tag; None: the service in source)."""
     extra = {} if target is None else {"target": target}
@@ -129,7 +118,7 @@ def test_served_booster_and_calibrator_equal_the_offline_ones_row_for_row(built)
     stack, bento = built
     champion = registry.load_booster(stack.settings, "@champion")
     assert champion.calibrator.method == "platt"  # every training run calibrates: there is something to apply
-    applications = _applications(stack, 40)
+    applications = applications_of(stack, 40)
     body = {"applications": applications}
 
     bento_rows = _served(stack, body, bento.tag)  # the bento: model/ booster + calibrator, no MLflow needed

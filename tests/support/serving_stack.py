@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,19 +41,29 @@ class ServingStack:
         }
 
 
-def build_serving_stack(state: Path, customers: int = 1500) -> ServingStack:
-    """Own embedded Redis, generated data, features materialised up to now, and champion v1."""
+def build_serving_stack(
+    state: Path,
+    customers: int = 1500,
+    first_model: Callable[[Settings], training_steps.TrainingOutcome] | None = None,
+    **overrides: object,
+) -> ServingStack:
+    """Own embedded Redis, generated data, features materialised up to now, and champion v1.
+
+    `first_model` trains and promotes v1 (default: `run_training`); `overrides` are further settings.
+    """
     server = EmbeddedRedis(state / "redis", Settings())
     target = server.ensure_running()
     try:
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        settings = make_settings(state / "state", target, data_end=today.date(), profile_window_seconds=3600)
+        settings = make_settings(
+            state / "state", target, data_end=today.date(), profile_window_seconds=3600, **overrides
+        )
         generate_data(settings.data_dir, customers=customers, months=18, end=today, seed=21)
         store = get_store(settings, target)
         apply_features(store, settings.feature_repo)
         for view in BATCH_VIEWS:
             materialize_view(store, view, datetime.now(UTC))
-        outcome = training_steps.run_training(settings, progress=lambda _: None)
+        outcome = (first_model or _quiet_training)(settings)
         if not outcome.promoted:
             raise AssertionError(f"the serving stack's first model was not promoted: {outcome.summary()}")
         profile = pd.read_parquet(settings.data_dir / CUSTOMER_PROFILE_FILE, filters=[("customer_id", "==", 1)])
@@ -62,6 +72,20 @@ def build_serving_stack(state: Path, customers: int = 1500) -> ServingStack:
         server.stop()  # a failed build must not leave its redis-server running after the test run
         raise
     return ServingStack(settings, server, target, {**GOOD, "customer_id": 1, "zipcode": zipcode})
+
+
+def applications_of(stack: ServingStack, count: int) -> list[dict]:
+    """Applications of the first `count` customers, each with its latest zipcode, loan sizes varied."""
+    profiles = pd.read_parquet(stack.settings.data_dir / CUSTOMER_PROFILE_FILE, columns=["customer_id", "zipcode"])
+    latest = profiles.drop_duplicates("customer_id", keep="last").sort_values("customer_id").head(count)
+    return [
+        {**GOOD, "customer_id": int(row.customer_id), "zipcode": str(row.zipcode), "loan_amount": 4000.0 + 900 * i}
+        for i, row in enumerate(latest.itertuples())
+    ]
+
+
+def _quiet_training(settings: Settings) -> training_steps.TrainingOutcome:
+    return training_steps.run_training(settings, progress=lambda _: None)
 
 
 @contextmanager
