@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mlstack.compute import RayConnection, ensure_ray, shutdown_ray
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget, make_client, parse_redis_url
 from mlstack.settings import TELEMETRY_OFF, Settings
 from tests.support.factories import fresh_db
@@ -25,7 +26,9 @@ for _name, _value in TELEMETRY_OFF.items():
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "e2e", "infra", "browser")  # directories of tests/, each also a marker (pyproject)
-SERVICE_FIXTURES = frozenset({"redis_server", "redis_db", "postgres_url", "postgres_db", "mlflow_server"})
+SERVICE_FIXTURES = frozenset(
+    {"redis_server", "redis_db", "postgres_url", "postgres_db", "mlflow_server", "ray_cluster"}
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marks must be on the items by then
@@ -117,3 +120,13 @@ def mlflow_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -
     yield server.url
     services.stop_mlflow_server(server)
     services.drop_database(postgres_url, database)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayConnection]:
+    """A bounded local Ray for one test module (2 CPUs, a 256 MiB object store), stopped after."""
+    settings = Settings(state_dir=tmp_path_factory.mktemp("ray"), ray_num_cpus=2, ray_object_store_mb=256)
+    connection = ensure_ray(settings)
+    assert connection.started_locally and connection.cpus == 2
+    yield connection
+    shutdown_ray()

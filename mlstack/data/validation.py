@@ -55,6 +55,12 @@ NULLABLE: frozenset[str] = frozenset(
     }
     | {"default_timestamp"}
 )
+# Nullable columns whose null rate is not a data-quality signal: a loan's default time is null unless it
+# defaulted, so its null rate is one minus the default rate, which moves with the economy and sampling
+# (a 2,000-customer dataset failed the band on 123 rows: 95 % vs 82 %), and in real data, where a
+# recent loan has had less time to default, it rises in the newest window by construction. Outcomes
+# are checked as labels (`default_timestamp_iff_defaulted`) and monitored as performance, not here.
+NULL_RATE_BAND_EXEMPT: frozenset[str] = frozenset({"default_timestamp"})
 CATEGORIES: dict[str, tuple[object, ...]] = {
     "home_ownership": schema.HOME_OWNERSHIP,
     "loan_purpose": schema.LOAN_PURPOSES,
@@ -363,7 +369,7 @@ def _batch_failures(
             CheckFailure(table, "row_count_band", None, "warning", 0, f"{band}; expected 1/{warn_band:g}-{warn_band:g}")
         )
     for column in frame.columns:
-        if column not in NULLABLE:
+        if column not in NULLABLE or column in NULL_RATE_BAND_EXEMPT:
             continue
         now_rate, before_rate = window[column].isna().mean(), previous[column].isna().mean()
         if now_rate - before_rate > settings.validation_null_rate_band:

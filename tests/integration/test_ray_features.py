@@ -20,7 +20,6 @@ import pytest
 import redis
 from feast import FeatureStore
 
-from mlstack.compute import ensure_ray, shutdown_ray
 from mlstack.data.schema import LOAN_APPLICATIONS_FILE
 from mlstack.features import ray_engine
 from mlstack.features.materialization import MaterializationError, materialize_arrow, write_latest_rows
@@ -41,14 +40,6 @@ from tests.support.factories import fresh_db, make_settings
 from tests.support.feast_repo import FeastRepo, applied_repo, find_mismatches, point_in_time_reference
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[float]:
-    """A local Ray of 2 CPUs for the module (what MLSTACK_RAY_* give by default), stopped after."""
-    connection = ensure_ray(Settings(ray_num_cpus=2, ray_object_store_mb=256))
-    yield connection.cpus
-    shutdown_ray()
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +94,7 @@ def ray_store(repo: FeastRepo) -> FeatureStore:
 def test_ray_training_set_equals_duckdb_value_for_value(repo, ray_cluster, monkeypatch):
     monkeypatch.setattr(ray_engine, "MIN_JOIN_SHARD_ROWS", 500)  # several shards from test-sized data
     entities = entity_frame(repo)
-    assert len(entities) // 500 >= 2 and ray_cluster == 2  # the join really is cut in two shards
+    assert len(entities) // 500 >= 2 and ray_cluster.cpus == 2  # the join really is cut in two shards
     local = get_historical_features(get_store(repo.settings, repo.target), entities.copy())
     on_ray = get_historical_features(ray_store(repo), entities.copy())
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack.compute import ComputeEngineError, ensure_ray, shutdown_ray
+from mlstack.compute import ComputeEngineError
 from mlstack.features.store import get_store
 from mlstack.serving import scoring
 from mlstack.settings import Settings
@@ -48,16 +48,6 @@ def train_on_ray(settings: Settings) -> training_steps.TrainingOutcome:
     """`train-model`'s steps with the booster fitted on Ray (the training set joined on the local engine)."""
     training_set = training_steps.load_training_set(settings, None, None)
     return training_steps.run_on_training_set(on_ray(settings), training_set, progress=lambda _: None)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """One bounded local Ray for the module (2 CPUs, a small object store), stopped after."""
-    settings = Settings(state_dir=tmp_path_factory.mktemp("ray"), ray_num_cpus=2, ray_object_store_mb=200)
-    connection = ensure_ray(settings)
-    assert connection.started_locally and connection.cpus == 2
-    yield connection
-    shutdown_ray()
 
 
 @pytest.fixture(scope="module")

@@ -175,6 +175,20 @@ def test_null_rate_rise_in_newest_window_fails_one_missing_value_passes(settings
     assert errors[0].rows == len(newest) // 3
 
 
+def test_default_time_null_rate_rise_in_newest_window_passes_as_outcomes_not_bad_data(settings):
+    frame = _frame(settings, LOAN_APPLICATIONS_FILE)
+    newest = _newest_window(frame)
+    previous = ~newest & (frame["event_timestamp"] > frame["event_timestamp"].max() - timedelta(days=60))
+    no_defaults = frame.copy()  # no loan of the newest window defaulted: its default time is null
+    no_defaults.loc[newest, "default_timestamp"] = pd.NaT
+    no_defaults.loc[newest, "defaulted"] = 0
+    rise = 1.0 - frame.loc[previous, "default_timestamp"].isna().mean()
+    strict = settings.model_copy(update={"validation_null_rate_band": rise / 2})  # the rise is twice the band
+
+    assert rise > 0
+    assert validation.validate_frame(LOAN_APPLICATIONS_FILE, no_defaults, strict, NOW).errors == []
+
+
 @pytest.mark.parametrize(
     ("keep", "severity"),
     [(0.1, "error"), (0.55, "warning"), (0.9, None), (8.0, "warning")],
