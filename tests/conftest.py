@@ -130,3 +130,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayConnect
     assert connection.started_locally and connection.cpus == 2
     yield connection
     shutdown_ray()
+
+
+@pytest.fixture
+def restore_feast_environment() -> Iterator[None]:
+    """get_store() exports FEAST_MLSTACK_* for Feast; leave the process environment as found."""
+    saved = {name: value for name, value in os.environ.items() if name.startswith("FEAST_MLSTACK_")}
+    yield
+    for name in [name for name in os.environ if name.startswith("FEAST_MLSTACK_")]:
+        del os.environ[name]
+    os.environ.update(saved)

@@ -39,17 +39,7 @@ from tests.support.binaries import require_binary
 from tests.support.factories import fresh_db, make_settings
 from tests.support.feast_repo import FeastRepo, applied_repo, find_mismatches, point_in_time_reference
 
-pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(autouse=True)
-def _restore_feast_environment() -> Iterator[None]:
-    """get_store() exports FEAST_MLSTACK_* for Feast; leave the process environment as found."""
-    saved = {name: value for name, value in os.environ.items() if name.startswith("FEAST_MLSTACK_")}
-    yield
-    for name in [name for name in os.environ if name.startswith("FEAST_MLSTACK_")]:
-        del os.environ[name]
-    os.environ.update(saved)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("restore_feast_environment")]
 
 
 # --------------------------------------------------------------------------- point-in-time training sets

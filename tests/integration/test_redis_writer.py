@@ -33,6 +33,9 @@ from tests.support.factories import fresh_db, make_settings
 Dump = dict[bytes, tuple[list[tuple[bytes, bytes]], bool]]
 
 
+pytestmark = pytest.mark.usefixtures("restore_feast_environment")
+
+
 def dump(target: RedisTarget) -> Dump:
     """Every hash in the DB: its fields and values in stored order, and whether the key expires."""
     client = make_client(target, Settings(redis_socket_timeout=30.0))
@@ -299,16 +302,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     generate_data(state / "data", customers=2000, months=12, end=today, seed=3)
     return state / "data"
-
-
-@pytest.fixture(autouse=True)
-def _restore_feast_environment() -> Iterator[None]:
-    """get_store() exports FEAST_MLSTACK_* for Feast; leave the process environment as found."""
-    saved = {name: value for name, value in os.environ.items() if name.startswith("FEAST_MLSTACK_")}
-    yield
-    for name in [name for name in os.environ if name.startswith("FEAST_MLSTACK_")]:
-        del os.environ[name]
-    os.environ.update(saved)
 
 
 def project_store(state: Path, target: RedisTarget, data_dir: Path, **overrides: object) -> FeatureStore:
