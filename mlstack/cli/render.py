@@ -432,7 +432,10 @@ def demo_steps(summary: DemoSummary) -> None:
         table.add_column(column, justify="right")
     for step in summary.steps:
         table.add_row(
-            step.title[:56], f"{step.wall_seconds:.1f}", f"{step.cpu_seconds:.1f}", f"{step.waited_seconds:.1f}"
+            short_step_title(step.title),
+            f"{step.wall_seconds:.1f}",
+            f"{step.cpu_seconds:.1f}",
+            f"{step.waited_seconds:.1f}",
         )
     table.add_row(
         "total",
@@ -448,3 +451,11 @@ def demo_steps(summary: DemoSummary) -> None:
         "  CPU: the demo's process tree (it, its servers, the worker's flow runs); waited: paced traffic, "
         "profile windows closing, the trigger and the worker's polling"
     )
+
+
+def short_step_title(title: str, width: int = 56) -> str:
+    """A step's title for a table cell: without its parenthesised detail, cut at a word with an ellipsis."""
+    short = title.split(" (", 1)[0]
+    if len(short) <= width:
+        return short
+    return short[: width - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"

@@ -132,3 +132,15 @@ def test_await_profiles_books_its_wait_and_gives_up_after_the_slack_when_rows_ne
     steps, _ = clock.finish()
     assert steps[0].waited_seconds >= 0.3  # it waited out the slack, then went on (no error)
     assert "for the profile windows to close and be written (5s windows)" in steps[0].notes[0]
+
+
+def test_step_titles_in_the_table_drop_their_detail_and_cut_at_a_word() -> None:
+    from mlstack.cli.render import short_step_title
+
+    assert short_step_title("3. online store, feast apply + materialise (flow materialize-features)") == (
+        "3. online store, feast apply + materialise"
+    )
+    assert short_step_title("2. synthetic data") == "2. synthetic data"
+    long = "10. the event triggers deployment train-model/weekly-and-on-drift on the worker"
+    assert short_step_title(long, width=40) == "10. the event triggers deployment…"
+    assert len(short_step_title(long, width=40)) <= 40
