@@ -4,8 +4,9 @@
 
 Variants, each in its own child process (so each memory figure is its own):
 - local: the stack's default engine (`MLSTACK_COMPUTE_ENGINE=local`): DuckDB and the Arrow writer in
-  the process, every written row read back before the window is recorded;
-- local, no read-back: the same without the verification, to show its cost;
+  the process, no read-back (the local default, `MLSTACK_MATERIALIZE_VERIFY` unset): the baseline;
+- local, read-back: the same with every written row read back before the window is recorded, to show
+  the verification's cost (the Ray engine always pays it);
 - ray, N CPU: `MLSTACK_COMPUTE_ENGINE=ray` with a local Ray of N CPUs (`MLSTACK_RAY_NUM_CPUS`): one
   task per shard (materialisation: N shards of entity keys; join: N shards of entity rows), Feast's
   DuckDB store and the Arrow writer in each task, read-back in the driver.
@@ -51,12 +52,12 @@ from mlstack.settings import PROJECT_ROOT, Settings
 
 VIEWS = ("customer_profile", "credit_history")
 VARIANTS = {  # name -> (settings overrides, read back?)
-    "local": ({"compute_engine": "local"}, True),
-    "local-no-read-back": ({"compute_engine": "local"}, False),
+    "local": ({"compute_engine": "local"}, False),
+    "local-read-back": ({"compute_engine": "local"}, True),
     "ray-1cpu": ({"compute_engine": "ray", "ray_num_cpus": 1}, True),
     "ray-2cpu": ({"compute_engine": "ray", "ray_num_cpus": 2}, True),
 }
-DBS = {"local": 5, "local-no-read-back": 6, "ray-1cpu": 7, "ray-2cpu": 8}
+DBS = {"local": 5, "local-read-back": 6, "ray-1cpu": 7, "ray-2cpu": 8}
 JOIN_VARIANTS = ("local", "ray-1cpu", "ray-2cpu")  # the join has no read-back to leave out
 
 
