@@ -163,7 +163,7 @@ def materialize_arrow(
     view = _batch_view(store, feature_view)
     start = incremental_start(view)
     end = utils.make_tzaware(end)
-    write = write or functools.partial(write_latest_rows, memory_mb=offline_memory_mb)
+    write = write or functools.partial(write_latest_rows, memory_mb=offline_memory_mb, keep_rows=verify)
     previous_state = _enter_materializing(store, view)
     try:
         written = write(store, view, start, end)
@@ -197,11 +197,13 @@ def write_latest_rows(
     end: datetime,
     memory_mb: int | None = None,
     shard: Shard | None = None,
+    keep_rows: bool = True,
 ) -> WrittenRows:
     """Stream the latest row per entity in [start, end] (of ``shard``'s entities) into the Arrow writer.
 
-    Returns the rows handed and acknowledged, with the keys and ``_ts`` acknowledged. Raises PartialWrite
-    (the rows acknowledged before the failure; the original error as its cause).
+    Returns the rows handed and acknowledged, with the keys and ``_ts`` acknowledged when ``keep_rows``
+    (what a read-back needs; without it memory stays flat in the number of entities, the keys empty).
+    Raises PartialWrite (the rows acknowledged before the failure; the original error as its cause).
     """
     writer = arrow_writer(store)
     if writer is None:
@@ -226,7 +228,7 @@ def write_latest_rows(
         stamps.append(rows.timestamps)
 
     try:
-        written = writer.write_arrow_batches(store.config, view, counted(), progress, keep)
+        written = writer.write_arrow_batches(store.config, view, counted(), progress, keep if keep_rows else None)
     except Exception as exc:
         rows = exc.rows_written if isinstance(exc, RedisWriteError) else acknowledged
         raise PartialWrite(f"{view.name}: failed after {rows:,} rows", rows) from exc
