@@ -4,7 +4,6 @@ engine, and materialisation that fails loudly (no window recorded) when Redis di
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
@@ -26,7 +25,6 @@ from mlstack.features.materialization import MaterializationError, materialize_a
 from mlstack.features.online_store import RedisTarget, make_client
 from mlstack.features.store import (
     BATCH_VIEWS,
-    apply_features,
     get_historical_features,
     get_store,
     materialize_feature_view,
@@ -34,10 +32,18 @@ from mlstack.features.store import (
 )
 from mlstack.processes import free_port
 from mlstack.settings import Settings
-from tests.integration.test_redis_writer import differences, dump
 from tests.support.binaries import require_binary
 from tests.support.factories import fresh_db, make_settings
-from tests.support.feast_repo import FeastRepo, applied_repo, find_mismatches, point_in_time_reference
+from tests.support.feast_repo import (
+    FeastRepo,
+    applied_repo,
+    differences,
+    dump,
+    find_mismatches,
+    generated_data_dir,
+    point_in_time_reference,
+    project_store,
+)
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("restore_feast_environment")]
 
@@ -123,23 +129,8 @@ def test_feasts_own_ray_store_still_ignores_ttl_and_truncates_timestamps(repo, r
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlstack.data.generator import generate_data
-
-    state = tmp_path_factory.mktemp("ray-materialize-data")
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    generate_data(state / "data", customers=3000, months=12, end=today, seed=5)
-    return state / "data"
-
-
-def project_store(state: Path, target: RedisTarget, data_dir: Path, **overrides: object) -> FeatureStore:
-    """The project's repo applied in its own state dir (own registry) over shared data."""
-    settings = make_settings(state, target, **overrides)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    if not settings.data_dir.exists():
-        os.symlink(data_dir, settings.data_dir)
-    store = get_store(settings, target)
-    apply_features(store, settings.feature_repo)
-    return store
+    """Small generated data ending today, shared by this module's project-repo tests."""
+    return generated_data_dir(tmp_path_factory.mktemp("ray-materialize-data"), customers=3000, seed=5)
 
 
 def recorded_end(store: FeatureStore, view: str) -> datetime | None:

@@ -7,7 +7,6 @@ key, every field and every value byte for byte, in the order Redis stores the fi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,45 +25,12 @@ from mlstack.features import redis_writer
 from mlstack.features.materialization import MaterializationError, arrow_writer, materialize_arrow
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget, feast_connection_string, make_client
 from mlstack.features.redis_writer import STORE_TYPE, EncodingMismatchError
-from mlstack.features.store import BATCH_VIEWS, apply_features, get_online_features, get_store, materialize_view
+from mlstack.features.store import BATCH_VIEWS, get_online_features, materialize_view
 from mlstack.settings import Settings
-from tests.support.factories import fresh_db, make_settings
-
-Dump = dict[bytes, tuple[list[tuple[bytes, bytes]], bool]]
-
+from tests.support.factories import fresh_db
+from tests.support.feast_repo import differences, dump, generated_data_dir, project_store
 
 pytestmark = pytest.mark.usefixtures("restore_feast_environment")
-
-
-def dump(target: RedisTarget) -> Dump:
-    """Every hash in the DB: its fields and values in stored order, and whether the key expires."""
-    client = make_client(target, Settings(redis_socket_timeout=30.0))
-    keys = list(client.scan_iter(count=1000))
-    with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-            pipe.ttl(key)
-        replies = pipe.execute()
-    return {key: (list(replies[2 * i].items()), replies[2 * i + 1] > 0) for i, key in enumerate(keys)}
-
-
-def differences(expected: Dump, actual: Dump) -> list[tuple[bytes, bytes | None, object, object]]:
-    """(key, field, expected, actual) of every difference; field None for a key-level one."""
-    found: list[tuple[bytes, bytes | None, object, object]] = []
-    for key in sorted(expected.keys() | actual.keys()):
-        if key not in expected or key not in actual:
-            found.append((key, None, key in expected, key in actual))
-            continue
-        (want, want_ttl), (got, got_ttl) = expected[key], actual[key]
-        # Field order is not content: a hash with long values is a hashtable in Redis, iterated in bucket
-        # order, which any read (the materialisation's read-back HMGET) can change by a rehash step.
-        if sorted(field for field, _ in want) != sorted(field for field, _ in got):
-            found.append((key, None, sorted(f for f, _ in want), sorted(f for f, _ in got)))
-        got_values = dict(got)
-        found += [(key, field, value, got_values.get(field)) for field, value in want if got_values.get(field) != value]
-        if want_ttl != got_ttl:
-            found.append((key, b"<ttl>", want_ttl, got_ttl))
-    return found
 
 
 # --------------------------------------------------------------------------- a repo of every scalar type
@@ -296,22 +262,7 @@ def test_arrow_writer_refuses_to_write_when_its_encoding_drifts_from_feast(
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small generated data ending today, shared by this module's project-repo tests."""
-    from mlstack.data.generator import generate_data
-
-    state = tmp_path_factory.mktemp("redis-writer-data")
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    generate_data(state / "data", customers=2000, months=12, end=today, seed=3)
-    return state / "data"
-
-
-def project_store(state: Path, target: RedisTarget, data_dir: Path, **overrides: object) -> FeatureStore:
-    """The project's Feast repo applied in its own state dir (own registry) over shared data, on ``target``."""
-    settings = make_settings(state, target, **overrides)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    os.symlink(data_dir, settings.data_dir)
-    store = get_store(settings, target)
-    apply_features(store, settings.feature_repo)
-    return store
+    return generated_data_dir(tmp_path_factory.mktemp("redis-writer-data"), customers=2000, seed=3)
 
 
 def test_project_views_written_by_the_default_writer_equal_feasts_bytes(tmp_path, redis_server, data_dir):

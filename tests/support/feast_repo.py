@@ -241,3 +241,56 @@ def find_mismatches(
                 }
             )
     return pd.DataFrame(found, columns=["row", "feature", "expected", "actual"])
+
+
+def generated_data_dir(directory: Path, customers: int, seed: int) -> Path:
+    """Small generated data ending today (midnight UTC), 12 months, in ``directory``/data; returns that dir."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    generate_data(directory / "data", customers=customers, months=12, end=today, seed=seed)
+    return directory / "data"
+
+
+def project_store(state: Path, target: RedisTarget, data_dir: Path, **overrides: object) -> FeatureStore:
+    """The project's Feast repo applied in its own state dir (own registry) over shared data, on ``target``."""
+    settings = make_settings(state, target, **overrides)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.data_dir.exists():
+        os.symlink(data_dir, settings.data_dir)
+    store = get_store(settings, target)
+    apply_features(store, settings.feature_repo)
+    return store
+
+
+# Every hash of a Redis DB: its fields and values in stored order, and whether the key expires.
+Dump = dict[bytes, tuple[list[tuple[bytes, bytes]], bool]]
+
+
+def dump(target: RedisTarget) -> Dump:
+    """Every hash in the DB: its fields and values in stored order, and whether the key expires."""
+    client = make_client(target, Settings(redis_socket_timeout=30.0))
+    keys = list(client.scan_iter(count=1000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+            pipe.ttl(key)
+        replies = pipe.execute()
+    return {key: (list(replies[2 * i].items()), replies[2 * i + 1] > 0) for i, key in enumerate(keys)}
+
+
+def differences(expected: Dump, actual: Dump) -> list[tuple[bytes, bytes | None, object, object]]:
+    """(key, field, expected, actual) of every difference; field None for a key-level one."""
+    found: list[tuple[bytes, bytes | None, object, object]] = []
+    for key in sorted(expected.keys() | actual.keys()):
+        if key not in expected or key not in actual:
+            found.append((key, None, key in expected, key in actual))
+            continue
+        (want, want_ttl), (got, got_ttl) = expected[key], actual[key]
+        # Field order is not content: a hash with long values is a hashtable in Redis, iterated in bucket
+        # order, which any read (the materialisation's read-back HMGET) can change by a rehash step.
+        if sorted(field for field, _ in want) != sorted(field for field, _ in got):
+            found.append((key, None, sorted(f for f, _ in want), sorted(f for f, _ in got)))
+        got_values = dict(got)
+        found += [(key, field, value, got_values.get(field)) for field, value in want if got_values.get(field) != value]
+        if want_ttl != got_ttl:
+            found.append((key, b"<ttl>", want_ttl, got_ttl))
+    return found
