@@ -45,12 +45,20 @@ CRD_SCHEMAS = {
 }
 RAY_CLUSTER = "mlstack-ray"
 JOB_TEMPLATE = ROOT / "infra" / "prefect" / "k8s-base-job-template.json"
+# The filter that gives an overlay's work pool its own variable defaults, and the ray overlay's values.
+JOB_VARIABLE_DEFAULTS = ROOT / "infra" / "prefect" / "job-variable-defaults.jq"
+RAY_JOB_VARIABLES = K8S / "overlays" / RAY_OVERLAY / "flow-run-job-variables.json"
+STATE_CLAIM = "mlstack-state"  # components/ray/state-volume.yaml: the state dir shared by flow runs and Ray
 SERVICE_SOURCE = ROOT / "services" / "credit_risk.py"
 KUBERNETES_VERSION = "1.30.0"
 CHECKOV = "checkov==3.2.516"
 SERVICE_PORT = 3000
 SERVICE_IMAGE = "mlstack/credit-risk"
 WORKER = "prefect-worker"
+JQ_HINT = (
+    "jq not found on PATH (or MLSTACK_JQ): the ray overlay's work pool template is made with "
+    "`jq -f infra/prefect/job-variable-defaults.jq` (docs/kubernetes.md). Install it, e.g. `apt-get install jq`."
+)
 KUBECTL_HINT = (
     "kubectl not found on PATH (or MLSTACK_KUBECTL): the Kubernetes checks render the overlays with "
     "`kubectl kustomize`. Install kubectl, e.g. `apt-get install kubectl` from the Kubernetes apt "
@@ -116,14 +124,30 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
     return {overlay: render(K8S / "overlays" / overlay) for overlay in ALL_OVERLAYS}
 
 
-def render_job_template(command: str = "prefect flow-run execute") -> dict[str, Any]:
-    """The flow-run Job the worker would create from the template's defaults (Prefect's own templating).
+def pool_template(variables_file: Path) -> dict[str, Any]:
+    """The base job template with its defaults set from a JSON file, by the jq filter the docs give operators."""
+    jq = os.environ.get("MLSTACK_JQ") or shutil.which("jq")
+    if not jq:
+        pytest.fail(JQ_HINT, pytrace=False)
+    command = [jq, "--slurpfile", "variables", str(variables_file), "-f", str(JOB_VARIABLE_DEFAULTS), str(JOB_TEMPLATE)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise ValueError(f"jq -f {JOB_VARIABLE_DEFAULTS.name} failed: {result.stderr.strip()}")
+    template: dict[str, Any] = json.loads(result.stdout)
+    return template
 
-    The worker itself then adds its env and labels and splits `command` into args, as done here.
+
+def render_job_template(
+    template: dict[str, Any] | None = None, command: str = "prefect flow-run execute"
+) -> dict[str, Any]:
+    """The flow-run Job the worker would create from a pool's template (default: the repo's) and its defaults.
+
+    Prefect's own templating, as the worker applies it; the worker then adds its env and labels and
+    splits `command` into args, as done here.
     """
     from prefect.utilities.templating import apply_values
 
-    template = json.loads(JOB_TEMPLATE.read_text())
+    template = template or json.loads(JOB_TEMPLATE.read_text())
     values = {name: spec["default"] for name, spec in template["variables"]["properties"].items() if "default" in spec}
     values.update(name="materialize-features", labels={"prefect.io/flow-run-id": "test"}, env={}, command=command)
     configuration = apply_values(template["job_configuration"], values)
@@ -150,6 +174,12 @@ def without_prefect_required_fields(job: dict[str, Any]) -> dict[str, Any]:
 def flow_run_job() -> dict[str, Any]:
     """The rendered flow-run Job of infra/prefect/k8s-base-job-template.json."""
     return render_job_template()
+
+
+@pytest.fixture(scope="module")
+def ray_flow_run_job() -> dict[str, Any]:
+    """The flow-run Job of the ray overlay's work pool: the template with its flow-run-job-variables.json."""
+    return render_job_template(pool_template(RAY_JOB_VARIABLES))
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -207,18 +237,67 @@ def as_pod(owner: dict[str, Any], name: str, template: dict[str, Any]) -> dict[s
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
 
 
+# What the KubeRay operator adds to every worker pod, mirrored from ray-project/kuberay at commit
+# b2f504f2aea6f49277b3d80d2fa0d9f9a8cc064f: ray-operator/controllers/ray/common/pod.go,
+# DefaultWorkerPodTemplate (the init container `wait-gcs-ready`, added unless the operator runs with
+# ENABLE_INIT_CONTAINER_INJECTION=false) and BuildPod's setInitContainerEnvVars (FQ_RAY_IP, RAY_IP);
+# its command from utils.GetContainerCommand (ray-operator/controllers/ray/utils/util.go, read at
+# 00cc9f33044d1f0257aa55f816338a428f977847): `/bin/bash -c --`, `-lc` before KubeRay 1.4.0 or with the
+# operator's ENABLE_LOGIN_SHELL=true. The pod security checks below then apply to it as to any container.
+KUBERAY_INIT_CONTAINER = "wait-gcs-ready"
+KUBERAY_INIT_RESOURCES = {"cpu": "200m", "memory": "256Mi"}  # requests = limits, fixed in the operator
+KUBERAY_GCS_PORT = 6379  # utils.DefaultGcsServerPort: GetHeadPort when the head's rayStartParams set no `port`
+
+
+def kuberay_gcs_address(cluster: dict[str, Any]) -> tuple[str, int]:
+    """(FQDN of the head Service, GCS port) that KubeRay's init container checks."""
+    head_port = int(cluster["spec"]["headGroupSpec"]["rayStartParams"].get("port", KUBERAY_GCS_PORT))
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    return f"{name}-head-svc.{namespace}.svc.cluster.local", head_port
+
+
+def kuberay_init_container(cluster: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
+    """The `wait-gcs-ready` init container KubeRay adds to a worker pod made from `template`.
+
+    Copies of the Ray container's (the first one's) image, pull policy, securityContext, env and
+    volumeMounts; fixed resources; a loop on `ray health-check` (the operator's script, shortened).
+    """
+    ray = template["spec"]["containers"][0]  # utils.RayContainerIndex
+    host, port = kuberay_gcs_address(cluster)
+    container: dict[str, Any] = {
+        "name": KUBERAY_INIT_CONTAINER,
+        "image": ray["image"],
+        "imagePullPolicy": ray.get("imagePullPolicy"),
+        "command": ["/bin/bash", "-c", "--"],
+        "args": [f"until ray health-check --address {host}:{port} > /dev/null 2>&1; do sleep 5; done"],
+        "securityContext": copy.deepcopy(ray.get("securityContext")),
+        "env": [
+            *copy.deepcopy(ray.get("env", [])),
+            {"name": "FQ_RAY_IP", "value": host},
+            {"name": "RAY_IP", "value": host.split(".")[0]},
+        ],
+        "volumeMounts": copy.deepcopy(ray.get("volumeMounts", [])),
+        "resources": {"requests": dict(KUBERAY_INIT_RESOURCES), "limits": dict(KUBERAY_INIT_RESOURCES)},
+    }
+    return {key: value for key, value in container.items() if value is not None}  # Go's omitempty
+
+
 def crd_pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
     """The pods a RayCluster or an InferenceService makes, as Pods named as their operators name them.
 
-    A RayCluster: its head and one pod per worker group. An InferenceService: the predictor, whose
-    fields other than the extension and implementation ones form its PodSpec.
+    A RayCluster: its head and one pod per worker group, with the init container KubeRay adds to
+    workers (kuberay_init_container). An InferenceService: the predictor, whose fields other than the
+    extension and implementation ones form its PodSpec.
     """
     name = obj["metadata"]["name"]
     if obj["kind"] == "RayCluster":
         spec = obj["spec"]
         pods = [as_pod(obj, f"{name}-head", spec["headGroupSpec"]["template"])]
         for group in spec.get("workerGroupSpecs", []):
-            pods.append(as_pod(obj, f"{name}-{group['groupName']}-worker", group["template"]))
+            template = copy.deepcopy(group["template"])
+            init = template["spec"].setdefault("initContainers", [])
+            init.append(kuberay_init_container(obj, group["template"]))
+            pods.append(as_pod(obj, f"{name}-{group['groupName']}-worker", template))
         return pods
     if obj["kind"] == "InferenceService":
         predictor = obj["spec"]["predictor"]
@@ -330,12 +409,22 @@ def pod_security_violations(workload: dict[str, Any], *, token_allowed: bool = F
     return problems
 
 
-def writable_paths_violations(workload: dict[str, Any], paths: list[str]) -> list[str]:
-    """Paths that must be writable but are not on an emptyDir mount (the root filesystem is read-only)."""
+def writable_paths_violations(workload: dict[str, Any], paths: list[str], container: str | None = None) -> list[str]:
+    """Paths that are not on a writable volume mount (an emptyDir or a claim, not read-only) of a container.
+
+    The root filesystem is read-only. The container: by name (init containers too), default the first.
+    """
     spec = pod_spec(workload)
-    empty_dirs = {volume["name"] for volume in spec.get("volumes", []) if "emptyDir" in volume}
-    container = spec["containers"][0]
-    mounted = {mount["mountPath"] for mount in container.get("volumeMounts", []) if mount["name"] in empty_dirs}
+    writable = {
+        volume["name"]
+        for volume in spec.get("volumes", [])
+        if "emptyDir" in volume or "persistentVolumeClaim" in volume
+    }
+    chosen = (
+        spec["containers"][0] if container is None else next(c for c in containers(workload) if c["name"] == container)
+    )
+    mounts = chosen.get("volumeMounts", [])
+    mounted = {mount["mountPath"] for mount in mounts if mount["name"] in writable and not mount.get("readOnly")}
     return [path for path in paths if path not in mounted]
 
 
@@ -922,6 +1011,16 @@ def container_port(container: dict[str, Any], port: int | str) -> int:
     return next(entry["containerPort"] for entry in container["ports"] if entry.get("name") == port)
 
 
+# Where the Ray pods may connect to outside their cluster, and why: what the code in Ray tasks reaches
+# (components/ray/network-policies.yaml says the same in comments). Not MLflow, not TCP 443.
+RAY_EGRESS = {
+    ("UDP", 53): "DNS",
+    ("TCP", 53): "DNS",
+    ("TCP", 6379): "Redis online store (materialisation writes from Ray tasks)",
+    ("TCP", 5432): "Feast SQL registry (PostgreSQL), read by each task's Feast store",
+}
+
+
 def test_ray_overlay_points_flow_runs_and_only_them_at_head_client_port(
     rendered: dict[str, list[dict[str, Any]]], flow_run_job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -972,14 +1071,7 @@ def test_ray_network_admits_flow_runs_to_client_port_only(rendered: dict[str, li
     assert [peer for rule in outside for peer in rule["from"]] == [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "flow-run"}}}
     ]
-    assert policy_ports(policy["spec"]["egress"]) == {
-        ("UDP", 53),
-        ("TCP", 53),
-        ("TCP", 6379),
-        ("TCP", 5432),
-        ("TCP", 5000),
-        ("TCP", 443),
-    }
+    assert policy_ports(policy["spec"]["egress"]) == set(RAY_EGRESS)
 
     flow_runs = find(objects, "NetworkPolicy", "flow-runs")["spec"]["egress"]
     to_ray = [rule for rule in flow_runs if any("mlstack-ray" in str(peer) for peer in rule.get("to", []))]
@@ -1046,6 +1138,230 @@ def test_ray_cluster_schema_rejects_unknown_field_and_policy_rejects_privileged_
     problems = "\n".join(problem for pod in crd_pods(privileged) for problem in pod_security_violations(pod))
     assert f"Pod/{RAY_CLUSTER}-cpu-worker container ray-worker: privileged" in problems
     assert "allowPrivilegeEscalation is not false" in problems
+
+
+# --- the state directory shared by flow runs and Ray (components/ray/state-volume.yaml) ----------
+
+
+def volume_named(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    """A volume of a workload's pods by name; fails the test if there is none."""
+    for volume in pod_spec(workload).get("volumes", []):
+        if volume["name"] == name:
+            return dict(volume)
+    pytest.fail(f"{workload['kind']} {workload['metadata']}: no volume {name!r}", pytrace=False)
+
+
+def run_as_ids(workload: dict[str, Any]) -> tuple[str, str, str]:
+    """(uid, gid, fsGroup) the first container of a workload runs with (its own setting, else the pod's)."""
+    spec = pod_spec(workload)
+    pod_context, context = spec.get("securityContext", {}), spec["containers"][0].get("securityContext", {})
+    uid, gid = (context.get(key, pod_context.get(key)) for key in ("runAsUser", "runAsGroup"))
+    return str(uid), str(gid), str(pod_context.get("fsGroup"))
+
+
+def shared_state_violations(workloads_: list[dict[str, Any]], claim: str) -> list[str]:
+    """What keeps these pods from sharing one state directory through `claim` (empty: none).
+
+    Each must mount the claim read-write at its MLSTACK_STATE_DIR, that path must be the same in all
+    (the paths the driver resolves are opened in the others), and all must run with the same uid, gid
+    and fsGroup (what one writes, e.g. a 0700 run directory, the others can write).
+    """
+    problems: list[str] = []
+    state_dirs, ids = set(), set()
+    for workload in workloads_:
+        name = f"{workload['kind']}/{workload['metadata'].get('name') or workload['metadata'].get('generateName')}"
+        spec = pod_spec(workload)
+        container = spec["containers"][0]
+        state_dir = env_value(container, "MLSTACK_STATE_DIR")
+        state_dirs.add(state_dir)
+        ids.add(run_as_ids(workload))
+        volumes = {
+            v["name"] for v in spec.get("volumes", []) if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+        }
+        mounts = [mount for mount in container.get("volumeMounts", []) if mount["name"] in volumes]
+        if not volumes:
+            problems.append(f"{name}: no volume of claim {claim}")
+        elif [mount["mountPath"] for mount in mounts if not mount.get("readOnly")] != [state_dir]:
+            where = [(mount["mountPath"], "ro" if mount.get("readOnly") else "rw") for mount in mounts]
+            problems.append(
+                f"{name}: claim {claim} is mounted at {where}, not read-write at MLSTACK_STATE_DIR={state_dir}"
+            )
+    if len(state_dirs) > 1:
+        problems.append(f"MLSTACK_STATE_DIR differs between the pods: {sorted(map(str, state_dirs))}")
+    if len(ids) > 1:
+        problems.append(f"uid/gid/fsGroup differ between the pods: {sorted(ids)}")
+    return problems
+
+
+def test_ray_overlay_flow_runs_and_ray_pods_mount_state_claim_at_state_dir(
+    rendered: dict[str, list[dict[str, Any]]], flow_run_job: dict[str, Any], ray_flow_run_job: dict[str, Any]
+) -> None:
+    objects = rendered[RAY_OVERLAY]
+    claim = find(objects, "PersistentVolumeClaim", STATE_CLAIM)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on several nodes write it at once
+    assert "storageClassName" not in claim["spec"]  # the operator sets an RWX class (docs/kubernetes.md, "Ray")
+    head, worker = crd_pods(ray_cluster(objects))
+    assert shared_state_violations([ray_flow_run_job, head, worker], STATE_CLAIM) == []
+    # The same image as the Ray pods (Ray Client needs the same Ray and Python on both ends).
+    assert pod_spec(ray_flow_run_job)["containers"][0]["image"] == pod_spec(head)["containers"][0]["image"]
+    # The pool's variables change the state volume and the image, nothing else of the Job.
+    variables = json.loads(RAY_JOB_VARIABLES.read_text())
+    assert set(variables) == {"image", "state_volume"}
+    unchanged = copy.deepcopy(ray_flow_run_job)
+    volumes = pod_spec(unchanged)["volumes"]
+    volumes[volumes.index(variables["state_volume"])] = volume_named(flow_run_job, "state")
+    pod_spec(unchanged)["containers"][0]["image"] = pod_spec(flow_run_job)["containers"][0]["image"]
+    assert unchanged == flow_run_job
+    kubernetes_validate.validate(without_prefect_required_fields(ray_flow_run_job), KUBERNETES_VERSION, strict=True)
+    assert pod_security_violations(ray_flow_run_job) == []
+    # dev and prod are unchanged: no claim, and the template's default state volume is an emptyDir.
+    for overlay in (*OVERLAYS, KSERVE_OVERLAY):
+        assert not [obj for obj in rendered[overlay] if obj["kind"] == "PersistentVolumeClaim"]
+    assert set(volume_named(flow_run_job, "state")) == {"name", "emptyDir"}
+
+
+def _mount_state_elsewhere(job: dict[str, Any], head: dict[str, Any], worker: dict[str, Any]) -> None:
+    mount = next(m for m in pod_spec(worker)["containers"][0]["volumeMounts"] if m["name"] == "state")
+    mount["mountPath"] = "/data"
+
+
+def _keep_flow_run_empty_dir(job: dict[str, Any], head: dict[str, Any], worker: dict[str, Any]) -> None:
+    volumes = pod_spec(job)["volumes"]
+    index = next(i for i, volume in enumerate(volumes) if volume["name"] == "state")
+    volumes[index] = {"name": "state", "emptyDir": {"sizeLimit": "5Gi"}}
+
+
+def _mount_state_read_only(job: dict[str, Any], head: dict[str, Any], worker: dict[str, Any]) -> None:
+    mount = next(m for m in pod_spec(head)["containers"][0]["volumeMounts"] if m["name"] == "state")
+    mount["readOnly"] = True
+
+
+def _move_worker_state_dir(job: dict[str, Any], head: dict[str, Any], worker: dict[str, Any]) -> None:
+    container = pod_spec(worker)["containers"][0]
+    next(env for env in container["env"] if env["name"] == "MLSTACK_STATE_DIR")["value"] = "/data"
+    next(m for m in container["volumeMounts"] if m["name"] == "state")["mountPath"] = "/data"
+
+
+def _run_worker_as_other_user(job: dict[str, Any], head: dict[str, Any], worker: dict[str, Any]) -> None:
+    pod_spec(worker)["securityContext"]["runAsUser"] = 10002
+
+
+@pytest.mark.parametrize(
+    ("weaken", "expected"),
+    [
+        (_mount_state_elsewhere, f"{RAY_CLUSTER}-cpu-worker: claim {STATE_CLAIM} is mounted at [('/data', 'rw')]"),
+        (_keep_flow_run_empty_dir, f"Job/materialize-features-: no volume of claim {STATE_CLAIM}"),
+        (_mount_state_read_only, f"{RAY_CLUSTER}-head: claim {STATE_CLAIM} is mounted at [('/var/lib/mlstack', 'ro')]"),
+        (_move_worker_state_dir, "MLSTACK_STATE_DIR differs between the pods"),
+        (_run_worker_as_other_user, "uid/gid/fsGroup differ between the pods"),
+    ],
+)
+def test_shared_state_check_rejects_pods_that_do_not_share_it(
+    rendered: dict[str, list[dict[str, Any]]], ray_flow_run_job: dict[str, Any], weaken: Any, expected: str
+) -> None:
+    job = copy.deepcopy(ray_flow_run_job)
+    head, worker = crd_pods(copy.deepcopy(ray_cluster(rendered[RAY_OVERLAY])))
+    assert shared_state_violations([job, head, worker], STATE_CLAIM) == []
+    weaken(job, head, worker)
+    problems = shared_state_violations([job, head, worker], STATE_CLAIM)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_ray_job_variables_pass_prefect_validation_and_bad_state_volumes_are_refused(tmp_path: Path) -> None:
+    from prefect.server.schemas.actions import validate_base_job_template
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    template = pool_template(RAY_JOB_VARIABLES)
+    validate_base_job_template(template)
+    schema = template["variables"]
+    defaults = {name: spec["default"] for name, spec in schema["properties"].items() if "default" in spec}
+    assert defaults["state_volume"] == {"name": "state", "persistentVolumeClaim": {"claimName": STATE_CLAIM}}
+
+    def check(values: dict[str, Any]) -> None:
+        # As the Prefect API checks a pool's defaults and deployments' variables (required keys
+        # ignored: it drops every nested `required`), and a flow run's merged variables.
+        for ignore_required in (True, False):
+            validate(
+                values,
+                schema,
+                raise_on_error=True,
+                preprocess=True,
+                ignore_required=ignore_required,
+                allow_none_with_default=True,
+            )
+
+    check(defaults)
+    for bad in (
+        {"name": "data", "persistentVolumeClaim": {"claimName": STATE_CLAIM}},  # the container mounts `state`
+        {"name": "state", "emptyDir": {}, "persistentVolumeClaim": {"claimName": STATE_CLAIM}},
+        {"name": "state", "hostPath": {"path": "/var/lib/mlstack"}},
+        {"name": "state", "persistentVolumeClaim": {}},
+        {"name": "state"},
+    ):
+        with pytest.raises(ValidationError):
+            check({**defaults, "state_volume": bad})
+    misspelt = tmp_path / "variables.json"
+    misspelt.write_text(json.dumps({"state_volumes": defaults["state_volume"]}))
+    with pytest.raises(ValueError, match="not variables of the job template: state_volumes"):
+        pool_template(misspelt)
+
+
+# --- KubeRay's init container of the worker pods ------------------------------------------------
+
+
+def rules_admit(rules: list[dict[str, Any]], side: str, labels: dict[str, str], port: int) -> bool:
+    """Whether one of these ingress (side "from") or egress ("to") rules admits a pod of this namespace
+    with these labels on TCP `port`."""
+    for rule in rules:
+        if rule.get("ports") and ("TCP", port) not in policy_ports([rule]):
+            continue
+        peers = rule.get(side)
+        if not peers:
+            return True  # a rule without peers admits everyone on its ports
+        for peer in peers:
+            if set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"].items() <= labels.items():
+                return True
+    return False
+
+
+def test_kuberay_init_container_is_restricted_and_reaches_head_gcs(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered[RAY_OVERLAY]
+    cluster = ray_cluster(objects)
+    head, worker = crd_pods(cluster)
+    init = pod_spec(worker)["initContainers"]
+    assert [container["name"] for container in init] == [KUBERAY_INIT_CONTAINER]
+    kubernetes_validate.validate(worker, KUBERNETES_VERSION, strict=True)
+    assert pod_security_violations(worker) == []
+    # `ray health-check` wrote no file when run here (strace, docs/kubernetes.md); HOME and /tmp are
+    # writable for it anyway through the copied mounts.
+    home = env_value(init[0], "HOME")
+    assert writable_paths_violations(worker, ["/tmp", home], KUBERAY_INIT_CONTAINER) == []
+    # It checks the head Service's GCS port: a port of the head container (KubeRay's head Service
+    # exposes those), which the ray policy opens from the worker pods to the head and back.
+    _, port = kuberay_gcs_address(cluster)
+    assert port == container_port(head_container(cluster), "gcs")
+    policy = find(objects, "NetworkPolicy", "ray")["spec"]
+    assert rules_admit(policy["egress"], "to", pod_labels(head), port)
+    assert rules_admit(policy["ingress"], "from", pod_labels(worker), port)
+    assert ("UDP", 53) in policy_ports(policy["egress"])  # the Service's name
+
+
+def test_kuberay_init_container_fails_checks_when_ray_container_is_not_restricted(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = rendered[RAY_OVERLAY]
+    cluster = copy.deepcopy(ray_cluster(objects))
+    ray = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    del ray["securityContext"]
+    ray["volumeMounts"] = [mount for mount in ray["volumeMounts"] if mount["mountPath"] != "/tmp"]
+    head, worker = crd_pods(cluster)
+    problems = "\n".join(pod_security_violations(worker))
+    for expected in ("readOnlyRootFilesystem is not true", "allowPrivilegeEscalation", "capabilities do not drop ALL"):
+        assert f"Pod/{RAY_CLUSTER}-cpu-worker container {KUBERAY_INIT_CONTAINER}: {expected}" in problems
+    assert writable_paths_violations(worker, ["/tmp"], KUBERAY_INIT_CONTAINER) == ["/tmp"]
+    # Without the rule between Ray pods the init container could not reach the GCS.
+    egress = [rule for rule in find(objects, "NetworkPolicy", "ray")["spec"]["egress"] if rule.get("ports")]
+    assert not rules_admit(egress, "to", pod_labels(head), kuberay_gcs_address(cluster)[1])
 
 
 def test_dockerfile_installs_extra_in_both_syncs_and_login_shells_find_venv() -> None:
