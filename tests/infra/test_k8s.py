@@ -1337,7 +1337,8 @@ def test_kuberay_init_container_is_restricted_and_reaches_head_gcs(rendered: dic
     home = env_value(init[0], "HOME")
     assert writable_paths_violations(worker, ["/tmp", home], KUBERAY_INIT_CONTAINER) == []
     # It checks the head Service's GCS port: a port of the head container (KubeRay's head Service
-    # exposes those), which the ray policy opens from the worker pods to the head and back.
+    # exposes those: common/service.go, getPortsFromCluster, read at 002ea144b5dd7e984ebcac2848b34027d9395486,
+    # an older release), which the ray policy opens from the worker pods to the head and back.
     _, port = kuberay_gcs_address(cluster)
     assert port == container_port(head_container(cluster), "gcs")
     policy = find(objects, "NetworkPolicy", "ray")["spec"]
