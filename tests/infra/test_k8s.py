@@ -5,8 +5,9 @@ Kubernetes 1.30 schemas (kubernetes-validate, strict), scanned with checkov, and
 security and network properties of issue #6. The Prefect base job template is rendered with Prefect's
 own templating and goes through the same checks as the overlays. Custom resources (KubeRay's
 RayCluster, KServe's InferenceService: issue #13) are validated against the schemas in
-tests/infra/schemas, and the pods they make go through the same checks as Pods. Nothing here talks to
-a cluster.
+tests/infra/schemas, and the pods they make (Ray workers with the init container KubeRay adds) go
+through the same checks as Pods. The ray overlay's flow runs and Ray pods must share one state claim.
+Nothing here talks to a cluster.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1257,7 +1258,10 @@ def _run_worker_as_other_user(job: dict[str, Any], head: dict[str, Any], worker:
     ],
 )
 def test_shared_state_check_rejects_pods_that_do_not_share_it(
-    rendered: dict[str, list[dict[str, Any]]], ray_flow_run_job: dict[str, Any], weaken: Any, expected: str
+    rendered: dict[str, list[dict[str, Any]]],
+    ray_flow_run_job: dict[str, Any],
+    weaken: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], None],
+    expected: str,
 ) -> None:
     job = copy.deepcopy(ray_flow_run_job)
     head, worker = crd_pods(copy.deepcopy(ray_cluster(rendered[RAY_OVERLAY])))
