@@ -39,9 +39,9 @@ install: $(if $(filter $(TOOLS)/bin/uv,$(UV)),$(TOOLS)/bin/uv) ## Install the lo
 
 # Debian packages some tests drive (browser, Prometheus, Pushgateway, load generator); each installs
 # a binary of its own name. apt-get update runs only when the install fails without it.
-SYSTEM_PACKAGES := chromium prometheus prometheus-pushgateway wrk
+SYSTEM_PACKAGES := chromium prometheus prometheus-pushgateway wrk jq
 
-system-deps: ## apt-get install the system packages the tests need (chromium, prometheus, prometheus-pushgateway, wrk) when missing
+system-deps: ## apt-get install the system packages the tests need (chromium, prometheus, prometheus-pushgateway, wrk, jq) when missing
 	@missing=$$(for b in $(SYSTEM_PACKAGES); do command -v $$b >/dev/null || echo $$b; done); \
 	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; exit 0; fi; \
 	echo "missing: $$missing; installing $(SYSTEM_PACKAGES)"; \

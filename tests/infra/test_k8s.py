@@ -32,6 +32,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.binaries import require_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 OVERLAYS = ("dev", "prod")  # the service as a Deployment
@@ -56,10 +58,6 @@ CHECKOV = "checkov==3.2.516"
 SERVICE_PORT = 3000
 SERVICE_IMAGE = "mlstack/credit-risk"
 WORKER = "prefect-worker"
-JQ_HINT = (
-    "jq not found on PATH (or MLSTACK_JQ): the ray overlay's work pool template is made with "
-    "`jq -f infra/prefect/job-variable-defaults.jq` (docs/kubernetes.md). Install it, e.g. `apt-get install jq`."
-)
 KUBECTL_HINT = (
     "kubectl not found on PATH (or MLSTACK_KUBECTL): the Kubernetes checks render the overlays with "
     "`kubectl kustomize`. Install kubectl, e.g. `apt-get install kubectl` from the Kubernetes apt "
@@ -127,9 +125,7 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 
 def pool_template(variables_file: Path) -> dict[str, Any]:
     """The base job template with its defaults set from a JSON file, by the jq filter the docs give operators."""
-    jq = os.environ.get("MLSTACK_JQ") or shutil.which("jq")
-    if not jq:
-        pytest.fail(JQ_HINT, pytrace=False)
+    jq = str(require_binary("jq"))  # `make system-deps`
     command = [jq, "--slurpfile", "variables", str(variables_file), "-f", str(JOB_VARIABLE_DEFAULTS), str(JOB_TEMPLATE)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:

@@ -9,7 +9,7 @@ import pytest
 
 INSTALL_HINT = (
     "{binary} was not found on PATH. Install the system packages the tests drive with `make system-deps` "
-    "(apt-get install chromium prometheus prometheus-pushgateway wrk), or `apt-get install {package}`."
+    "(apt-get install chromium prometheus prometheus-pushgateway wrk jq), or `apt-get install {package}`."
 )
 
 
