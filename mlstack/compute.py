@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,9 @@ from mlstack.settings import Settings
 log = logging.getLogger(__name__)
 
 Engine = Literal["local", "ray"]
+# Seconds to open a TCP connection to the Ray address before handing it to Ray: Ray itself retries an
+# unreachable address for 30 s (Ray Client) or minutes (a GCS address) before it gives up.
+RAY_CONNECT_TIMEOUT = 10.0
 RAY_EXTRA_HINT = "Ray is not installed: install the `ray` extra (`uv sync --extra ray`, what `make test` does)"
 
 
@@ -63,6 +67,7 @@ def ensure_ray(settings: Settings) -> RayConnection:
         import ray
     except ImportError as exc:
         raise ComputeEngineError(RAY_EXTRA_HINT) from exc
+    keep_uv_run_propagation_off()
     started_locally = settings.ray_address is None
     if not ray.is_initialized():
         try:
@@ -77,6 +82,7 @@ def ensure_ray(settings: Settings) -> RayConnection:
                     runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
                 )
             else:
+                check_reachable(settings.ray_address, RAY_CONNECT_TIMEOUT)
                 ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = settings.ray_address or "a local Ray"
@@ -88,6 +94,38 @@ def ensure_ray(settings: Settings) -> RayConnection:
         started_locally=started_locally,
         cpus=float(ray.cluster_resources().get("CPU", 0.0)),
     )
+
+
+def keep_uv_run_propagation_off() -> None:
+    """Make Ray honour ``RAY_ENABLE_UV_RUN_RUNTIME_ENV=0`` even if it was imported before ``ensure_ray`` set it.
+
+    Ray reads the variable once, into a module constant, when it is first imported; a process that imported
+    Ray earlier (a test, a library) kept the default. Through Ray Client the cluster then started the
+    client's server with this machine's `uv` path and uploaded the working directory: it never came up
+    ("Proxy failed to Connect to backend"). The constant is read at each ``ray.init``, so it is set here.
+    """
+    from ray._private import ray_constants
+
+    if os.environ.get("RAY_ENABLE_UV_RUN_RUNTIME_ENV") == "0":
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Raise ComputeEngineError unless something accepts a TCP connection at the address's host and port.
+
+    ``ray://host:port`` (Ray Client) and ``host:port`` (the GCS) are checked; other forms (``auto``) go to Ray as
+    they are.
+    """
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if not separator or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ComputeEngineError(
+            f"cannot start or reach Ray ({address}): nothing accepted a connection at {host}:{port} within "
+            f"{timeout:g} s ({exc}). Check MLSTACK_RAY_ADDRESS and that the cluster's head runs"
+        ) from exc
 
 
 def shutdown_ray() -> None:

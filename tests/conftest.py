@@ -20,6 +20,7 @@ from mlstack.compute import RayConnection, ensure_ray, shutdown_ray
 from mlstack.features.online_store import EmbeddedRedis, RedisTarget, make_client, parse_redis_url
 from mlstack.settings import TELEMETRY_OFF, Settings
 from tests.support.factories import fresh_db
+from tests.support.ray_cluster import ExternalRayCluster
 
 for _name, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_name, _value)
@@ -27,7 +28,7 @@ for _name, _value in TELEMETRY_OFF.items():
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "e2e", "infra", "browser")  # directories of tests/, each also a marker (pyproject)
 SERVICE_FIXTURES = frozenset(
-    {"redis_server", "redis_db", "postgres_url", "postgres_db", "mlflow_server", "ray_cluster"}
+    {"redis_server", "redis_db", "postgres_url", "postgres_db", "mlflow_server", "ray_cluster", "external_ray_cluster"}
 )
 
 
@@ -130,6 +131,25 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayConnect
     assert connection.started_locally and connection.cpus == 2
     yield connection
     shutdown_ray()
+
+
+@pytest.fixture(scope="module")
+def external_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalRayCluster]:
+    """A two-node Ray cluster started with `ray start` (1 CPU per node) for one test module, stopped after.
+
+    This process is not connected to it: a test connects through `ensure_ray` with MLSTACK_RAY_ADDRESS set to
+    `client_address` or `gcs_address`; the connection is closed before the cluster stops.
+    """
+    from tests.support.ray_cluster import RayClusterError, start_cluster, stop_cluster
+
+    shutdown_ray()  # a connection left by an earlier module would be reused by ensure_ray
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("ray"))
+    except RayClusterError as exc:
+        pytest.fail(f"could not start the external Ray cluster: {exc}", pytrace=False)
+    yield cluster
+    shutdown_ray()
+    stop_cluster(cluster)
 
 
 @pytest.fixture

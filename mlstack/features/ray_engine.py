@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,8 @@ from mlstack.features.redis_writer import RedisWriteError
 
 if TYPE_CHECKING:
     from ray import ObjectRef
+
+log = logging.getLogger(__name__)
 
 LOCAL_ENGINE = FEAST_ENGINES["local"]
 MIN_JOIN_SHARD_ROWS = 5_000  # below this a shard's fixed cost (a worker's Feast store, ~1 s) outweighs the join
@@ -81,6 +84,8 @@ def write_pass(shards: int | None = None) -> WritePass:
             _remote(_write_shard).remote(config, view.name, start, end, Shard(i, count)) for i in range(count)
         ]
         outcomes: list[ShardOutcome] = ray.get(refs)
+        nodes = sorted({outcome.node for outcome in outcomes})
+        log.info("%s: %d shard(s) written on %d Ray node(s): %s", view.name, count, len(nodes), ", ".join(nodes))
         failed = [outcome for outcome in outcomes if outcome.error is not None]
         written = WrittenRows.combine([outcome.rows for outcome in outcomes])
         if failed:
@@ -102,6 +107,7 @@ class ShardOutcome:
     """
 
     rows: WrittenRows
+    node: str  # the Ray node id of the worker that ran the shard
     error: str | None = None
     refused: bool = False
 
@@ -125,16 +131,19 @@ def _join_shard(config: RepoConfig, feature_service: str, entity_df: pd.DataFram
 
 def _write_shard(config: RepoConfig, view_name: str, start: datetime, end: datetime, shard: Shard) -> ShardOutcome:
     """The write pass of one shard of the view's entity keys, in a Ray worker."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
     store = FeatureStore(config=config)
     view = store.registry.get_feature_view(view_name, store.project)
     try:
-        return ShardOutcome(write_latest_rows(store, view, start, end, shard=shard))
+        return ShardOutcome(write_latest_rows(store, view, start, end, shard=shard), node)
     except PartialWrite as exc:
         cause = exc.__cause__
         refused = isinstance(cause, RedisWriteError) and cause.refused
         reason = str(cause) if isinstance(cause, StackError) else f"{type(cause).__name__}: {cause}"
         empty = pa.array([], pa.binary())
-        return ShardOutcome(WrittenRows(0, exc.rows_written, empty, empty), reason, refused)
+        return ShardOutcome(WrittenRows(0, exc.rows_written, empty, empty), node, reason, refused)
 
 
 def _shard_count(rows: int | None, min_rows: int) -> int:
