@@ -68,10 +68,11 @@ def ensure_ray(settings: Settings) -> RayConnection:
     except ImportError as exc:
         raise ComputeEngineError(RAY_EXTRA_HINT) from exc
     keep_uv_run_propagation_off()
-    started_locally = settings.ray_address is None
+    address = settings.ray_address
+    started_locally = address is None
     if not ray.is_initialized():
         try:
-            if started_locally:
+            if address is None:
                 ray.init(
                     num_cpus=settings.ray_num_cpus,
                     object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
@@ -82,8 +83,8 @@ def ensure_ray(settings: Settings) -> RayConnection:
                     runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
                 )
             else:
-                check_reachable(settings.ray_address, RAY_CONNECT_TIMEOUT)
-                ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.ERROR)
+                check_reachable(address, RAY_CONNECT_TIMEOUT)
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = settings.ray_address or "a local Ray"
             raise ComputeEngineError(f"cannot start or reach Ray ({where}): {exc}") from exc

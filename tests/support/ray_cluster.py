@@ -119,8 +119,9 @@ def alive_nodes(cluster: ExternalRayCluster) -> list[dict[str, object]]:
     from ray._raylet import GcsClientOptions
 
     state = GlobalState()
-    state._initialize_global_state(GcsClientOptions.create(cluster.gcs_address, None, allow_cluster_id_nil=True,
-                                                           fetch_cluster_id_if_nil=False))
+    state._initialize_global_state(
+        GcsClientOptions.create(cluster.gcs_address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False)
+    )
     try:
         return [node for node in state.node_table() if node["Alive"]]
     finally:

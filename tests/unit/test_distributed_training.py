@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from mlstack.compute import ComputeEngineError, ensure_ray
+from mlstack.compute import ComputeEngineError, check_reachable, ensure_ray, keep_uv_run_propagation_off
+from mlstack.processes import free_port
 from mlstack.settings import Settings
 from mlstack.training import model_input
 from mlstack.training.dataset import split_by_time, train_booster
@@ -64,6 +65,27 @@ def test_ray_is_imported_with_uv_run_propagation_off(tmp_path, monkeypatch, no_r
     with pytest.raises(ComputeEngineError):
         ensure_ray(Settings(state_dir=tmp_path, compute_engine="ray"))
     assert os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0"
+
+
+def test_uv_run_propagation_stays_off_when_ray_was_imported_before_ensure_ray(monkeypatch):
+    """A Ray imported first kept its default (on): through Ray Client the cluster then never started our server."""
+    ray_constants = pytest.importorskip("ray._private.ray_constants")
+    monkeypatch.setattr(ray_constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV", True)
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    keep_uv_run_propagation_off()
+    assert ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV is False
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "1")  # an explicit choice is left alone
+    monkeypatch.setattr(ray_constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV", True)
+    keep_uv_run_propagation_off()
+    assert ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV is True
+
+
+@pytest.mark.parametrize("scheme", ["ray://", ""])
+def test_ray_address_where_nothing_listens_is_refused_naming_the_setting(scheme):
+    address = f"{scheme}127.0.0.1:{free_port()}"
+    with pytest.raises(ComputeEngineError, match=r"cannot start or reach Ray \(.*\).*MLSTACK_RAY_ADDRESS"):
+        check_reachable(address, timeout=5)
+    check_reachable("auto", timeout=5)  # no host and port to check: left to Ray
 
 
 def test_ray_engine_checks_labels_before_reaching_ray(parts, tmp_path, no_ray):
