@@ -140,15 +140,23 @@ def external_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
     This process is not connected to it: a test connects through `ensure_ray` with MLSTACK_RAY_ADDRESS set to
     `client_address` or `gcs_address`; the connection is closed before the cluster stops.
     """
-    from tests.support.ray_cluster import RayClusterError, start_cluster, stop_cluster
+    from tests.support.ray_cluster import AUTH_MODE, RayClusterError, start_cluster, stop_cluster
 
     shutdown_ray()  # a connection left by an earlier module would be reused by ensure_ray
     try:
         cluster = start_cluster(tmp_path_factory.mktemp("ray"))
     except RayClusterError as exc:
         pytest.fail(f"could not start the external Ray cluster: {exc}", pytrace=False)
-    yield cluster
-    shutdown_ray()
+    # Ray's own helper for its authentication tests: the mode is cached in-process (its C++ config) and
+    # must be re-read after the variable changes, here and when it is restored.
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", AUTH_MODE)  # the cluster's: an earlier local Ray set it to token here
+        reset_auth_token_state()
+        yield cluster
+        shutdown_ray()
+    reset_auth_token_state()
     stop_cluster(cluster)
 
 

@@ -36,6 +36,14 @@ STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL at teardown
 MAX_DIRECTORY_CHARS = 36
 
 
+# Ray 2.60 turns token authentication on for `ray start` when ~/.ray/auth_token exists (any local `ray.init()`
+# on the machine writes one), and for a process that started a local Ray (it sets RAY_AUTH_MODE=token in
+# os.environ). Both ends must agree: a driver in token mode refuses the workers' calls without a token
+# (a task fetching an object the driver put fails with OwnerDiedError). The test cluster, open to 127.0.0.1
+# only, runs without, whatever the home directory holds; the tests' process uses the same mode meanwhile.
+AUTH_MODE = "disabled"
+
+
 class RayClusterError(RuntimeError):
     """The external Ray cluster did not start; the message names the node's log."""
 
@@ -66,10 +74,7 @@ def ray_environment() -> dict[str, str]:
     env = {**os.environ, **TELEMETRY_OFF, "RAY_USAGE_STATS_ENABLED": "0"}
     # As in mlstack.compute.ensure_ray: a process under `uv run` would start Ray's workers through `uv run`.
     env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
-    # Ray 2.60 turns token authentication on for `ray start` when ~/.ray/auth_token exists (any local
-    # `ray.init()` on the machine writes one), and the drivers of this process would then need that token:
-    # the test cluster is open to 127.0.0.1 only and runs without, whatever the home directory holds.
-    env["RAY_AUTH_MODE"] = "disabled"
+    env["RAY_AUTH_MODE"] = AUTH_MODE
     return env
 
 
