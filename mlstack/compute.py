@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mlstack.errors import StackError
 from mlstack.settings import Settings
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 Engine = Literal["local", "ray"]
 RAY_EXTRA_HINT = "Ray is not installed: install the `ray` extra (`uv sync --extra ray`, what `make test` does)"
+
+
+_RAY_INIT = threading.Lock()  # views materialised in threads may be the first to ask for Ray
 
 
 class ComputeEngineError(StackError):
@@ -64,6 +68,17 @@ def ensure_ray(settings: Settings) -> RayConnection:
     except ImportError as exc:
         raise ComputeEngineError(RAY_EXTRA_HINT) from exc
     started_locally = settings.ray_address is None
+    with _RAY_INIT:
+        _init_ray(ray, settings, started_locally)
+    return RayConnection(
+        address=ray.get_runtime_context().gcs_address,
+        started_locally=started_locally,
+        cpus=float(ray.cluster_resources().get("CPU", 0.0)),
+    )
+
+
+def _init_ray(ray: Any, settings: Settings, started_locally: bool) -> None:
+    """``ray.init`` once per process: the local Ray bounded by the settings, or the configured cluster."""
     if not ray.is_initialized():
         try:
             if started_locally:
@@ -83,11 +98,6 @@ def ensure_ray(settings: Settings) -> RayConnection:
             raise ComputeEngineError(f"cannot start or reach Ray ({where}): {exc}") from exc
         how = "started locally" if started_locally else "connected"
         log.info("Ray %s: %s", how, ray.get_runtime_context().gcs_address)
-    return RayConnection(
-        address=ray.get_runtime_context().gcs_address,
-        started_locally=started_locally,
-        cpus=float(ray.cluster_resources().get("CPU", 0.0)),
-    )
 
 
 def shutdown_ray() -> None:
