@@ -189,14 +189,16 @@ def child(name: str, customers: int, root: Path, end: datetime) -> None:
     print(json.dumps(asdict(timing)), flush=True)
 
 
-def run_child(name: str, customers: int, root: Path, end: datetime, prefect_env: dict[str, str]) -> Timing:
-    """One variant in a fresh interpreter, against the shared Prefect server."""
+def run_child(name: str, customers: int, root: Path, end: datetime, prefect_env: dict[str, str]) -> Timing | str:
+    """One variant in a fresh interpreter, against the shared Prefect server; its error's last line if it failed."""
     command = [sys.executable, "-m", "benchmarks.task_runners", "--child", name]
     command += ["--customers", str(customers), "--root", str(root), "--end", end.isoformat()]
     environment = {**os.environ, **prefect_env}
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, env=environment)
     if done.returncode:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-6000:]}")
+        if name == BASELINE:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-6000:]}")
+        return done.stderr.strip().splitlines()[-1]  # a variant that fails is a result: reported, not fatal
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
     return Timing(**json.loads(line))
 
@@ -280,13 +282,21 @@ def main() -> None:
             settings = prepare(customers, args.root)
             end = datetime.now(UTC)
             timings: dict[str, Timing] = {}
+            failures: dict[str, str] = {}
             for name in names:
-                timings[name] = run_child(name, customers, args.root, end, prefect_env)
+                outcome = run_child(name, customers, args.root, end, prefect_env)
+                if isinstance(outcome, str):
+                    failures[name] = outcome
+                    print(f"| {customers:,} | {name} | FAILED | | | | | | | |", flush=True)
+                    continue
+                timings[name] = outcome
                 same_engine = timings.get(f"{VARIANTS[name].engine}-sequential", timings[BASELINE])
-                report(customers, timings[name], same_engine, timings[BASELINE])
+                report(customers, outcome, same_engine, timings[BASELINE])
             print(f"\nchecks ({customers:,} customers, {time.perf_counter() - started:.0f} s for this size):")
             for line in checks(customers, settings, timings):
                 print(f"- {line}")
+            for name, error in failures.items():
+                print(f"- {name} FAILED: {error}")
             print(f"load average after: {', '.join(f'{value:.1f}' for value in os.getloadavg())}\n", flush=True)
             target = resolve_redis(settings)
             for name in [] if args.keep_dbs else names:
