@@ -258,8 +258,8 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     names = [name for name in VARIANTS if name in (args.variant or VARIANTS)]
-    if not has_prefect_ray():
-        skipped = [name for name in names if VARIANTS[name].runner == "ray-runner"]
+    skipped = [name for name in names if VARIANTS[name].runner == "ray-runner"]
+    if skipped and not has_prefect_ray():
         print(f"prefect-ray is not installed: skipping {', '.join(skipped)} (run with --with prefect-ray==0.6.0)")
         names = [name for name in names if name not in skipped]
     if BASELINE not in names:

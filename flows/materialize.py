@@ -72,10 +72,10 @@ def materialize_features_flow(
         applied.seconds,
     )
     end = end or datetime.now(UTC)
-    # On the Ray engine the views run at once in threads (2-2.4x faster at 100k customers); locally one
-    # after another (views_in_parallel says why). Prefect's process pool and prefect-ray's RayTaskRunner
-    # were 12-16x slower locally and 1.3x slower on Ray (each worker imports Feast and Prefect); see
-    # docs/benchmarks.md, "Task runners".
+    # On the Ray engine the views run at once in threads (2-2.4x faster at 100k customers, about even at
+    # 1M); locally one after another (views_in_parallel says why). Prefect's process pool and prefect-ray's
+    # RayTaskRunner were 12-17x slower locally and 1.3x slower on Ray (each worker imports Feast and
+    # Prefect); see docs/benchmarks.md, "Task runners".
     parallel = views_in_parallel(get_settings())
     futures: dict[str, PrefectFuture[MaterializeResult]] = {}
     for view in feature_views or list(BATCH_VIEWS):
