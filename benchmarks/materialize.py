@@ -47,7 +47,7 @@ import duckdb
 import pandas as pd
 import redis
 
-from benchmarks.common import BENCH_ROOT, prepare
+from benchmarks.common import BENCH_ROOT, prepare, seed_windows
 from mlstack.features.online_store import RedisTarget, make_client, resolve_redis
 from mlstack.features.store import apply_features, get_online_features, get_store, materialize_view
 from mlstack.settings import PROJECT_ROOT, Settings
@@ -110,10 +110,7 @@ def run_stack(settings: Settings, target: RedisTarget, end: datetime, label: str
     admin_client(target, settings).flushdb()
     store = get_store(settings, target)
     apply_features(store, settings.feature_repo)
-    for view in VIEWS:  # as if a run had ended at end - ttl: every variant writes [end - ttl, end]
-        feature_view = store.get_feature_view(view)
-        start = end - feature_view.ttl
-        store.registry.apply_materialization(feature_view, store.project, start, start)
+    seed_windows(store, VIEWS, end)
     before = peak_rss_mb()
     rows, seconds = 0, 0.0
     for view in VIEWS:

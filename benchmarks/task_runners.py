@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import psutil
 
-from benchmarks.common import BENCH_ROOT, prepare
+from benchmarks.common import BENCH_ROOT, prepare, seed_windows
 from benchmarks.compute_engines import TreeMemory
 from benchmarks.materialize import admin_client, compare_dbs
 from mlstack.features.online_store import resolve_redis
@@ -167,10 +167,7 @@ def child(name: str, customers: int, root: Path, end: datetime) -> None:
     admin_client(target, settings).flushdb()
     store = get_store(settings, target)
     apply_features(store, settings.feature_repo)
-    for view in BATCH_VIEWS:  # as if a run had ended at end - ttl: every variant writes [end - ttl, end]
-        feature_view = store.get_feature_view(view)
-        start = end - feature_view.ttl
-        store.registry.apply_materialization(feature_view, store.project, start, start)
+    seed_windows(store, BATCH_VIEWS, end)
     with TreeMemory() as memory:  # the flow run, with a local Ray's processes already running
         started = time.perf_counter()
         results, views_seconds = run_views(variant.runner, list(BATCH_VIEWS), end, address)
@@ -212,7 +209,7 @@ def report(customers: int, timing: Timing, same_engine: Timing, baseline: Timing
     )
 
 
-def checks(customers: int, settings: Settings, timings: dict[str, Timing]) -> list[str]:
+def checks(settings: Settings, timings: dict[str, Timing]) -> list[str]:
     """Every variant's Redis DB and recorded windows against the baselines'."""
     target = resolve_redis(settings)
     lines = []
@@ -293,7 +290,7 @@ def main() -> None:
                 same_engine = timings.get(f"{VARIANTS[name].engine}-sequential", timings[BASELINE])
                 report(customers, outcome, same_engine, timings[BASELINE])
             print(f"\nchecks ({customers:,} customers, {time.perf_counter() - started:.0f} s for this size):")
-            for line in checks(customers, settings, timings):
+            for line in checks(settings, timings):
                 print(f"- {line}")
             for name, error in failures.items():
                 print(f"- {name} FAILED: {error}")
