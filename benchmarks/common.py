@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
+
+from feast import FeatureStore
 
 from mlstack.data.generator import generate_data
 from mlstack.settings import PROJECT_ROOT, Settings
@@ -23,3 +27,14 @@ def prepare(customers: int, root: Path = BENCH_ROOT) -> Settings:
             seed=settings.seed,
         )
     return settings
+
+
+def seed_windows(store: FeatureStore, views: Iterable[str], end: datetime) -> None:
+    """Record a run that ended at ``end - ttl`` for each view: every variant then writes the same [end - ttl, end].
+
+    A fresh registry would start each variant's incremental window at *its* now - ttl instead.
+    """
+    for view in views:
+        feature_view = store.get_feature_view(view)
+        start = end - feature_view.ttl
+        store.registry.apply_materialization(feature_view, store.project, start, start)

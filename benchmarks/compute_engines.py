@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from benchmarks.common import BENCH_ROOT, prepare
+from benchmarks.common import BENCH_ROOT, prepare, seed_windows
 from benchmarks.materialize import admin_client, compare_dbs
 from benchmarks.training_set import ENTITY_COLUMNS
 from mlstack.data.schema import LOAN_APPLICATIONS_FILE
@@ -140,10 +140,7 @@ def materialise(settings: Settings, variant: str, end: datetime, read_back: bool
     registry_dir.mkdir(parents=True)
     store = get_store(settings.model_copy(update={"feast_registry_url": f"sqlite:///{registry_dir}/r.db"}), target)
     apply_features(store, settings.feature_repo)
-    for view in VIEWS:  # as if a run had ended at end - ttl: every variant writes [end - ttl, end]
-        feature_view = store.get_feature_view(view)
-        start = end - feature_view.ttl
-        store.registry.apply_materialization(feature_view, store.project, start, start)
+    seed_windows(store, VIEWS, end)
     write = ray_engine.write_pass() if ray_engine.on_ray(store) else None
     rows, seconds = 0, 0.0
     for view in VIEWS:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mlstack.errors import StackError
 from mlstack.settings import Settings
@@ -24,6 +25,9 @@ Engine = Literal["local", "ray"]
 # unreachable address for 30 s (Ray Client) or minutes (a GCS address) before it gives up.
 RAY_CONNECT_TIMEOUT = 10.0
 RAY_EXTRA_HINT = "Ray is not installed: install the `ray` extra (`uv sync --extra ray`, what `make test` does)"
+
+
+_RAY_INIT = threading.Lock()  # views materialised in threads may be the first to ask for Ray
 
 
 class ComputeEngineError(StackError):
@@ -68,8 +72,19 @@ def ensure_ray(settings: Settings) -> RayConnection:
     except ImportError as exc:
         raise ComputeEngineError(RAY_EXTRA_HINT) from exc
     keep_uv_run_propagation_off()
+    started_locally = settings.ray_address is None
+    with _RAY_INIT:
+        _init_ray(ray, settings)
+    return RayConnection(
+        address=ray.get_runtime_context().gcs_address,
+        started_locally=started_locally,
+        cpus=float(ray.cluster_resources().get("CPU", 0.0)),
+    )
+
+
+def _init_ray(ray: Any, settings: Settings) -> None:
+    """``ray.init`` once per process: the local Ray bounded by the settings, or the configured cluster."""
     address = settings.ray_address
-    started_locally = address is None
     if not ray.is_initialized():
         try:
             if address is None:
@@ -88,13 +103,8 @@ def ensure_ray(settings: Settings) -> RayConnection:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = settings.ray_address or "a local Ray"
             raise ComputeEngineError(f"cannot start or reach Ray ({where}): {exc}") from exc
-        how = "started locally" if started_locally else "connected"
+        how = "started locally" if address is None else "connected"
         log.info("Ray %s: %s", how, ray.get_runtime_context().gcs_address)
-    return RayConnection(
-        address=ray.get_runtime_context().gcs_address,
-        started_locally=started_locally,
-        cpus=float(ray.cluster_resources().get("CPU", 0.0)),
-    )
 
 
 def keep_uv_run_propagation_off() -> None:

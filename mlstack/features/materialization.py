@@ -23,7 +23,7 @@ import functools
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -85,6 +85,19 @@ def write_failure(
     )
     failure.__cause__ = cause  # raise it `from failure.__cause__`: the original (binary) context stays hidden
     return failure
+
+
+def failed_views_error(failures: Mapping[str, BaseException | None], recorded: Sequence[str]) -> MaterializationError:
+    """The one error of a run in which ``failures`` (view -> its error) failed and ``recorded`` views completed.
+
+    Retryable unless one of the failures is not (Redis refused the writes): a rerun would meet the same answer.
+    """
+    reasons = "; ".join(f"{view}: {error}" for view, error in failures.items())
+    kept = f" The windows of {', '.join(recorded)} were recorded." if recorded else ""
+    retryable = all(not isinstance(error, MaterializationError) or error.retryable for error in failures.values())
+    return MaterializationError(
+        f"{len(failures)} of {len(failures) + len(recorded)} feature views failed ({reasons}).{kept}", retryable
+    )
 
 
 @dataclass(frozen=True)

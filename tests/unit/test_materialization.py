@@ -9,7 +9,13 @@ import duckdb
 import pytest
 import redis
 
-from mlstack.features.materialization import MaterializationError, _duckdb_memory_cap, shortfall_message, write_failure
+from mlstack.features.materialization import (
+    MaterializationError,
+    _duckdb_memory_cap,
+    failed_views_error,
+    shortfall_message,
+    write_failure,
+)
 from mlstack.features.redis_writer import ReadBack, RedisWriteError, describe_redis_error
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
@@ -38,6 +44,19 @@ def test_refused_write_is_one_line_naming_the_view_and_is_not_retried():
     cause = failure.__cause__
     assert isinstance(cause, RedisWriteError) and cause.refused and cause.__context__ is None  # no binary chain
     assert "Command #" not in str(cause)
+
+
+def test_failed_views_error_names_each_failed_view_and_the_recorded_ones():
+    refused = write_failure("credit_history", START, END, 5, PIPELINE_ERROR)
+    lost = write_failure("zipcode_stats", START, END, 0, redis.ConnectionError("Connection reset by peer"))
+    error = failed_views_error({"credit_history": refused, "zipcode_stats": lost}, ["customer_profile"])
+    message = str(error)
+    assert message.startswith("2 of 3 feature views failed (credit_history: materialising 'credit_history' failed")
+    assert "; zipcode_stats: materialising 'zipcode_stats' failed" in message
+    assert message.endswith("The windows of customer_profile were recorded.")
+    assert not error.retryable  # one refused write: a retry of the run would meet the same answer
+    assert failed_views_error({"zipcode_stats": lost}, []).retryable
+    assert "were recorded" not in str(failed_views_error({"zipcode_stats": KeyError("x")}, []))
 
 
 def test_lost_connection_is_retried_and_stack_errors_are_chained_as_they_are():
