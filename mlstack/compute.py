@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +25,11 @@ Engine = Literal["local", "ray"]
 # Seconds to open a TCP connection to the Ray address before handing it to Ray: Ray itself retries an
 # unreachable address for 30 s (Ray Client) or minutes (a GCS address) before it gives up.
 RAY_CONNECT_TIMEOUT = 10.0
+# Ray Client connections: the head's proxy starts a server process per client, and that start can fail once
+# (seen in a test run: the new process died at start and the proxy answered "Initialization failure from
+# server"); the next connection to the same head worked. Attempts, and seconds between them.
+RAY_CLIENT_ATTEMPTS = 3
+RAY_CLIENT_RETRY_SECONDS = 2.0
 RAY_EXTRA_HINT = "Ray is not installed: install the `ray` extra (`uv sync --extra ray`, what `make test` does)"
 
 
@@ -99,12 +105,26 @@ def _init_ray(ray: Any, settings: Settings) -> None:
                 )
             else:
                 check_reachable(address, RAY_CONNECT_TIMEOUT)
-                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+                _connect(ray, address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = settings.ray_address or "a local Ray"
             raise ComputeEngineError(f"cannot start or reach Ray ({where}): {exc}") from exc
         how = "started locally" if address is None else "connected"
         log.info("Ray %s: %s", how, ray.get_runtime_context().gcs_address)
+
+
+def _connect(ray: Any, address: str) -> None:
+    """``ray.init`` of an existing cluster; a Ray Client address is tried again when the head's proxy fails it."""
+    attempts = RAY_CLIENT_ATTEMPTS if address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            return
+        except ConnectionAbortedError as exc:  # Ray Client's "Initialization failure from server"
+            if attempt == attempts:
+                raise
+            log.warning("Ray Client connection %d of %d to %s failed, retrying: %s", attempt, attempts, address, exc)
+            time.sleep(RAY_CLIENT_RETRY_SECONDS)
 
 
 def keep_uv_run_propagation_off() -> None:

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from mlstack import compute
 from mlstack.compute import ComputeEngineError, check_reachable, ensure_ray, keep_uv_run_propagation_off
 from mlstack.processes import free_port
 from mlstack.settings import Settings
@@ -86,6 +87,46 @@ def test_ray_address_where_nothing_listens_is_refused_naming_the_setting(scheme)
     with pytest.raises(ComputeEngineError, match=r"cannot start or reach Ray \(.*\).*MLSTACK_RAY_ADDRESS"):
         check_reachable(address, timeout=5)
     check_reachable("auto", timeout=5)  # no host and port to check: left to Ray
+
+
+class FlakyRayClient:
+    """Stands in for the `ray` module: its Ray Client `init` fails as the head's proxy did, `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs: object) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionAbortedError("Initialization failure from server: ZombieProcess")
+
+    def get_runtime_context(self) -> object:
+        return type("Context", (), {"gcs_address": "127.0.0.1:6379"})()
+
+
+@pytest.mark.parametrize(
+    ("address", "failures", "calls", "connected"),
+    [
+        ("ray://127.0.0.1:{port}", 2, 3, True),  # the proxy failed twice, the third attempt connected
+        ("ray://127.0.0.1:{port}", 3, 3, False),  # it kept failing: the stack's error, after the last attempt
+        ("127.0.0.1:{port}", 1, 1, False),  # a GCS address has no proxy: no retry
+    ],
+)
+def test_ray_client_connection_is_retried_when_the_heads_proxy_fails(monkeypatch, address, failures, calls, connected):
+    monkeypatch.setattr(compute, "RAY_CLIENT_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(compute, "check_reachable", lambda address, timeout: None)
+    ray = FlakyRayClient(failures)
+    settings = Settings(compute_engine="ray", ray_address=address.format(port=free_port()))
+    if connected:
+        compute._init_ray(ray, settings)
+    else:
+        with pytest.raises(ComputeEngineError, match=r"cannot start or reach Ray .*Initialization failure"):
+            compute._init_ray(ray, settings)
+    assert ray.calls == calls
 
 
 def test_ray_engine_checks_labels_before_reaching_ray(parts, tmp_path, no_ray):
